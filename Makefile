@@ -1,0 +1,42 @@
+# vlastack: `make quickstart` runs the main job, `make test` runs the tests.
+# Both set up what they need (system packages when root, .venv) on their own.
+SHELL := /bin/bash
+PY_BASE ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup sysdeps test test-all quickstart bench clean
+
+setup: $(STAMP)
+
+sysdeps:
+	@bash scripts/sysdeps.sh
+
+$(STAMP): pyproject.toml scripts/sysdeps.sh
+	@bash scripts/sysdeps.sh
+	@test -x $(PY) || $(PY_BASE) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, from the CPU wheel on disk (a range would pull a CUDA build)
+	$(PY) -m pip install -q "torch==2.13.*"
+	$(PY) -m pip install -q -e ".[test,serve]"
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m ""
+
+quickstart: setup
+	$(PY) -m vlastack.quickstart
+
+bench: setup
+	$(PY) bench/loader.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,12 @@
+"""vlastack: vision-language-action robot policies, from demos to a robot arm.
+
+Subpackages and the one direction imports point::
+
+    types  <-  {datasets, policies, envs, real_robot}  <-  rollout  <-  train / cli
+
+``types`` is the data contract and imports nothing of ours. ``policies`` never
+imports ``envs``, ``rollout`` or ``real_robot``; ``envs`` and ``real_robot``
+never import ``policies``. ``tests/test_imports.py`` checks this rule.
+"""
+
+__version__ = "0.1.0"

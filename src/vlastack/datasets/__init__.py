@@ -1,0 +1,1 @@
+"""Zarr trajectory stores, window sampler, statistics, feature cache and converters."""

@@ -1,0 +1,1 @@
+"""Gymnasium environments: RoboCasa-style kitchens on robosuite, and MetaWorld."""

@@ -1,0 +1,1 @@
+"""Policies: layers, noise processes, encoders, normalizer, checkpoints, DUST and Dita."""

@@ -1,0 +1,1 @@
+"""The Robot protocol, fixed-rate safe controller, drivers (MuJoCo twin, UR, Franka) and teleop."""

@@ -1,0 +1,1 @@
+"""The episode loop for simulation and hardware, chunk executors, evaluation, policy server."""
