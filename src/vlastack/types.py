@@ -93,7 +93,8 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSpec":
         """Inverse of :meth:`to_dict`."""
-        return cls(**{f.name: d.get(f.name, f.default) for f in dataclasses.fields(cls) if f.name in d or f.default is not dataclasses.MISSING})
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     def check(self, value: np.ndarray, leading: int = 1) -> None:
         """Raise :class:`ContractError` unless ``value`` is ``leading`` dims of frames of this feature."""
