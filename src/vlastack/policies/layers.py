@@ -1,0 +1,339 @@
+"""Transformer building blocks shared by the policies (DUST, Dita).
+
+Read bottom-up: position and timestep embeddings, attention helpers, then the
+blocks (adaLN-zero DiT block with optional cross-attention, MMDiT block with one
+joint self-attention over several token streams). Every attention runs on
+:func:`torch.nn.functional.scaled_dot_product_attention`. The networks here know
+nothing of noise schedules (those live in :mod:`vlastack.policies.noise`).
+
+Shape letters: B batch, L sequence length, S conditioning length, D width,
+nh heads, hd head width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------- embeddings
+
+
+def sinusoidal_1d(positions: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Fixed sinusoidal embedding of (possibly fractional) positions.
+
+    positions: (...,) float or int; returns (..., dim) float32 with
+    ``[sin(p * w_0), ..., sin(p * w_{dim/2-1}), cos(p * w_0), ...]`` and
+    ``w_i = max_period ** (-i / (dim/2))``. ``dim`` must be even.
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoidal embedding needs an even dim, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,
+                                                           device=positions.device) / half)  # (half,)
+    args = positions.float()[..., None] * freqs  # (..., half)
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)  # (..., dim)
+
+
+def sinusoidal_2d(height: int, width: int, dim: int, device=None) -> Tensor:
+    """2-D sinusoidal embedding of a ``height x width`` grid, row-major.
+
+    Half the channels encode the row, half the column (as in MAE / DiT).
+    Returns (height * width, dim); ``dim`` must be divisible by 4.
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sinusoidal embedding needs dim divisible by 4, got {dim}")
+    rows = torch.arange(height, device=device).repeat_interleave(width)  # (h*w,)
+    cols = torch.arange(width, device=device).repeat(height)  # (h*w,)
+    return torch.cat([sinusoidal_1d(rows, dim // 2), sinusoidal_1d(cols, dim // 2)], dim=-1)  # (h*w, dim)
+
+
+class TimestepEmbedding(nn.Module):
+    """Noise level -> conditioning vector: sinusoid of ``t * scale`` then a 2-layer SiLU MLP.
+
+    Flow matching passes tau in [0, 1] with ``scale=1000`` (so the sinusoid sees the
+    same range as integer DDPM steps, which pass ``scale=1``).
+    """
+
+    def __init__(self, dim: int, freq_dim: int = 256, scale: float = 1000.0):
+        super().__init__()
+        self.freq_dim, self.scale = freq_dim, scale
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.normal_(self.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.mlp[2].weight, std=0.02)
+        nn.init.zeros_(self.mlp[0].bias)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """t: (B,) -> (B, dim)."""
+        freq = sinusoidal_1d(t.float() * self.scale, self.freq_dim)  # (B, freq_dim)
+        return self.mlp(freq.to(self.mlp[0].weight.dtype))  # (B, dim)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN modulation: x (B, L, D), shift/scale (B, D) -> (B, L, D)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)  # (B, nh, L, hd)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    b, h, n, hd = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * hd)  # (B, L, D)
+
+
+def key_padding_bias(valid: Tensor | None) -> Tensor | None:
+    """Boolean key mask (B, S) True = attend -> SDPA-ready (B, 1, 1, S) bool mask (or None)."""
+    if valid is None:
+        return None
+    return valid[:, None, None, :]  # (B, 1, 1, S)
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward: Linear -> GELU(tanh) -> Linear."""
+
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out_dim or dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (B, L, out_dim)."""
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with fused QKV; optional key mask and causal mask."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.q_norm = nn.LayerNorm(dim // heads) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(dim // heads) if qk_norm else nn.Identity()
+
+    def forward(self, x: Tensor, key_valid: Tensor | None = None, causal: bool = False) -> Tensor:
+        """x (B, L, D), key_valid (B, L) bool True = attend -> (B, L, D)."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (B, L, D)
+        q, k, v = (_split_heads(t, self.heads) for t in (q, k, v))  # (B, nh, L, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        mask = key_padding_bias(key_valid)
+        if causal and mask is not None:
+            n = x.shape[1]
+            mask = mask & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()  # (B, 1, L, L)
+            causal = False
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, nh, L, hd)
+        return self.proj(_merge_heads(out))  # (B, L, D)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from a token sequence (queries) to a conditioning sequence.
+
+    The conditioning's keys and values can be computed once with :meth:`context_kv`
+    and passed back in place of the context (they do not change across denoising steps).
+    """
+
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def context_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """context (B, S, C) -> keys and values, each (B, nh, S, hd)."""
+        k, v = self.kv(context).chunk(2, dim=-1)  # 2 x (B, S, D)
+        return _split_heads(k, self.heads), _split_heads(v, self.heads)
+
+    def forward(self, x: Tensor, context: Tensor | tuple[Tensor, Tensor],
+                context_valid: Tensor | None = None) -> Tensor:
+        """x (B, L, D), context (B, S, C) or precomputed (k, v), context_valid (B, S) bool -> (B, L, D)."""
+        k, v = context if isinstance(context, tuple) else self.context_kv(context)  # (B, nh, S, hd)
+        q = _split_heads(self.q(x), self.heads)  # (B, nh, L, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_bias(context_valid))
+        return self.proj(_merge_heads(out))  # (B, L, D)
+
+
+class TransformerBlock(nn.Module):
+    """Plain pre-LN transformer block (self-attention + MLP), e.g. a conditioning encoder layer."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, key_valid: Tensor | None = None, causal: bool = False) -> Tensor:
+        """x (B, L, D) -> (B, L, D)."""
+        x = x + self.attn(self.norm1(x), key_valid, causal)  # (B, L, D)
+        return x + self.mlp(self.norm2(x))  # (B, L, D)
+
+
+# ---------------------------------------------------------------- blocks
+
+
+class AdaLNZero(nn.Module):
+    """c (B, D) -> ``n`` modulation vectors (B, D) each; zero-initialised (the block starts as identity)."""
+
+    def __init__(self, dim: int, n: int):
+        super().__init__()
+        self.n = n
+        self.linear = nn.Linear(dim, n * dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, c: Tensor) -> tuple[Tensor, ...]:
+        """(B, D) -> n x (B, D)."""
+        return self.linear(F.silu(c)).chunk(self.n, dim=-1)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-zero DiT block: modulated self-attention, optional cross-attention, modulated MLP.
+
+    x = x + g1 * Attn(mod(LN(x)));  x = x + CrossAttn(LN(x), ctx)  (when ``context_dim``);
+    x = x + g2 * MLP(mod(LN(x))). Gates g start at zero, so a fresh block is the identity
+    on its self-attention and MLP paths (the cross-attention path is PixArt-style, ungated).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, context_dim: int | None = None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(dim, heads)
+        self.cross = CrossAttention(dim, context_dim, heads) if context_dim else None
+        self.norm_cross = nn.LayerNorm(dim, eps=1e-6) if context_dim else None
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ada = AdaLNZero(dim, 6)
+
+    def forward(self, x: Tensor, c: Tensor, context: Tensor | tuple[Tensor, Tensor] | None = None,
+                context_valid: Tensor | None = None) -> Tensor:
+        """x (B, L, D), c (B, D), context (B, S, C) or its cached (k, v) -> (B, L, D)."""
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c)  # 6 x (B, D)
+        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1))  # (B, L, D)
+        if self.cross is not None:
+            if context is None:
+                raise ValueError("this DiT block cross-attends: pass a conditioning context")
+            x = x + self.cross(self.norm_cross(x), context, context_valid)  # (B, L, D)
+        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))  # (B, L, D)
+
+
+class MMDiTBlock(nn.Module):
+    """Multimodal DiT block over several token streams (SD3-style, Mixture-of-Transformers).
+
+    Each stream keeps its own adaLN modulation (from its own conditioning vector),
+    LayerNorms, QKV, output projection, MLP and optional cross-attention; the streams
+    meet in one joint self-attention over their concatenated tokens.
+
+    ``forward(..., need=...)`` lets a caller skip the post-attention work (output
+    projection, cross-attention, MLP) of streams whose output it will not read; the
+    skipped stream still contributes keys and values to the joint attention.
+    """
+
+    def __init__(self, dim: int, heads: int, n_streams: int = 2, mlp_ratio: float = 4.0,
+                 context_dim: int | None = None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.n_streams = heads, n_streams
+        self.norm1 = nn.ModuleList(nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6) for _ in range(n_streams))
+        self.qkv = nn.ModuleList(nn.Linear(dim, 3 * dim) for _ in range(n_streams))
+        self.proj = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_streams))
+        self.cross = nn.ModuleList(CrossAttention(dim, context_dim, heads) for _ in range(n_streams)) \
+            if context_dim else None
+        self.norm_cross = nn.ModuleList(nn.LayerNorm(dim, eps=1e-6) for _ in range(n_streams)) \
+            if context_dim else None
+        self.norm2 = nn.ModuleList(nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6) for _ in range(n_streams))
+        self.mlp = nn.ModuleList(Mlp(dim, int(dim * mlp_ratio)) for _ in range(n_streams))
+        self.ada = nn.ModuleList(AdaLNZero(dim, 6) for _ in range(n_streams))
+
+    def forward(self, xs: Sequence[Tensor], cs: Sequence[Tensor],
+                contexts: Sequence[Tensor | tuple[Tensor, Tensor] | None] | None = None,
+                context_valid: Tensor | None = None,
+                need: Sequence[bool] | None = None) -> list[Tensor | None]:
+        """xs[i] (B, L_i, D), cs[i] (B, D), contexts[i] (B, S, C) or cached (k, v) for stream i.
+
+        Returns a list of (B, L_i, D), with None for streams where ``need[i]`` is False.
+        """
+        if len(xs) != self.n_streams or len(cs) != self.n_streams:
+            raise ValueError(f"MMDiT block built for {self.n_streams} streams, got {len(xs)} inputs, {len(cs)} conds")
+        need = [True] * self.n_streams if need is None else list(need)
+        mods = [ada(c) for ada, c in zip(self.ada, cs)]  # n x 6 x (B, D)
+        qs, ks, vs = [], [], []
+        for i, x in enumerate(xs):
+            h = modulate(self.norm1[i](x), mods[i][0], mods[i][1])  # (B, L_i, D)
+            q, k, v = self.qkv[i](h).chunk(3, dim=-1)  # 3 x (B, L_i, D)
+            qs.append(q), ks.append(k), vs.append(v)
+        lens = [x.shape[1] for x in xs]
+        k = _split_heads(torch.cat(ks, dim=1), self.heads)  # (B, nh, L, hd)
+        v = _split_heads(torch.cat(vs, dim=1), self.heads)  # (B, nh, L, hd)
+        if all(need):
+            q = _split_heads(torch.cat(qs, dim=1), self.heads)  # (B, nh, L, hd)
+            att = _merge_heads(F.scaled_dot_product_attention(q, k, v)).split(lens, dim=1)  # n x (B, L_i, D)
+        else:  # only the queries of needed streams
+            att = [_merge_heads(F.scaled_dot_product_attention(_split_heads(qs[i], self.heads), k, v))
+                   if need[i] else None for i in range(self.n_streams)]  # (B, L_i, D) or None
+        out: list[Tensor | None] = []
+        for i, x in enumerate(xs):
+            if not need[i]:
+                out.append(None)
+                continue
+            sh1, sc1, g1, sh2, sc2, g2 = mods[i]
+            x = x + g1[:, None] * self.proj[i](att[i])  # (B, L_i, D)
+            if self.cross is not None:
+                ctx = contexts[i] if contexts is not None else None
+                if ctx is None:
+                    raise ValueError(f"this MMDiT block cross-attends: pass a context for stream {i}")
+                x = x + self.cross[i](self.norm_cross[i](x), ctx, context_valid)  # (B, L_i, D)
+            x = x + g2[:, None] * self.mlp[i](modulate(self.norm2[i](x), sh2, sc2))  # (B, L_i, D)
+            out.append(x)
+        return out
+
+
+class FinalLayer(nn.Module):
+    """DiT output head: adaLN-modulated LayerNorm then a projection (zero-initialised).
+
+    ``head`` replaces the single Linear when given (e.g. DUST's 2-layer MLP decoder);
+    its last Linear is zero-initialised.
+    """
+
+    def __init__(self, dim: int, out_dim: int, head: nn.Module | None = None):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = AdaLNZero(dim, 2)
+        self.head = head if head is not None else nn.Linear(dim, out_dim)
+        last = [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """x (B, L, D), c (B, D) -> (B, L, out_dim)."""
+        shift, scale = self.ada(c)  # 2 x (B, D)
+        return self.head(modulate(self.norm(x), shift, scale))  # (B, L, out_dim)
+
+
+def mlp_stack(in_dim: int, hidden: int, out_dim: int, layers: int, act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
+    """``layers`` Linear layers with ``act`` between them: in_dim -> hidden ... -> out_dim."""
+    if layers < 1:
+        raise ValueError(f"an MLP needs at least one layer, got {layers}")
+    dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < layers - 1:
+            mods.append(act())
+    return nn.Sequential(*mods)

@@ -1,0 +1,173 @@
+"""Layers: position/timestep embeddings, attention against a reference, DiT/MMDiT block behaviour."""
+import math
+
+import pytest
+import torch
+
+from vlastack.policies import layers as L
+
+
+def _ref_attention(q, k, v, mask=None):
+    """Plain softmax attention: q (B, nh, L, hd), k/v (B, nh, S, hd), mask (B, 1, 1|L, S) bool."""
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return s.softmax(-1) @ v
+
+
+def _randomize(module, std=0.2, seed=0):
+    """Give every parameter (zero-initialised gates included) random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+def test_sinusoidal_1d_values_and_shape():
+    pos = torch.arange(5)
+    emb = L.sinusoidal_1d(pos, 8)
+    assert emb.shape == (5, 8)
+    assert torch.allclose(emb[0, :4], torch.zeros(4)) and torch.allclose(emb[0, 4:], torch.ones(4))
+    assert torch.allclose(emb[3, 0], torch.sin(torch.tensor(3.0)))  # lowest frequency index 0 is w=1
+    assert len({tuple(r.tolist()) for r in emb}) == 5
+    with pytest.raises(ValueError, match="even"):
+        L.sinusoidal_1d(pos, 7)
+
+
+def test_sinusoidal_2d_rows_and_columns():
+    emb = L.sinusoidal_2d(3, 4, 16)
+    assert emb.shape == (12, 16)
+    grid = emb.view(3, 4, 16)
+    assert torch.allclose(grid[1, 0, :8], grid[1, 3, :8])  # same row -> same row half
+    assert torch.allclose(grid[0, 2, 8:], grid[2, 2, 8:])  # same column -> same column half
+    assert not torch.allclose(grid[0, 0], grid[1, 1])
+    with pytest.raises(ValueError, match="divisible by 4"):
+        L.sinusoidal_2d(2, 2, 6)
+
+
+def test_timestep_embedding_distinguishes_levels():
+    emb = L.TimestepEmbedding(32)
+    out = emb(torch.tensor([0.0, 0.5, 0.5, 1.0]))
+    assert out.shape == (4, 32)
+    assert torch.allclose(out[1], out[2]) and not torch.allclose(out[0], out[3])
+
+
+def test_self_attention_matches_reference_with_key_mask():
+    torch.manual_seed(0)
+    attn = L.SelfAttention(16, 4)
+    x = torch.randn(2, 5, 16)
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    out = attn(x, valid)
+    q, k, v = (L._split_heads(t, 4) for t in attn.qkv(x).chunk(3, -1))
+    ref = attn.proj(L._merge_heads(_ref_attention(q, k, v, valid[:, None, None, :])))
+    assert torch.allclose(out, ref, atol=1e-5)
+    x2 = x.clone()
+    x2[1, 3:] += 10.0  # masked keys: changing them must not change the valid positions' outputs
+    assert torch.allclose(attn(x2, valid)[1, :3], out[1, :3], atol=1e-5)
+
+
+def test_self_attention_causal():
+    torch.manual_seed(0)
+    attn = L.SelfAttention(16, 2)
+    x = torch.randn(1, 6, 16)
+    x2 = x.clone()
+    x2[0, 4:] += 5.0
+    for valid in (None, torch.ones(1, 6, dtype=torch.bool)):
+        a, b = attn(x, valid, causal=True), attn(x2, valid, causal=True)
+        assert torch.allclose(a[0, :4], b[0, :4], atol=1e-5)
+        assert not torch.allclose(a[0, 4:], b[0, 4:])
+
+
+def test_cross_attention_cached_kv_and_mask():
+    torch.manual_seed(0)
+    ca = L.CrossAttention(16, 12, 4)
+    x, ctx = torch.randn(2, 3, 16), torch.randn(2, 7, 12)
+    valid = torch.ones(2, 7, dtype=torch.bool)
+    valid[0, 5:] = False
+    out = ca(x, ctx, valid)
+    assert out.shape == (2, 3, 16)
+    assert torch.allclose(out, ca(x, ca.context_kv(ctx), valid), atol=1e-6)
+    ctx2 = ctx.clone()
+    ctx2[0, 5:] = 100.0
+    assert torch.allclose(ca(x, ctx2, valid)[0], out[0], atol=1e-5)
+    q = L._split_heads(ca.q(x), 4)
+    k, v = ca.context_kv(ctx)
+    ref = ca.proj(L._merge_heads(_ref_attention(q, k, v, valid[:, None, None, :])))
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_dit_block_is_identity_at_init_and_conditions_on_c():
+    torch.manual_seed(0)
+    blk = L.DiTBlock(16, 4)
+    x, c = torch.randn(2, 5, 16), torch.randn(2, 16)
+    assert torch.equal(blk(x, c), x)  # adaLN-zero gates
+    _randomize(blk)
+    y1, y2 = blk(x, c), blk(x, c + 1.0)
+    assert y1.shape == x.shape and not torch.allclose(y1, y2)
+
+
+def test_dit_block_cross_attention_uses_context():
+    torch.manual_seed(0)
+    blk = _randomize(L.DiTBlock(16, 4, context_dim=8))
+    x, c, ctx = torch.randn(2, 5, 16), torch.randn(2, 16), torch.randn(2, 3, 8)
+    y = blk(x, c, ctx)
+    assert not torch.allclose(y, blk(x, c, ctx + 1.0))
+    assert torch.allclose(y, blk(x, c, blk.cross.context_kv(ctx)), atol=1e-6)
+    with pytest.raises(ValueError, match="context"):
+        blk(x, c)
+
+
+def test_mmdit_single_stream_equals_dit_block():
+    torch.manual_seed(0)
+    mm = _randomize(L.MMDiTBlock(16, 4, n_streams=1))
+    dit = L.DiTBlock(16, 4)
+    with torch.no_grad():
+        dit.attn.qkv.load_state_dict(mm.qkv[0].state_dict())
+        dit.attn.proj.load_state_dict(mm.proj[0].state_dict())
+        dit.mlp.load_state_dict(mm.mlp[0].state_dict())
+        dit.ada.load_state_dict(mm.ada[0].state_dict())
+    x, c = torch.randn(2, 5, 16), torch.randn(2, 16)
+    assert torch.allclose(mm([x], [c])[0], dit(x, c), atol=1e-5)
+
+
+def test_mmdit_joint_attention_and_skipping():
+    torch.manual_seed(0)
+    mm = _randomize(L.MMDiTBlock(16, 4, n_streams=2, context_dim=8))
+    a, v = torch.randn(2, 4, 16), torch.randn(2, 6, 16)
+    ca, cv, ctx = torch.randn(2, 16), torch.randn(2, 16), torch.randn(2, 3, 8)
+    out_a, out_v = mm([a, v], [ca, cv], [ctx, ctx])
+    assert out_a.shape == a.shape and out_v.shape == v.shape
+    # joint attention: the vision stream's output depends on the action tokens
+    _, out_v2 = mm([a + torch.randn_like(a), v], [ca, cv], [ctx, ctx])
+    assert not torch.allclose(out_v, out_v2)
+    # per-stream conditioning: the action stream follows its own c
+    out_a3, _ = mm([a, v], [ca + 1.0, cv], [ctx, ctx])
+    assert not torch.allclose(out_a, out_a3)
+    # skipping a stream's outputs leaves the other stream's result unchanged
+    skip_a, keep_v = mm([a, v], [ca, cv], [ctx, ctx], need=[False, True])
+    assert skip_a is None and torch.allclose(keep_v, out_v, atol=1e-5)
+    with pytest.raises(ValueError, match="2 streams"):
+        mm([a], [ca])
+
+
+def test_final_layer_zero_init_and_mlp_stack():
+    fl = L.FinalLayer(16, 3)
+    assert torch.equal(fl(torch.randn(2, 4, 16), torch.randn(2, 16)), torch.zeros(2, 4, 3))
+    head = L.mlp_stack(16, 32, 5, layers=2)
+    fl2 = L.FinalLayer(16, 5, head=head)
+    assert fl2(torch.randn(1, 2, 16), torch.randn(1, 16)).shape == (1, 2, 5)
+    enc = L.mlp_stack(10, 20, 30, layers=3)
+    assert sum(isinstance(m, torch.nn.Linear) for m in enc) == 3
+    assert sum(isinstance(m, torch.nn.SiLU) for m in enc) == 2
+    with pytest.raises(ValueError):
+        L.mlp_stack(1, 1, 1, layers=0)
+
+
+def test_blocks_backpropagate():
+    blk = L.MMDiTBlock(16, 4, n_streams=2, context_dim=8)
+    xs = [torch.randn(2, 3, 16, requires_grad=True), torch.randn(2, 2, 16, requires_grad=True)]
+    cs = [torch.randn(2, 16), torch.randn(2, 16)]
+    out = blk(xs, cs, [torch.randn(2, 4, 8)] * 2)
+    (out[0].sum() + out[1].sum()).backward()
+    assert blk.ada[0].linear.weight.grad is not None and blk.ada[0].linear.weight.grad.abs().sum() > 0
