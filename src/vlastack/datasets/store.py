@@ -1,0 +1,851 @@
+"""Zarr v3 trajectory store: episodes of LeRobot-keyed frames, appended atomically.
+
+Layout (one store per dataset: a directory, a ``.zip``, or any fsspec URL zarr v3 opens)::
+
+    zarr.json                    root attributes: schema_version, fps, features, action_space,
+                                 stats, and the commit record (num_episodes, num_frames)
+    data/<key>                   every frame of every episode concatenated on axis 0
+                                 (images: 1 frame per chunk by default, Blosc zstd + bitshuffle;
+                                 low-dim: ~1 MiB chunks)
+    meta/episode_ends            int64 cumulative ends (Diffusion Policy's replay buffer)
+    meta/episodes                one JSON document per episode: task_id, instruction, success,
+                                 length, source, has_action, meta
+    features/<encoder>/<key>     optional cache of a frozen encoder's per-frame outputs
+
+Atomic append: an episode's rows are written *past* the committed end (arrays grow first),
+then its ``episode_ends`` / ``episodes`` rows, and only then the commit record in the root
+``zarr.json`` is replaced in one write (zarr's local store writes every key to a temporary file
+and ``os.replace``s it). Readers trust only the commit record and ignore rows past it, so a
+process killed at any point leaves every earlier episode intact and no partial episode; the
+next append overwrites the leftovers. This protects against process crashes, not power loss
+(no fsync). One writer at a time.
+
+Zip stores are built in a staging directory and packed into the zip on :meth:`close` (use the
+store as a context manager). ``file://`` URLs open as local directories; other URLs go through
+fsspec. Every problem raises :class:`StoreError` naming the key and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import weakref
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from vlastack.types import (
+    ACTION,
+    EPISODE_INDEX,
+    FRAME_INDEX,
+    STATE,
+    TASK,
+    TIMESTAMP,
+    DatasetSpec,
+    FeatureSpec,
+)
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "vlastack.trajectory_store"
+
+#: per-frame bookkeeping a LeRobot row carries; the store keeps it implicitly, so
+#: ``append_episode`` drops these keys instead of rejecting them.
+IMPLICIT_KEYS = frozenset({EPISODE_INDEX, FRAME_INDEX, TIMESTAMP, "index", "task_index", TASK})
+
+#: verification levels for :meth:`TrajectoryStore.open`.
+VERIFY_LEVELS = ("none", "fast", "full")
+
+_EPISODE_FIELDS = ("task_id", "instruction", "success", "length", "source", "has_action")
+_PARTIAL_RE = re.compile(r"\.[0-9a-f]{32}\.partial$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class StoreError(ValueError):
+    """A store (or the data offered to it) is wrong; the message names the key and the problem."""
+
+
+def _blosc(clevel: int, shuffle: str):
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=clevel, shuffle=shuffle)
+
+
+def _is_checked_float(f: FeatureSpec) -> bool:
+    """Features whose values must be finite: states and actions."""
+    return (f.kind in ("state", "action") or f.key in (STATE, ACTION)) and np.issubdtype(np.dtype(f.dtype), np.floating)
+
+
+# ---------------------------------------------------------------------------------------------
+# backends: local directory, zip (staged), fsspec URL
+# ---------------------------------------------------------------------------------------------
+
+
+class _Location:
+    """Where a store lives and how to reach it as a zarr ``Store``."""
+
+    def __init__(self, raw: str | os.PathLike):
+        self.raw = os.fspath(raw)
+        s = self.raw
+        if s.startswith("file://"):
+            s = s[len("file://"):]
+        self.is_url = "://" in s
+        self.is_zip = (not self.is_url) and s.lower().endswith(".zip")
+        self.local = None if self.is_url else Path(s)
+
+    def exists(self) -> bool:
+        """Whether a zarr root is there (without creating anything)."""
+        if self.is_url:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(self.raw)
+            return fs.exists(path.rstrip("/") + "/zarr.json")
+        if self.is_zip:
+            return self.local.is_file()
+        return (self.local / "zarr.json").is_file()
+
+    def zarr_store(self, read_only: bool, root: Path | None = None):
+        """A zarr store object for this location (``root`` overrides for zip staging)."""
+        from zarr.storage import FsspecStore, LocalStore, ZipStore
+
+        if root is not None:
+            return LocalStore(root, read_only=read_only)
+        if self.is_url:
+            return FsspecStore.from_url(self.raw, read_only=read_only)
+        if self.is_zip:
+            return ZipStore(self.local, mode="r", read_only=True)
+        return LocalStore(self.local, read_only=read_only)
+
+
+def _pack_zip(src: Path, dst: Path) -> None:
+    """Write directory ``src`` as zip ``dst`` atomically (temporary file, then replace)."""
+    tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file() and not _PARTIAL_RE.search(p.name):
+                zf.write(p, p.relative_to(src).as_posix())
+    os.replace(tmp, dst)
+
+
+def _finish_staging(staging: str, zip_path: str, pack: bool) -> None:
+    try:
+        if pack:
+            _pack_zip(Path(staging), Path(zip_path))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_partials(root: Path) -> None:
+    """Delete temporary files left by a write that was killed (``*.<uuid>.partial``)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if _PARTIAL_RE.search(name):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                except OSError:
+                    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# fast local chunk reads
+# ---------------------------------------------------------------------------------------------
+
+
+class _LocalChunkReader:
+    """Reads rows of a local zarr array chunked only along axis 0, decoding chunks with Blosc directly.
+
+    zarr's generic selection costs ~0.4 ms per call; a window sampler reads a few frames at a
+    time, so this path reads the chunk files itself (keys from ``metadata.encode_chunk_key``)
+    and decodes them with numcodecs (the same Blosc frames zarr writes). Used only when the
+    array's codecs are exactly bytes + blosc and its chunks span whole frames.
+    """
+
+    def __init__(self, array, root: Path):
+        md = array.metadata
+        self.key = array.path
+        self.rows_per_chunk = int(md.chunks[0])
+        self.frame_shape = tuple(array.shape[1:])
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        self.fill = md.fill_value
+        self.dir = root / array.path
+        self._encode = md.encode_chunk_key
+        self.frame_nbytes = int(np.prod(self.frame_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @staticmethod
+    def supports(array) -> bool:
+        from zarr.codecs import BloscCodec, BytesCodec
+
+        md = array.metadata
+        codecs = list(getattr(md, "codecs", ()))
+        ok_codecs = (len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)
+                     and (codecs[0].endian is None or codecs[0].endian.value == "little"))
+        chunks = getattr(md, "chunks", None)
+        return bool(ok_codecs and chunks is not None and tuple(chunks[1:]) == tuple(array.shape[1:]))
+
+    def _chunk(self, ci: int) -> np.ndarray:
+        from numcodecs import blosc
+
+        path = self.dir / self._encode((ci,) + (0,) * len(self.frame_shape))
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:  # never written (all fill value)
+            return np.full((self.rows_per_chunk, *self.frame_shape), self.fill, self.dtype)
+        try:
+            buf = blosc.decompress(raw)
+        except Exception as e:
+            raise StoreError(f"{self.key}: corrupt chunk {ci} (rows {ci * self.rows_per_chunk}.."
+                             f"{(ci + 1) * self.rows_per_chunk - 1}): blosc says {e}") from None
+        if len(buf) != self.rows_per_chunk * self.frame_nbytes:
+            raise StoreError(f"{self.key}: corrupt chunk {ci}: decoded {len(buf)} bytes, expected "
+                             f"{self.rows_per_chunk * self.frame_nbytes}")
+        return np.frombuffer(buf, self.dtype).reshape(self.rows_per_chunk, *self.frame_shape)
+
+    def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) -> (len(rows), *frame_shape)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if out is None:
+            out = np.empty((len(rows), *self.frame_shape), self.dtype)
+        if self.rows_per_chunk == 1:
+            for j, r in enumerate(rows):
+                out[j] = self._chunk(int(r))[0]
+            return out
+        cis = rows // self.rows_per_chunk
+        for ci in np.unique(cis):
+            sel = np.nonzero(cis == ci)[0]
+            out[sel] = self._chunk(int(ci))[rows[sel] - ci * self.rows_per_chunk]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the store
+# ---------------------------------------------------------------------------------------------
+
+
+class TrajectoryStore:
+    """A Zarr v3 store of robot episodes. Build with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, group, location: _Location, mode: str, spec: DatasetSpec, staging: str | None = None):
+        """Internal: use :meth:`create` or :meth:`open`."""
+        self._group = group
+        self._loc = location
+        self._mode = mode
+        self._spec = spec
+        self._staging = staging
+        self._closed = False
+        self._finalizer = None
+        if staging is not None:
+            self._finalizer = weakref.finalize(self, _finish_staging, staging, str(location.local), mode != "r")
+        self._readers: dict[str, Any] = {}
+        self._load_commit()
+
+    # ----------------------------------------------------------------- constructors
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, spec: DatasetSpec, overwrite: bool = False,
+               image_chunk_frames: int = 1) -> "TrajectoryStore":
+        """A new empty store for ``spec`` at ``path`` (directory, ``*.zip`` or fsspec URL).
+
+        ``overwrite`` replaces an existing store (never a non-empty directory that is not one).
+        Images are chunked ``image_chunk_frames`` frames per chunk (1-4 is sensible).
+        """
+        if not isinstance(spec, DatasetSpec):
+            raise StoreError(f"spec: expected a DatasetSpec, got {type(spec).__name__}")
+        if not spec.features:
+            raise StoreError("spec: no features; a store needs at least one key")
+        if not 1 <= int(image_chunk_frames) <= 64:
+            raise StoreError(f"image_chunk_frames: {image_chunk_frames} not in 1..64")
+        for k in spec.features:
+            if "/" in k or not k:
+                raise StoreError(f"{k!r}: feature keys may not be empty or contain '/'")
+        import zarr
+
+        loc = _Location(path)
+        if loc.exists() and not overwrite:
+            raise StoreError(f"{loc.raw}: a store already exists; pass overwrite=True to replace it")
+        staging = None
+        if loc.is_zip:
+            if not loc.local.parent.is_dir():
+                raise StoreError(f"{loc.raw}: parent directory does not exist")
+            staging = tempfile.mkdtemp(prefix=".vlastack-zip-", dir=loc.local.parent)
+            zstore = loc.zarr_store(read_only=False, root=Path(staging))
+        elif loc.is_url:
+            zstore = loc.zarr_store(read_only=False)
+        else:
+            p = loc.local
+            if p.exists():
+                if not p.is_dir():
+                    raise StoreError(f"{loc.raw}: exists and is not a directory")
+                if any(p.iterdir()) and not (p / "zarr.json").is_file():
+                    raise StoreError(f"{loc.raw}: non-empty directory that is not a store; refusing to overwrite")
+                shutil.rmtree(p)
+            zstore = loc.zarr_store(read_only=False)
+        root = zarr.open_group(store=zstore, mode="w")
+        data = root.create_group("data")
+        for key, f in spec.features.items():
+            shape = tuple(f.shape)
+            if f.kind == "image":
+                chunks = (int(image_chunk_frames), *shape)
+                comp = _blosc(3, "bitshuffle")
+            else:
+                row = max(1, int(np.prod(shape, dtype=np.int64)) * np.dtype(f.dtype).itemsize)
+                chunks = (max(1024, (1 << 20) // row), *shape)
+                comp = _blosc(5, "shuffle")
+            data.create_array(key, shape=(0, *shape), chunks=chunks, dtype=f.dtype, compressors=comp, fill_value=0)
+        meta = root.create_group("meta")
+        meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=0,
+                          compressors=_blosc(5, "shuffle"))
+        meta.create_array("episodes", shape=(0,), chunks=(1024,), dtype=str,
+                          attributes={"fields": list(_EPISODE_FIELDS) + ["meta"], "encoding": "json"})
+        root.create_group("features")
+        sd = spec.to_dict()
+        root.attrs.update({
+            "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "fps": float(spec.fps),
+            "features": sd["features"], "action_space": sd["action_space"], "stats": None,
+            "num_episodes": 0, "num_frames": 0,
+        })
+        return cls(root, loc, "a", spec, staging)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, mode: str = "r", verify: str = "fast") -> "TrajectoryStore":
+        """Open and validate an existing store.
+
+        ``mode``: "r" (read only) or "a" (append). ``verify``: "none" (structure only),
+        "fast" (structure, plus every low-dim array decoded and checked for NaN/inf) or
+        "full" (also decode every image chunk). Problems raise :class:`StoreError`.
+        """
+        if mode not in ("r", "a"):
+            raise StoreError(f"mode: {mode!r} not one of ('r', 'a')")
+        if verify not in VERIFY_LEVELS:
+            raise StoreError(f"verify: {verify!r} not one of {VERIFY_LEVELS}")
+        import zarr
+
+        loc = _Location(path)
+        try:
+            exists = loc.exists()
+        except Exception as e:
+            raise StoreError(f"{loc.raw}: cannot reach the store location ({type(e).__name__}: {e})") from None
+        if not exists:
+            what = "file" if loc.is_zip else "store (no zarr.json)"
+            raise StoreError(f"{loc.raw}: no such {what}; create it with TrajectoryStore.create")
+        staging = None
+        if loc.is_zip:
+            if mode == "a":
+                staging = tempfile.mkdtemp(prefix=".vlastack-zip-", dir=loc.local.parent)
+                try:
+                    with zipfile.ZipFile(loc.local) as zf:
+                        zf.extractall(staging)
+                except zipfile.BadZipFile as e:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise StoreError(f"{loc.raw}: not a valid zip file ({e})") from None
+                zstore = loc.zarr_store(read_only=False, root=Path(staging))
+            else:
+                if not zipfile.is_zipfile(loc.local):
+                    raise StoreError(f"{loc.raw}: not a valid zip file")
+                zstore = loc.zarr_store(read_only=True)
+        else:
+            if mode == "a" and loc.local is not None:
+                _remove_partials(loc.local)
+            zstore = loc.zarr_store(read_only=(mode == "r"))
+        try:
+            root = zarr.open_group(store=zstore, mode="r" if mode == "r" else "r+")
+        except Exception as e:
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise StoreError(f"{loc.raw}: not a readable zarr v3 group ({type(e).__name__}: {e})") from None
+        spec = cls._spec_from_attrs(loc.raw, dict(root.attrs))
+        store = cls(root, loc, mode, spec, staging)
+        store.verify(verify)
+        return store
+
+    @staticmethod
+    def _spec_from_attrs(where: str, attrs: Mapping[str, Any]) -> DatasetSpec:
+        if attrs.get("format") != FORMAT_NAME:
+            raise StoreError(f"{where}: attrs.format is {attrs.get('format')!r}, expected {FORMAT_NAME!r} "
+                             "(not a vlastack trajectory store)")
+        ver = attrs.get("schema_version")
+        if not isinstance(ver, int):
+            raise StoreError(f"{where}: attrs.schema_version missing or not an integer ({ver!r})")
+        if ver > SCHEMA_VERSION:
+            raise StoreError(f"{where}: schema_version {ver} is newer than this vlastack reads ({SCHEMA_VERSION})")
+        for k in ("features", "fps", "num_episodes", "num_frames"):
+            if k not in attrs:
+                raise StoreError(f"{where}: attrs.{k} is missing")
+        try:
+            return DatasetSpec.from_dict({"features": attrs["features"], "fps": attrs["fps"],
+                                          "action_space": attrs.get("action_space") or {}})
+        except Exception as e:
+            raise StoreError(f"{where}: attrs.features/action_space do not parse ({type(e).__name__}: {e})") from None
+
+    # ----------------------------------------------------------------- commit record
+
+    def _load_commit(self) -> None:
+        """Read the commit record and the committed rows of meta/ into memory."""
+        attrs = dict(self._group.attrs)
+        self._attrs = attrs
+        n_ep, n_fr = attrs.get("num_episodes"), attrs.get("num_frames")
+        if not (isinstance(n_ep, int) and isinstance(n_fr, int) and n_ep >= 0 and n_fr >= 0):
+            raise StoreError(f"{self._loc.raw}: attrs.num_episodes/num_frames invalid ({n_ep!r}, {n_fr!r})")
+        ends_arr = self._node("meta/episode_ends")
+        eps_arr = self._node("meta/episodes")
+        if np.dtype(ends_arr.dtype) != np.int64:
+            raise StoreError(f"meta/episode_ends: wrong dtype {ends_arr.dtype}, expected int64")
+        for name, arr in (("meta/episode_ends", ends_arr), ("meta/episodes", eps_arr)):
+            if arr.ndim != 1 or arr.shape[0] < n_ep:
+                raise StoreError(f"{name}: mismatched length: {arr.shape[0] if arr.ndim else 0} rows but "
+                                 f"the commit record says {n_ep} episodes")
+        ends = self._read_node(ends_arr, slice(0, n_ep)).astype(np.int64)
+        if n_ep and (np.any(np.diff(np.concatenate([[0], ends])) <= 0) or ends[-1] != n_fr):
+            raise StoreError(f"meta/episode_ends: not strictly increasing to num_frames={n_fr} "
+                             f"(got {ends[:5].tolist()}...{ends[-3:].tolist()})")
+        raw = self._read_node(eps_arr, slice(0, n_ep)) if n_ep else []
+        episodes = []
+        lengths = np.diff(np.concatenate([[0], ends]))
+        for i, doc in enumerate(raw):
+            try:
+                ep = json.loads(str(doc))
+            except json.JSONDecodeError as e:
+                raise StoreError(f"meta/episodes[{i}]: not valid JSON ({e})") from None
+            missing = [f for f in _EPISODE_FIELDS if f not in ep]
+            if missing:
+                raise StoreError(f"meta/episodes[{i}]: missing fields {missing}")
+            if int(ep["length"]) != int(lengths[i]):
+                raise StoreError(f"meta/episodes[{i}]: mismatched length: {ep['length']} vs episode_ends "
+                                 f"span {int(lengths[i])}")
+            episodes.append(ep)
+        self._ends = ends
+        self._episodes = episodes
+        self._num_frames = n_fr
+
+    def _node(self, name: str):
+        try:
+            return self._group[name]
+        except KeyError:
+            raise StoreError(f"{name}: missing key in store {self._loc.raw}") from None
+        except Exception as e:
+            raise StoreError(f"{name}: cannot open ({type(e).__name__}: {e})") from None
+
+    def _read_node(self, arr, sel) -> np.ndarray:
+        try:
+            return np.asarray(arr[sel])
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"{arr.path}: corrupt chunk or unreadable data in rows {sel} "
+                             f"({type(e).__name__}: {e})") from None
+
+    # ----------------------------------------------------------------- validation
+
+    def verify(self, level: str = "full") -> None:
+        """Check the store against its spec; raise :class:`StoreError` naming key and problem.
+
+        "none": keys, dtypes, shapes and lengths; "fast": also decode low-dim arrays and check
+        states/actions are finite; "full": also decode every image chunk.
+        """
+        if level not in VERIFY_LEVELS:
+            raise StoreError(f"verify: {level!r} not one of {VERIFY_LEVELS}")
+        n = self._num_frames
+        for key, f in self._spec.features.items():
+            arr = self._node(f"data/{key}")
+            if np.dtype(arr.dtype) != np.dtype(f.dtype):
+                raise StoreError(f"data/{key}: wrong dtype {arr.dtype}, spec says {f.dtype}")
+            if tuple(arr.shape[1:]) != tuple(f.shape):
+                raise StoreError(f"data/{key}: wrong per-frame shape {tuple(arr.shape[1:])}, spec says {f.shape}")
+            if arr.shape[0] < n:
+                raise StoreError(f"data/{key}: mismatched length: {arr.shape[0]} frames but episode_ends "
+                                 f"says {n}")
+        if level == "none":
+            return
+        for key, f in self._spec.features.items():
+            if f.kind == "image" and level != "full":
+                continue
+            arr = self._group[f"data/{key}"]
+            step = int(arr.metadata.chunks[0]) * max(1, (1 << 24) // max(1, int(arr.metadata.chunks[0]) * arr.dtype.itemsize
+                                                                            * int(np.prod(f.shape, dtype=np.int64))))
+            for s in range(0, n, step):
+                block = self._read_node(arr, slice(s, min(n, s + step)))
+                if _is_checked_float(f) and not np.isfinite(block).all():
+                    bad = np.argwhere(~np.isfinite(block.reshape(len(block), -1)))[0]
+                    row = s + int(bad[0])
+                    ep = int(np.searchsorted(self._ends, row, side="right"))
+                    raise StoreError(f"data/{key}: NaN or inf at frame {row} (episode {ep}, element {int(bad[1])})")
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def path(self) -> str:
+        """The location this store was opened from."""
+        return self._loc.raw
+
+    @property
+    def mode(self) -> str:
+        """"r" or "a"."""
+        return self._mode
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """Features, fps and action space of the stored data."""
+        return self._spec
+
+    @property
+    def fps(self) -> float:
+        """Frames per second."""
+        return float(self._spec.fps)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Root attributes (schema_version, fps, features, action_space, stats, commit record)."""
+        return dict(self._attrs)
+
+    @property
+    def keys(self) -> list[str]:
+        """Data keys, in spec order."""
+        return list(self._spec.features)
+
+    @property
+    def num_episodes(self) -> int:
+        """Committed episodes."""
+        return len(self._ends)
+
+    @property
+    def num_frames(self) -> int:
+        """Committed frames (all episodes)."""
+        return int(self._num_frames)
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        """int64 (num_episodes,) cumulative episode ends."""
+        return self._ends.copy()
+
+    @property
+    def episode_starts(self) -> np.ndarray:
+        """int64 (num_episodes,) first global frame of each episode."""
+        return np.concatenate([[0], self._ends[:-1]]).astype(np.int64) if len(self._ends) else np.zeros(0, np.int64)
+
+    @property
+    def episodes(self) -> list[dict[str, Any]]:
+        """Per-episode metadata: task_id, instruction, success, length, source, has_action, meta."""
+        return [dict(e) for e in self._episodes]
+
+    @property
+    def tasks(self) -> list[str]:
+        """Distinct instructions, in order of first appearance."""
+        return list(dict.fromkeys(e["instruction"] for e in self._episodes))
+
+    @property
+    def stats(self) -> dict[str, dict[str, np.ndarray]] | None:
+        """Saved statistics (see :meth:`compute_stats`); None when absent or stale after an append."""
+        from vlastack.datasets.stats import stats_from_json
+
+        s = self._attrs.get("stats")
+        return stats_from_json(s) if s else None
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __repr__(self) -> str:
+        return (f"TrajectoryStore({self._loc.raw!r}, mode={self._mode!r}, episodes={self.num_episodes}, "
+                f"frames={self.num_frames}, keys={self.keys})")
+
+    # ----------------------------------------------------------------- reading
+
+    def _check_episode(self, i: int) -> int:
+        n = self.num_episodes
+        if not isinstance(i, (int, np.integer)) or not -n <= int(i) < n:
+            raise StoreError(f"episode index {i!r} out of range for {n} episodes")
+        return int(i) % n
+
+    def _check_keys(self, keys: Iterable[str] | None) -> list[str]:
+        if keys is None:
+            return self.keys
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        for k in keys:
+            if k not in self._spec.features:
+                raise StoreError(f"{k!r}: unknown key; valid keys are {self.keys}")
+        return keys
+
+    def episode_range(self, i: int) -> tuple[int, int]:
+        """Global [start, end) frame range of episode ``i``."""
+        i = self._check_episode(i)
+        return (int(self._ends[i - 1]) if i else 0), int(self._ends[i])
+
+    def locate(self, global_index: int) -> tuple[int, int]:
+        """(episode, frame within episode) of a global frame index."""
+        n = self.num_frames
+        if not isinstance(global_index, (int, np.integer)) or not -n <= int(global_index) < n:
+            raise StoreError(f"frame index {global_index!r} out of range for {n} frames")
+        g = int(global_index) % n
+        ep = int(np.searchsorted(self._ends, g, side="right"))
+        return ep, g - (int(self._ends[ep - 1]) if ep else 0)
+
+    def array(self, key: str):
+        """The raw zarr array ``data/<key>`` (rows past :attr:`num_frames` are uncommitted)."""
+        self._check_keys([key])
+        return self._node(f"data/{key}")
+
+    def episode(self, i: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Frames of episode ``i``: key -> (T, ...). ``action`` is left out of video-only episodes."""
+        i = self._check_episode(i)
+        keys = self._check_keys(keys)
+        s, e = self.episode_range(i)
+        out = {}
+        for k in keys:
+            if k == ACTION and not self._episodes[i]["has_action"]:
+                continue
+            out[k] = self._read_node(self._node(f"data/{k}"), slice(s, e))
+        return out
+
+    def frame(self, global_index: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """One frame: key -> (...). ``action`` is left out for video-only episodes."""
+        ep, _ = self.locate(global_index)
+        g = int(global_index) % self.num_frames
+        keys = self._check_keys(keys)
+        return {k: self.read_rows(k, np.array([g]))[0] for k in keys
+                if not (k == ACTION and not self._episodes[ep]["has_action"])}
+
+    def read_rows(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (global frame indices, any order, repeats allowed) of ``data/<key>`` -> (N, ...)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_frames):
+            raise StoreError(f"{key}: rows out of range [0, {self.num_frames})")
+        return self._rows(f"data/{key}", rows)
+
+    def _rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        reader = self._readers.get(name)
+        if reader is None:
+            arr = self._node(name)
+            root = getattr(self._group.store, "root", None)
+            if isinstance(root, Path) and _LocalChunkReader.supports(arr):
+                reader = _LocalChunkReader(arr, root)
+            else:
+                reader = arr
+            self._readers[name] = reader
+        if isinstance(reader, _LocalChunkReader):
+            return reader.read(rows)
+        if len(rows) == 0:
+            return np.zeros((0, *reader.shape[1:]), reader.dtype)
+        uniq, inv = np.unique(rows, return_inverse=True)
+        try:
+            block = reader.get_orthogonal_selection((uniq,))
+        except Exception as e:
+            raise StoreError(f"{name}: corrupt chunk or unreadable data ({type(e).__name__}: {e})") from None
+        return np.asarray(block)[inv]
+
+    # ----------------------------------------------------------------- writing
+
+    def _require_writable(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self._loc.raw}: store is closed")
+        if self._mode != "a":
+            raise StoreError(f"{self._loc.raw}: opened read-only; open with mode='a' to write")
+
+    def _check_frames(self, frames: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+        if not isinstance(frames, Mapping):
+            raise StoreError(f"frames: expected a dict of key -> (T, ...) arrays, got {type(frames).__name__}")
+        unknown = [k for k in frames if k not in self._spec.features and k not in IMPLICIT_KEYS]
+        if unknown:
+            raise StoreError(f"{unknown[0]!r}: unknown key; valid keys are {self.keys}")
+        missing = [k for k in self._spec.features if k not in frames and k != ACTION]
+        if missing:
+            raise StoreError(f"{missing[0]!r}: missing key (every episode needs {[k for k in self.keys if k != ACTION]}"
+                             f"; only {ACTION!r} may be left out)")
+        out: dict[str, np.ndarray] = {}
+        lengths: dict[str, int] = {}
+        for key, f in self._spec.features.items():
+            if key not in frames:
+                continue
+            v = frames[key]
+            if hasattr(v, "detach"):  # torch tensor
+                v = v.detach().cpu().numpy()
+            v = np.asarray(v)
+            want = np.dtype(f.dtype)
+            if v.dtype != want:
+                castable = (f.kind != "image" and v.dtype.kind in "biuf" and np.can_cast(v.dtype, want, "same_kind"))
+                if not castable:
+                    raise StoreError(f"{key}: wrong dtype {v.dtype}, expected {f.dtype}"
+                                     + (" (images are uint8)" if f.kind == "image" else ""))
+            if v.ndim != 1 + len(f.shape) or tuple(v.shape[1:]) != tuple(f.shape):
+                raise StoreError(f"{key}: wrong shape {v.shape}, expected (T, {', '.join(map(str, f.shape))})")
+            if _is_checked_float(f) and not np.isfinite(v).all():
+                bad = np.argwhere(~np.isfinite(v.reshape(len(v), -1)))[0]
+                raise StoreError(f"{key}: NaN or inf at frame {int(bad[0])}, element {int(bad[1])}")
+            out[key] = np.ascontiguousarray(v, dtype=want)
+            lengths[key] = len(v)
+        if len(set(lengths.values())) > 1:
+            raise StoreError(f"mismatched lengths: {lengths}; every key needs the same number of frames")
+        t = next(iter(lengths.values()))
+        if t == 0:
+            raise StoreError("frames: empty episode (0 frames)")
+        return out, t
+
+    def append_episode(self, frames: Mapping[str, np.ndarray], task: str, success: bool = True, source: str = "",
+                       task_id: str | None = None, meta: dict | None = None) -> int:
+        """Append one episode atomically and return its index.
+
+        ``frames``: flat LeRobot keys -> (T, ...) arrays; ``action`` may be absent (video-only
+        episode: stored as zeros and flagged ``has_action=False``). ``task`` is the instruction;
+        ``task_id`` defaults to it. ``meta`` is any JSON-serialisable dict.
+        """
+        self._require_writable()
+        if not isinstance(task, str) or not task.strip():
+            raise StoreError(f"task: expected a non-empty instruction string, got {task!r}")
+        if task_id is not None and not isinstance(task_id, str):
+            raise StoreError(f"task_id: expected a string or None, got {type(task_id).__name__}")
+        arrays, t = self._check_frames(frames)
+        has_action = ACTION in arrays or ACTION not in self._spec.features
+        if ACTION in self._spec.features and ACTION not in arrays:
+            f = self._spec.features[ACTION]
+            arrays[ACTION] = np.zeros((t, *f.shape), f.dtype)
+        doc = {"task_id": task_id if task_id is not None else task, "instruction": task, "success": bool(success),
+               "length": int(t), "source": str(source), "has_action": bool(has_action), "meta": meta or {}}
+        try:
+            doc_json = json.dumps(doc, sort_keys=True)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"meta: not JSON-serialisable ({e})") from None
+        n0, e0 = self.num_frames, self.num_episodes
+        n1 = n0 + t
+        # 1) frames past the committed end
+        for key, value in arrays.items():
+            arr = self._group[f"data/{key}"]
+            arr.resize((n1, *arr.shape[1:]))
+            arr[n0:n1] = value
+        # 2) meta rows past the committed count
+        ends = self._group["meta/episode_ends"]
+        ends.resize((e0 + 1,))
+        ends[e0:e0 + 1] = np.array([n1], np.int64)
+        eps = self._group["meta/episodes"]
+        eps.resize((e0 + 1,))
+        eps[e0:e0 + 1] = np.array([doc_json], dtype=object)
+        # 3) commit: one atomic replace of the root zarr.json
+        self._group.attrs.update({"num_episodes": e0 + 1, "num_frames": n1, "stats": None})
+        self._attrs = dict(self._group.attrs)
+        self._ends = np.append(self._ends, np.int64(n1))
+        self._episodes.append(json.loads(doc_json))
+        self._num_frames = n1
+        self._readers.clear()
+        return e0
+
+    def compute_stats(self, keys: Iterable[str] | None = None, max_image_frames: int = 2000,
+                      seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+        """Per-key mean, std, min, max, q01, q99 (images: per channel in [0, 1], on a frame sample).
+
+        Saved in ``attrs["stats"]`` when the store is writable. Actions count only episodes that have them.
+        """
+        from vlastack.datasets.stats import compute_store_stats, stats_to_json
+
+        if self.num_frames == 0:
+            raise StoreError(f"{self._loc.raw}: no frames; append episodes before computing stats")
+        stats = compute_store_stats(self, self._check_keys(keys), max_image_frames=max_image_frames, seed=seed)
+        if self._mode == "a" and not self._closed:
+            self._group.attrs.update({"stats": stats_to_json(stats)})
+            self._attrs = dict(self._group.attrs)
+        return stats
+
+    # ----------------------------------------------------------------- feature cache
+
+    def _feature_path(self, encoder: str, key: str) -> str:
+        if not isinstance(encoder, str) or not _NAME_RE.match(encoder):
+            raise StoreError(f"encoder: {encoder!r} is not a valid name (letters, digits, '_', '-', '.')")
+        self._check_keys([key])
+        return f"features/{encoder}/{key}"
+
+    def write_features(self, encoder: str, key: str, values: np.ndarray, meta: dict | None = None) -> None:
+        """Cache a frozen encoder's outputs for ``key``: values (num_frames, ...) float16/float32.
+
+        Written under ``features/<encoder>/<key>``; marked complete only after the data is in,
+        so a killed write reads as absent.
+        """
+        self._require_writable()
+        name = self._feature_path(encoder, key)
+        if hasattr(values, "detach"):
+            values = values.detach().cpu().numpy()
+        values = np.asarray(values)
+        if values.dtype not in (np.float16, np.float32):
+            raise StoreError(f"{name}: wrong dtype {values.dtype}, expected float16 or float32")
+        if values.ndim < 2 or values.shape[0] != self.num_frames:
+            raise StoreError(f"{name}: mismatched length: shape {values.shape}, expected ({self.num_frames}, ...)")
+        if not np.isfinite(values).all():
+            raise StoreError(f"{name}: NaN or inf in features")
+        try:
+            json.dumps(meta or {})
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"meta: not JSON-serialisable ({e})") from None
+        row = int(np.prod(values.shape[1:], dtype=np.int64)) * values.dtype.itemsize
+        chunks = (max(1, min(max(1, values.shape[0]), (1 << 20) // max(1, row))), *values.shape[1:])
+        grp = self._group.require_group(f"features/{encoder}")
+        arr = grp.create_array(key, shape=values.shape, chunks=chunks, dtype=values.dtype,
+                               compressors=_blosc(3, "shuffle"), fill_value=0, overwrite=True,
+                               attributes={"complete": False})
+        arr[:] = values
+        arr.attrs.update({"complete": True, "num_frames": self.num_frames, "meta": meta or {}})
+        self._readers.pop(name, None)
+
+    def has_features(self, encoder: str, key: str) -> bool:
+        """Whether a complete, up-to-date cache exists for (encoder, key)."""
+        name = self._feature_path(encoder, key)
+        try:
+            arr = self._group[name]
+        except KeyError:
+            return False
+        a = dict(arr.attrs)
+        return bool(a.get("complete")) and a.get("num_frames") == self.num_frames and arr.shape[0] == self.num_frames
+
+    def read_features(self, encoder: str, key: str):
+        """The zarr array ``features/<encoder>/<key>`` (num_frames, ...); StoreError if absent or stale."""
+        name = self._feature_path(encoder, key)
+        if not self.has_features(encoder, key):
+            have = self.list_features()
+            raise StoreError(f"{name}: no complete feature cache for {self.num_frames} frames; cached: {have}")
+        return self._group[name]
+
+    def read_feature_rows(self, encoder: str, key: str, rows: np.ndarray) -> np.ndarray:
+        """Rows of a feature cache -> (N, ...)."""
+        self.read_features(encoder, key)
+        return self._rows(f"features/{encoder}/{key}", np.asarray(rows, np.int64).reshape(-1))
+
+    def list_features(self) -> dict[str, list[str]]:
+        """encoder -> keys with a complete cache."""
+        out: dict[str, list[str]] = {}
+        try:
+            fgroup = self._group["features"]
+        except KeyError:
+            return out
+        for enc, g in fgroup.groups():
+            keys = [k for k, _ in g.arrays() if self.has_features(enc, k)]
+            if keys:
+                out[enc] = sorted(keys)
+        return out
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Finish writing (zip stores are packed now) and release the store."""
+        if self._closed:
+            return
+        self._closed = True
+        self._readers.clear()
+        if self._finalizer is not None:
+            self._finalizer()  # packs (when writable) and removes the staging directory
+
+    def __enter__(self) -> "TrajectoryStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self):
+        raise TypeError("TrajectoryStore does not pickle; pass its path and open it in each process")
+
+
+def open_store(path: str | os.PathLike, mode: str = "r", verify: str = "fast") -> TrajectoryStore:
+    """Shorthand for :meth:`TrajectoryStore.open`."""
+    return TrajectoryStore.open(path, mode=mode, verify=verify)
+
+
+def episodes_from_store(store: TrajectoryStore, episodes: Sequence[int] | None = None):
+    """Yield (index, frames, metadata) for each episode (all by default)."""
+    for i in range(store.num_episodes) if episodes is None else episodes:
+        yield i, store.episode(i), store.episodes[i]
