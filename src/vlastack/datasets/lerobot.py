@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -145,6 +146,21 @@ def spec_from_lerobot_info(info: Mapping[str, Any]) -> tuple[DatasetSpec, dict[s
         layout = tuple((n, i, i + 1) for i, n in enumerate(names)) if names else (("action", 0, d),)
         aspace = ActionSpace(frame="unknown", mode="unknown", rotation="unknown", layout=layout, gripper="unknown")
     return DatasetSpec(feats, float(info.get("fps", 30)), aspace), source
+
+
+def _restore_our_spec(info: Mapping[str, Any], mapped: DatasetSpec) -> DatasetSpec:
+    """The spec our writer saved in info.json (units, kinds, action space), if it matches ``mapped``."""
+    saved = (info.get("vlastack") or {}).get("spec")
+    if not saved:
+        return mapped
+    try:
+        ours = DatasetSpec.from_dict(saved)
+    except (TypeError, ValueError, KeyError):
+        return mapped
+    same = (list(ours.features) == list(mapped.features) and ours.fps == mapped.fps
+            and all(ours.features[k].shape == f.shape and ours.features[k].dtype == f.dtype
+                    for k, f in mapped.features.items()))
+    return ours if same else mapped
 
 
 def _column_to_numpy(col, n: int, shape: tuple[int, ...], dtype: str, key: str) -> np.ndarray:
@@ -283,6 +299,7 @@ class LeRobotReader:
             raise ConversionError(f"{self.root}/meta/info.json: fps must be positive, got {self.info.get('fps')!r}")
         self.features: dict[str, dict] = self.info.get("features", {})
         self.spec, self._source = spec_from_lerobot_info(self.info)
+        self.spec = _restore_our_spec(self.info, self.spec)
         self.video_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
         self.tol = video_tolerance_s if video_tolerance_s is not None else 0.4 / self.fps
         self._cursors: dict[str, _VideoCursor] = {}
@@ -420,6 +437,13 @@ class LeRobotReader:
                 "robot_type": self.info.get("robot_type")}
         if "next.success" in frames:
             meta["success"] = bool(np.asarray(frames["next.success"]).any())
+        if _SUCCESS_COL in info and info[_SUCCESS_COL] is not None:  # written by our own writer
+            meta["success"] = bool(info[_SUCCESS_COL])
+        if info.get(_SOURCE_COL):
+            meta["source"] = str(info[_SOURCE_COL])
+        if info.get(_HAS_ACTION_COL) is False:  # an action-free episode: its zeros were placeholders
+            frames.pop(ACTION, None)
+            meta["has_action"] = False
         return frames, task, meta
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], str, dict]]:
@@ -438,3 +462,401 @@ class LeRobotReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------- writer (v3.0)
+
+VIDEO_CODECS = ("auto", "libsvtav1", "libx264", "h264", "mpeg4")
+STAT_QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+_HAS_ACTION_COL = "vlastack/has_action"
+_SUCCESS_COL = "vlastack/success"
+_SOURCE_COL = "vlastack/source"
+
+
+def pick_video_codec(vcodec: str = "auto") -> str:
+    """The encoder to use: ``auto`` prefers AV1 (libsvtav1, LeRobot's default), then H.264."""
+    import av
+
+    if vcodec not in VIDEO_CODECS:
+        raise ConversionError(f"video codec {vcodec!r} unknown; choose one of {VIDEO_CODECS}")
+    candidates = ("libsvtav1", "libx264", "h264", "mpeg4") if vcodec == "auto" else (vcodec,)
+    for name in candidates:
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # not built into this FFmpeg
+            continue
+    raise ConversionError(f"no video encoder among {candidates} in this PyAV build")
+
+
+DEFAULT_CRF = {"libsvtav1": 30, "libx264": 23, "h264": 23, "mpeg4": 12}  # AV1 30: LeRobot's own default
+
+
+def _codec_options(codec: str, crf: int | None, gop: int) -> dict[str, str]:
+    crf = DEFAULT_CRF.get(codec, 23) if crf is None else int(crf)
+    opts = {"g": str(gop)}
+    if codec == "libsvtav1":
+        opts.update(crf=str(crf), preset="12")
+    elif codec in ("libx264", "h264"):
+        opts.update(crf=str(crf), preset="veryfast")
+    else:
+        opts.update(qscale=str(max(1, min(31, crf // 3))))
+    return opts
+
+
+def _video_info(path: Path) -> dict[str, Any]:
+    """info.json ``info`` block of one mp4, as LeRobot writes it."""
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return {"video.height": s.height, "video.width": s.width, "video.codec": s.codec_context.codec.canonical_name,
+                "video.pix_fmt": s.pix_fmt, "video.is_depth_map": False, "video.fps": int(s.base_rate),
+                "video.channels": 3, "has_audio": bool(c.streams.audio)}
+
+
+class _VideoFileWriter:
+    """Appends episodes of one camera to mp4 files, back to back, rolling over by size."""
+
+    def __init__(self, root: Path, key: str, fps: int, codec: str, crf: int | None, gop: int, max_mb: float,
+                 chunks_size: int):
+        self.root, self.key, self.fps, self.codec = root, key, fps, codec
+        self.opts, self.max_bytes, self.chunks_size = _codec_options(codec, crf, gop), max_mb * 2**20, chunks_size
+        self.chunk = self.file = 0
+        self.container = self.stream = None
+        self.frames_in_file = 0
+        self.first_path: Path | None = None
+
+    def path(self) -> Path:
+        return self.root / V3_VIDEO_PATH.format(video_key=self.key, chunk_index=self.chunk, file_index=self.file)
+
+    def _open(self, h: int, w: int) -> None:
+        import av
+
+        p = self.path()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(p), "w", options={"movflags": "faststart"})
+        self.stream = self.container.add_stream(self.codec, rate=self.fps, options=self.opts)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = w, h, "yuv420p"
+        self.frames_in_file = 0
+        self.first_path = self.first_path or p
+
+    def close(self) -> None:
+        if self.container is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+            self.container.close()
+            self.container = self.stream = None
+
+    def add_episode(self, images: np.ndarray) -> dict[str, Any]:
+        """Encode (T, H, W, 3) uint8 frames; returns the episode's ``videos/<key>/...`` columns."""
+        import av
+
+        t, h, w, _ = images.shape
+        if h % 2 or w % 2:
+            raise ConversionError(f"{self.key}: yuv420p video needs even height and width, got {h} x {w}")
+        p = self.path()
+        if self.container is not None and p.exists() and p.stat().st_size >= self.max_bytes:
+            self.close()
+            self.file += 1
+            if self.file >= self.chunks_size:
+                self.chunk, self.file = self.chunk + 1, 0
+        if self.container is None:
+            self._open(h, w)
+        start = self.frames_in_file
+        for img in images:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.frames_in_file
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+            self.frames_in_file += 1
+        col = f"videos/{self.key}/"
+        return {col + "chunk_index": self.chunk, col + "file_index": self.file,
+                col + "from_timestamp": start / self.fps, col + "to_timestamp": self.frames_in_file / self.fps}
+
+
+def _lowdim_stats(x: np.ndarray) -> dict[str, Any]:
+    """LeRobot stats of (N, ...) values, reduced over axis 0."""
+    x = np.asarray(x, dtype=np.float64)
+    qs = np.quantile(x, STAT_QUANTILES, axis=0) if len(x) else np.zeros((len(STAT_QUANTILES), *x.shape[1:]))
+    out = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}
+    out.update({f"q{int(round(q * 100)):02d}": qs[i] for i, q in enumerate(STAT_QUANTILES)})
+    return {k: v.tolist() for k, v in out.items()}
+
+
+def _hist_stats(hist: np.ndarray, count: int) -> dict[str, Any]:
+    """LeRobot image stats (per channel, shape (3, 1, 1), in [0, 1]) from (3, 256) uint8 histograms."""
+    levels = np.arange(256) / 255.0
+    total = hist.sum(1)  # (3,)
+    mean = (hist * levels).sum(1) / total
+    std = np.sqrt(np.maximum((hist * levels**2).sum(1) / total - mean**2, 0))
+    cdf = np.cumsum(hist, 1) / total[:, None]  # (3, 256)
+    nz = hist > 0
+    out = {"min": levels[nz.argmax(1)], "max": levels[255 - nz[:, ::-1].argmax(1)], "mean": mean, "std": std}
+    for q in STAT_QUANTILES:
+        out[f"q{int(round(q * 100)):02d}"] = levels[(cdf < q).sum(1).clip(0, 255)]
+    res = {k: v.reshape(3, 1, 1).tolist() for k, v in out.items()}
+    res["count"] = [count]
+    return res
+
+
+def _image_hist(images: np.ndarray) -> np.ndarray:
+    """(3, 256) per-channel counts of (T, H, W, 3) uint8 frames."""
+    flat = images.reshape(-1, 3)
+    return np.stack([np.bincount(flat[:, c], minlength=256) for c in range(3)])
+
+
+def _arrow_column(values: np.ndarray, shape: tuple[int, ...], dtype: str):
+    """(T, *shape) numpy -> a pyarrow array the way LeRobot / HF datasets store it."""
+    import pyarrow as pa
+
+    t = values.shape[0]
+    typ = pa.from_numpy_dtype(np.dtype(dtype))
+    if shape == (1,):
+        return pa.array(values.reshape(t), type=typ)
+    if len(shape) == 1:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=typ), shape[0])
+    arr = pa.array(values.reshape(-1), type=typ)
+    for d in reversed(shape):
+        arr = pa.FixedSizeListArray.from_arrays(arr, d)
+    return arr
+
+
+def write_lerobot_v3(dst: str | Path, spec: DatasetSpec, episodes, num_episodes: int | None = None, *,
+                     vcodec: str = "auto", crf: int | None = None, gop: int = 2, robot_type: str | None = None,
+                     overwrite: bool = False, progress: Progress | None = None,
+                     data_files_size_in_mb: float = 100, video_files_size_in_mb: float = 200,
+                     chunks_size: int = 1000) -> Path:
+    """Write ``episodes`` (an iterable of ``(frames, task, meta)``) as a LeRobotDataset v3.0 directory.
+
+    ``frames`` maps spec keys to (T, ...) arrays; images (kind ``"image"``) are encoded into one mp4
+    per camera with the episodes back to back (yuv420p, key frame every ``gop`` frames, quality
+    ``crf``: None picks the codec's default, 30 for AV1 as LeRobot does, 23 for H.264). ``meta``
+    may carry ``success``, ``source`` and ``has_action`` (kept as extra ``vlastack/*`` episode
+    columns that our reader maps back). The directory is built beside ``dst`` and moved into
+    place at the end, so a failed conversion leaves no half dataset.
+    """
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its config banner to stderr otherwise
+
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise ConversionError(f"{dst}: already exists (pass overwrite=True / --overwrite to replace it)")
+    fps = int(round(spec.fps))
+    if abs(fps - spec.fps) > 1e-6 or fps <= 0:
+        raise ConversionError(f"LeRobot stores an integer fps; this dataset has fps={spec.fps}")
+    for k in spec.features:
+        if k in BOOKKEEPING:
+            raise ConversionError(f"feature {k!r} collides with LeRobot's bookkeeping column of that name")
+    codec = pick_video_codec(vcodec)
+    tmp = dst.parent / (dst.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+    try:
+        _write_v3_into(tmp, spec, episodes, num_episodes, fps, codec, crf, gop, robot_type, progress,
+                       data_files_size_in_mb, video_files_size_in_mb, chunks_size)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+    return dst
+
+
+def _write_v3_into(tmp: Path, spec: DatasetSpec, episodes, num_episodes, fps: int, codec: str, crf, gop: int,
+                   robot_type, progress, data_files_size_in_mb, video_files_size_in_mb, chunks_size) -> None:
+    """The body of :func:`write_lerobot_v3`, writing into the staging directory ``tmp``."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image_keys = spec.image_keys
+    low_keys = [k for k in spec.features if k not in image_keys]
+    features: dict[str, dict] = {}
+    for k, f in spec.features.items():
+        if f.kind == "image":
+            features[k] = {"dtype": "video", "shape": list(f.shape), "names": ["height", "width", "channels"]}
+        else:
+            features[k] = {"dtype": f.dtype, "shape": list(f.shape), "names": list(f.names) if f.names else None}
+    features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+    for k in ("frame_index", "episode_index", "index", "task_index"):
+        features[k] = {"dtype": "int64", "shape": [1], "names": None}
+    columns = low_keys + list(BOOKKEEPING)
+    col_spec = {k: (tuple(features[k]["shape"]), features[k]["dtype"]) for k in columns}
+
+    videos = {k: _VideoFileWriter(tmp, k, fps, codec, crf, gop, video_files_size_in_mb, chunks_size)
+              for k in image_keys}
+    tasks: dict[str, int] = {}
+    rows: list[dict] = []
+    lowdim_all: dict[str, list[np.ndarray]] = {k: [] for k in columns}
+    hists = {k: np.zeros((3, 256), np.int64) for k in image_keys}
+    writer = None
+    data_chunk = data_file = 0
+    data_bytes = 0
+    total = 0
+    try:
+        for ep, (frames, task, meta) in enumerate(episodes):
+            meta = dict(meta or {})
+            lengths = {k: len(v) for k, v in frames.items() if k in spec.features}
+            t = next(iter(lengths.values()), 0)
+            if t == 0:
+                raise ConversionError(f"episode {ep}: no frames")
+            has_action = bool(meta.get("has_action", ACTION in frames))
+            cols: dict[str, np.ndarray] = {}
+            for k in low_keys:
+                f = spec.features[k]
+                if k not in frames:
+                    if k == ACTION and not has_action:
+                        cols[k] = np.zeros((t, *f.shape), f.dtype)  # action-free episode: zeros, flagged below
+                        continue
+                    raise ConversionError(f"episode {ep}: missing key {k!r}")
+                v = np.asarray(frames[k])
+                if len(v) != t:
+                    raise ConversionError(f"episode {ep}: {k} has {len(v)} frames, expected {t}")
+                cols[k] = v.reshape(t, *f.shape).astype(f.dtype, copy=False)
+            task_index = tasks.setdefault(str(task), len(tasks))
+            fi = np.arange(t)
+            cols["timestamp"] = (fi / fps).astype(np.float32)
+            cols["frame_index"] = fi.astype(np.int64)
+            cols["episode_index"] = np.full(t, ep, np.int64)
+            cols["index"] = (total + fi).astype(np.int64)
+            cols["task_index"] = np.full(t, task_index, np.int64)
+            table = pa.table({k: _arrow_column(cols[k], *col_spec[k]) for k in columns})
+            if writer is not None and data_bytes + table.nbytes > data_files_size_in_mb * 2**20:
+                writer.close()
+                writer, data_bytes = None, 0
+                data_file += 1
+                if data_file >= chunks_size:
+                    data_chunk, data_file = data_chunk + 1, 0
+            if writer is None:
+                p = tmp / V3_DATA_PATH.format(chunk_index=data_chunk, file_index=data_file)
+                p.parent.mkdir(parents=True, exist_ok=True)
+                writer = pq.ParquetWriter(p, table.schema, compression="snappy")
+            writer.write_table(table)
+            data_bytes += table.nbytes
+            row: dict[str, Any] = {"episode_index": ep, "tasks": [str(task)], "length": t,
+                                   "data/chunk_index": data_chunk, "data/file_index": data_file,
+                                   "dataset_from_index": total, "dataset_to_index": total + t}
+            for k in image_keys:
+                if k not in frames:
+                    raise ConversionError(f"episode {ep}: missing key {k!r}")
+                imgs = np.asarray(frames[k])
+                if imgs.shape != (t, *spec.features[k].shape) or imgs.dtype != np.uint8:
+                    raise ConversionError(f"episode {ep}: {k} is {imgs.shape} {imgs.dtype}, expected "
+                                          f"{(t, *spec.features[k].shape)} uint8")
+                row.update(videos[k].add_episode(imgs))
+                h = _image_hist(imgs)
+                hists[k] += h
+                for name, val in _hist_stats(h, t).items():
+                    row[f"stats/{k}/{name}"] = val
+            row["meta/episodes/chunk_index"] = 0
+            row["meta/episodes/file_index"] = 0
+            for k in columns:
+                lowdim_all[k].append(cols[k].reshape(t, -1) if col_spec[k][0] != (1,) else cols[k].reshape(t, 1))
+                st = _lowdim_stats(cols[k].reshape(t, *col_spec[k][0]))
+                for name, val in st.items():
+                    row[f"stats/{k}/{name}"] = val
+            row[_HAS_ACTION_COL] = has_action
+            row[_SUCCESS_COL] = bool(meta.get("success", True))
+            row[_SOURCE_COL] = str(meta.get("source", ""))
+            rows.append(row)
+            total += t
+            if progress is not None:
+                progress(ep + 1, num_episodes if num_episodes is not None else ep + 1)
+    finally:
+        if writer is not None:
+            writer.close()
+        for v in videos.values():
+            v.close()
+    if not rows:
+        raise ConversionError("no episodes to write")
+
+    for k, v in videos.items():
+        features[k]["info"] = _video_info(v.first_path)
+    stats: dict[str, dict] = {}
+    for k in columns:
+        shape = col_spec[k][0]
+        stats[k] = _lowdim_stats(np.concatenate(lowdim_all[k]).reshape(-1, *shape))
+    for k in image_keys:
+        stats[k] = _hist_stats(hists[k], total)
+    info = {"codebase_version": "v3.0", "robot_type": robot_type, "total_episodes": len(rows), "total_frames": total,
+            "total_tasks": len(tasks), "chunks_size": chunks_size, "data_files_size_in_mb": data_files_size_in_mb,
+            "video_files_size_in_mb": video_files_size_in_mb, "fps": fps, "splits": {"train": f"0:{len(rows)}"},
+            "data_path": V3_DATA_PATH, "video_path": V3_VIDEO_PATH if image_keys else None, "features": features,
+            "vlastack": {"spec": spec.to_dict()}}  # our units, kinds and action-space layout, for the way back
+    (tmp / "meta").mkdir(exist_ok=True)
+    (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    (tmp / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
+    pd.DataFrame({"task_index": list(tasks.values())}, index=list(tasks.keys())).to_parquet(tmp / "meta" / "tasks.parquet")
+    ep_path = tmp / V3_EPISODES_PATH.format(chunk_index=0, file_index=0)
+    ep_path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), ep_path)
+
+
+# ----------------------------------------------------------------------------- store <-> LeRobot
+
+def episodes_into_store(dst: str | Path, spec: DatasetSpec, episodes, num_episodes: int | None = None, *,
+                        overwrite: bool = False, progress: Progress | None = None, compute_stats: bool = True):
+    """Create a trajectory store at ``dst`` and append ``(frames, task, meta)`` episodes to it.
+
+    ``meta`` may carry ``success``, ``source`` and ``has_action`` (False drops ``action``); the rest
+    is kept as the episode's metadata. Returns the store, closed (zip stores are packed then).
+    """
+    from vlastack.datasets.store import TrajectoryStore
+
+    store = TrajectoryStore.create(dst, spec, overwrite=overwrite)
+    try:
+        for i, (frames, task, meta) in enumerate(episodes):
+            meta = dict(meta or {})
+            success = bool(meta.pop("success", True))
+            source = str(meta.pop("source", ""))
+            if meta.pop("has_action", True) is False:
+                frames = {k: v for k, v in frames.items() if k != ACTION}
+            store.append_episode(frames, task=task, success=success, source=source, meta=meta)
+            if progress is not None:
+                progress(i + 1, num_episodes if num_episodes is not None else i + 1)
+        if compute_stats and store.num_frames:
+            store.compute_stats()
+    finally:
+        store.close()
+    return store
+
+
+def lerobot_to_store(src: str | Path, dst: str | Path, *, overwrite: bool = False,
+                     progress: Progress | None = None):
+    """Convert a LeRobotDataset directory (v3.0 / v2.1 / v2.0) into a trajectory store at ``dst``."""
+    with LeRobotReader(src) as reader:
+        def episodes():
+            for frames, task, meta in reader:
+                meta.setdefault("source", f"lerobot {reader.version} {reader.root.name} episode {meta['episode_index']}")
+                yield frames, task, meta
+        return episodes_into_store(dst, reader.spec, episodes(), reader.num_episodes, overwrite=overwrite,
+                                   progress=progress)
+
+
+def store_to_lerobot(store, dst: str | Path, *, vcodec: str = "auto", crf: int | None = None, gop: int = 2,
+                     overwrite: bool = False, progress: Progress | None = None, robot_type: str | None = None) -> Path:
+    """Write a trajectory store (an open store or its path) as a LeRobotDataset v3.0 directory."""
+    from vlastack.datasets.store import TrajectoryStore
+
+    own = not hasattr(store, "append_episode")
+    if own:
+        store = TrajectoryStore.open(store, mode="r")
+    try:
+        docs = store.episodes
+        if robot_type is None and docs:
+            robot_type = (docs[0].get("meta") or {}).get("robot_type")
+
+        def episodes():
+            for i, doc in enumerate(docs):
+                frames = store.episode(i)
+                meta = {"success": doc.get("success", True), "source": doc.get("source", ""),
+                        "has_action": doc.get("has_action", True)}
+                yield frames, doc["instruction"], meta
+        return write_lerobot_v3(dst, store.spec, episodes(), store.num_episodes, vcodec=vcodec, crf=crf, gop=gop,
+                                robot_type=robot_type, overwrite=overwrite, progress=progress)
+    finally:
+        if own:
+            store.close()
