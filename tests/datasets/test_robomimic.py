@@ -142,3 +142,27 @@ def test_truncated_obs_is_named(tmp_path):
             r.read_episode(0)
         with pytest.raises(ConversionError, match="num_samples=41"):
             r.read_episode(1)
+
+
+# ----------------------------------------------------------------------------- into the store
+
+@pytest.mark.parametrize("path", [PROCESSED, RAW], ids=["processed", "raw"])
+def test_into_store(tmp_path, path, expected):
+    from vlastack.datasets.robomimic import robomimic_to_store
+    from vlastack.datasets.store import TrajectoryStore
+
+    calls = []
+    robomimic_to_store(path, tmp_path / "s.zarr", progress=lambda a, b: calls.append((a, b)))
+    assert calls == [(1, 2), (2, 2)]
+    with TrajectoryStore.open(tmp_path / "s.zarr") as s:
+        assert s.num_episodes == 2 and list(s.episode_ends) == list(np.cumsum([d["length"] for d in expected]))
+        assert s.tasks == ["lift the cube"] and all(e["success"] for e in s.episodes)
+        assert s.episodes[1]["source"].endswith("demo_2") and s.fps == 20.0
+        assert s.spec.action_space.layout[-1] == ("gripper", 6, 7)
+        for i, d in enumerate(expected):
+            ep = s.episode(i)
+            np.testing.assert_array_equal(ep[ACTION], np.asarray(d["actions"], np.float32))
+            if path == PROCESSED:
+                assert ep["observation.images.agentview"].shape == (d["length"], 24, 24, 3)
+                assert ep[DONE].dtype == bool and ep[DONE][-1, 0]
+        assert s.stats is not None and ACTION in s.stats

@@ -344,3 +344,18 @@ class RobomimicReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def robomimic_to_store(src: str | Path, dst: str | Path, *, mapping: RobomimicMapping | None = None,
+                       filter_key: str | None = None, task: str | None = None, overwrite: bool = False,
+                       progress: Progress | None = None):
+    """Convert a robomimic-processed or raw robosuite hdf5 file into a trajectory store at ``dst``."""
+    from vlastack.datasets.lerobot import episodes_into_store
+
+    with RobomimicReader(src, mapping=mapping, filter_key=filter_key, task=task) as reader:
+        def episodes():
+            for frames, instruction, meta in reader:
+                meta["source"] = f"{reader.layout} {reader.path.name} {meta['demo']}"
+                yield frames, instruction, meta
+        return episodes_into_store(dst, reader.spec, episodes(), reader.num_episodes, overwrite=overwrite,
+                                   progress=progress)
