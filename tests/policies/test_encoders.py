@@ -404,3 +404,69 @@ def test_bad_input_errors(minilm):
             text_enc(["open the drawer", "  "])
         with pytest.raises(TypeError, match=r"texts\[0\] must be str"):
             text_enc([3])
+
+
+# ---------------------------------------------------------------- dual models, fine-tuning, dtypes, devices
+
+def test_hf_dual_clip_model_gives_both_towers(tmp_path):
+    import transformers as tf
+
+    n = _save_tokenizer(tmp_path, ["[PAD]", "[UNK]", "</s>"])
+    torch.manual_seed(0)
+    cfg = tf.CLIPConfig(
+        text_config=dict(vocab_size=n, hidden_size=D_HF, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=32, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        vision_config=dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+                           image_size=32, patch_size=16),
+        projection_dim=16)
+    tf.CLIPModel(cfg).save_pretrained(tmp_path)
+    vis = make_vision_encoder("hf:" + str(tmp_path))
+    grid, pooled = vis(_images(2, 32, 32))
+    assert vis.out_dim == 24 and grid.shape == (2, 24, 2, 2) and pooled.shape == (2, 24)
+    txt = make_text_encoder("hf:" + str(tmp_path))
+    tokens, mask, pooled = txt(["open the drawer"])
+    assert txt.out_dim == D_HF and tokens.shape == (1, 4, D_HF) and mask.all() and pooled.shape == (1, D_HF)
+
+
+def test_efficientnet_can_be_fine_tuned():
+    enc = make_vision_encoder("efficientnet_lite0", layer="block5", frozen=False)
+    assert not enc.frozen and _trainable(enc) > 100_000
+    enc.train()
+    assert enc.training and enc.bn0.training
+    _, pooled = enc(_images(2, 64, 64))
+    pooled.sum().backward()
+    assert enc.conv_stem.weight.grad is not None and enc.conv_stem.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "tiny"])
+def test_images_follow_the_encoder_dtype(name):
+    enc = make_vision_encoder(name)
+    x = _images(2, 64, 64)
+    ref, _ = enc(x)
+    grid, pooled = enc.to(torch.bfloat16)(x)  # float32 images into a bf16 encoder
+    assert grid.dtype == pooled.dtype == torch.bfloat16
+    torch.testing.assert_close(grid.float(), ref, rtol=0.1, atol=0.1 * ref.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_encoders_on_cuda(minilm, tmp_path):
+    x = _images(3, 128, 128)
+    for name in ("efficientnet_lite0", "resnet18_gn", "tiny"):
+        enc = make_vision_encoder(name).eval()
+        with torch.no_grad():
+            ref = enc(x)
+            out = enc.cuda()(x)  # CPU images are moved to the encoder's device
+        assert out[0].device.type == "cuda"
+        torch.testing.assert_close(out[0].cpu(), ref[0], rtol=1e-2, atol=1e-2 * ref[0].abs().max().item())
+    texts = ["open the drawer", "turn on the stove", "open the drawer"]
+    for enc in (minilm, make_text_encoder("tiny")):
+        ref = enc.cpu()(texts)
+        enc.cache.clear() if hasattr(enc, "cache") else None
+        out = enc.cuda()(texts)
+        assert all(t.device.type == "cuda" for t in out)
+        assert torch.equal(out[1].cpu(), ref[1])
+        torch.testing.assert_close(out[2].cpu(), ref[2], rtol=1e-3, atol=1e-3)
+        out2 = enc(texts)  # cached path on CUDA
+        assert torch.equal(out2[2], out[2])
+        enc.cpu()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import math
 from collections import OrderedDict
 from typing import Iterator, Sequence
@@ -122,8 +123,18 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def check_images(images, who: str) -> Tensor:
-    """Validate encoder input: a float tensor (N, 3, H, W) in [0, 1]; raise naming the problem."""
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The floating dtype of a module's first floating parameter or buffer (float32 when it has none)."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def check_images(images, who: str, like: nn.Module | None = None) -> Tensor:
+    """Validate encoder input: a float tensor (N, 3, H, W) in [0, 1]; raise naming the problem.
+
+    With ``like``, the images are returned on that module's device and in its floating dtype."""
     if not isinstance(images, Tensor):
         raise TypeError(f"{who}: images must be a torch.Tensor (N, 3, H, W) float in [0, 1], got {type(images).__name__}")
     if images.ndim != 4 or images.shape[1] != 3:
@@ -133,6 +144,8 @@ def check_images(images, who: str) -> Tensor:
                         "(convert uint8 frames with images.float() / 255)")
     if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
         raise ValueError(f"{who}: empty image batch {tuple(images.shape)}")
+    if like is not None:
+        images = images.to(device=module_device(like), dtype=module_dtype(like))
     return images
 
 

@@ -98,7 +98,7 @@ class EfficientNetLite0Encoder(VisionEncoder):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (N, 3, H, W) in [0, 1] -> grid (N, C, ceil(H/s), ceil(W/s)), pooled (N, C)."""
-        check_images(images, self.name)
+        images = check_images(images, self.name, self)
         with self._grad_ctx():
             x = images * 2.0 - 1.0  # (N, 3, H, W) in [-1, 1]
             x = self.act(self.bn0(self.conv_stem(x)))  # (N, 32, H/2, W/2)

@@ -119,12 +119,12 @@ class HFVisionEncoder(VisionEncoder):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (N, 3, H, W) in [0, 1] -> grid (N, D, H/p, W/p), pooled (N, D)."""
-        check_images(images, self.name)
+        images = check_images(images, self.name, self)
         with self._grad_ctx():
             x = images
             if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
                 x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
-            x = (x - self.pixel_mean) / self.pixel_std  # (N, 3, H', W')
+            x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)  # (N, 3, H', W')
             kw = {"interpolate_pos_encoding": True} if self._interp else {}
             out = self.tower(pixel_values=x, output_hidden_states=self.layer != -1, **kw)
             hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]  # (N, S, D)

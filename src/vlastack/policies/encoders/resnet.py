@@ -118,7 +118,7 @@ class ResNet18GNEncoder(VisionEncoder):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (N, 3, H, W) in [0, 1] -> grid (N, 512, H/32, W/32), pooled (N, 512)."""
-        check_images(images, self.name)
+        images = check_images(images, self.name, self)
         with self._grad_ctx():
             x = self.stem(images * 2.0 - 1.0)  # (N, w0, H/4, W/4)
             grid = self.stages(x)  # (N, 8 w0, H/32, W/32)

@@ -49,7 +49,7 @@ class TinyVisionEncoder(VisionEncoder):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (N, 3, H, W) in [0, 1] -> grid (N, C, H/stride, W/stride), pooled (N, C)."""
-        check_images(images, self.name)
+        images = check_images(images, self.name, self)
         with self._grad_ctx():
             grid = self.net(images * 2.0 - 1.0)  # (N, C, h, w)
             pooled = grid.mean(dim=(2, 3))  # (N, C)
