@@ -354,3 +354,80 @@ def test_store_round_trip_through_lerobot_v3(tmp_path):
                 assert ea[field] == eb[field], field
         _compare([(a.episode(i), "", {}) for i in range(3)], [(b.episode(i), "", {}) for i in range(3)])
     assert b.episodes[2]["has_action"] is False
+
+
+# ----------------------------------------------------------------------------- vlastack inspect / convert
+
+def test_detect_format(tmp_path):
+    from vlastack.datasets.convert import detect_format
+
+    assert detect_format(FIXTURES / "lerobot_v30") == "lerobot"
+    assert detect_format(FIXTURES / "robomimic_lift_image.hdf5") == "robomimic"
+    with pytest.raises(ConversionError, match="no such file"):
+        detect_format(tmp_path / "nope")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(ConversionError, match=r"not a recognised dataset; expected one of \('store', 'lerobot'"):
+        detect_format(tmp_path / "x.txt")
+
+
+def test_convert_and_inspect_commands(tmp_path, capsys):
+    from vlastack.datasets.convert import convert_main, detect_format, inspect_main
+    from vlastack.datasets.store import TrajectoryStore
+
+    exp = expected("lerobot_v21")
+    z = tmp_path / "v21.zarr"
+    assert convert_main([str(FIXTURES / "lerobot_v21"), str(z), "--quiet"]) == 0
+    assert "wrote 3 episodes, 30 frames (LeRobot v2.1 -> store)" in capsys.readouterr().out
+    assert detect_format(z) == "store"
+    # store -> LeRobot v3.0 -> zip store: the v2.1 data came through both hops
+    assert convert_main([str(z), str(tmp_path / "v30"), "--to", "lerobot", "--quiet"]) == 0
+    assert lerobot_version(tmp_path / "v30") == "v3.0"
+    assert convert_main([str(tmp_path / "v30"), str(tmp_path / "back.zip"), "--quiet"]) == 0
+    capsys.readouterr()
+    with TrajectoryStore.open(tmp_path / "back.zip") as s:
+        assert [e["instruction"] for e in s.episodes] == exp["tasks"]
+        np.testing.assert_array_equal(s.episode(2)[STATE], np.asarray(exp["state"][2], np.float32))
+
+    assert inspect_main([str(tmp_path / "back.zip"), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    for text in ("episodes", "frames", "30", "observation.images.front", "(32, 48, 3)", "uint8",
+                 "observation.state", "(4)", "float32", "pick up the red cube", "2/2 (100%)", "open the drawer",
+                 "size on disk", "KiB", "statistics (saved", "q99", "lerobot v2.1 lerobot_v21 episode 1"):
+        assert text in out, text
+
+
+def test_commands_report_bad_input(tmp_path, capsys):
+    from vlastack.datasets.convert import convert_main, inspect_main
+
+    assert inspect_main([str(tmp_path / "missing.zarr")]) == 2
+    assert "missing.zarr" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("x")
+    assert convert_main([str(tmp_path / "notes.txt"), str(tmp_path / "o.zarr"), "--quiet"]) == 2
+    assert "not a recognised dataset" in capsys.readouterr().err
+    out = tmp_path / "o.zarr"
+    assert convert_main([str(FIXTURES / "lerobot_v30_images"), str(out), "--quiet"]) == 0
+    assert convert_main([str(FIXTURES / "lerobot_v30_images"), str(out), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert convert_main([str(FIXTURES / "lerobot_v30_images"), str(out), "--quiet", "--overwrite",
+                         "--task", "wave"]) == 0
+    assert convert_main([str(FIXTURES / "robomimic_lift_image.hdf5"), str(tmp_path / "r.zarr"), "--quiet",
+                         "--mapping", "colour=red"]) == 2
+    assert "unknown name 'colour'" in capsys.readouterr().err
+
+
+def test_console_script_runs(tmp_path):
+    """Once through the installed ``vlastack`` entry point, as a user runs it."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "vlastack"
+    if not exe.exists():
+        pytest.skip("the vlastack console script is not installed in this environment")
+    dst = tmp_path / "cli.zarr"
+    res = subprocess.run([str(exe), "convert", str(FIXTURES / "lerobot_v30"), str(dst)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "3/3" in res.stdout + res.stderr and "wrote 3 episodes" in res.stdout
+    res = subprocess.run([str(exe), "inspect", str(dst), "--no-stats"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "observation.images.wrist" in res.stdout and "pick up the red cube" in res.stdout
