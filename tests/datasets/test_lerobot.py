@@ -431,3 +431,11 @@ def test_console_script_runs(tmp_path):
     res = subprocess.run([str(exe), "inspect", str(dst), "--no-stats"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "observation.images.wrist" in res.stdout and "pick up the red cube" in res.stdout
+
+
+def test_back_to_back_episodes_decode_without_reseeking():
+    """Sequential reading of a v3.0 file holding three episodes seeks once per camera, not per episode."""
+    with LeRobotReader(FIXTURES / "lerobot_v30") as r:
+        list(r)
+        assert {k: c.seeks for k, c in r._cursors.items()} == {"observation.images.front": 1,
+                                                                "observation.images.wrist": 1}

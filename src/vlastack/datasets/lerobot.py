@@ -202,22 +202,24 @@ def _decode_image_cell(cell: Mapping[str, Any] | None, root: Path, key: str) -> 
 
 
 class _VideoCursor:
-    """Decodes frames at given timestamps from one mp4 at a time, reading forward without
-    re-seeking when consecutive requests continue where the last one stopped."""
+    """Decodes frames at given timestamps from one mp4 at a time. Consecutive requests that pick up
+    where the last one stopped (episodes stored back to back) keep decoding forward without a seek."""
 
     def __init__(self):
         self.path: Path | None = None
         self.container = None
         self.stream = None
         self.frames = None  # iterator of decoded frames
-        self.last_t = -math.inf  # time of the last decoded frame
+        self.pending = None  # (t, frame): decoded past the last request, not consumed yet
+        self.consumed_t = -math.inf  # time of the last frame consumed from the decoder
+        self.seeks = 0
 
     def close(self) -> None:
         """Release the open file."""
         if self.container is not None:
             self.container.close()
-        self.path = self.container = self.stream = self.frames = None
-        self.last_t = -math.inf
+        self.path = self.container = self.stream = self.frames = self.pending = None
+        self.consumed_t = -math.inf
 
     def _open(self, path: Path) -> None:
         import av
@@ -234,30 +236,43 @@ class _VideoCursor:
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
         self.path = path
-        self.frames = self.container.decode(self.stream)
+
+    def _time(self, frame) -> float:
+        return float(frame.pts * self.stream.time_base) if frame.pts is not None else self.consumed_t + 1e-6
+
+    def _decoded(self, key: str):
+        """(t, frame) pairs: the pending frame first, then the decoder's."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            yield pending
+        while True:
+            try:
+                frame = next(self.frames)
+            except StopIteration:
+                return
+            except Exception as e:  # av.error.* on corrupt data
+                raise ConversionError(f"{key}: decoding {self.path} failed after t={self.consumed_t:.3f}s ({e})") from e
+            yield self._time(frame), frame
 
     def read(self, path: Path, timestamps: np.ndarray, tol: float, key: str) -> np.ndarray:
         """Frames nearest to ``timestamps`` (seconds in this file): (T, H, W, 3) uint8."""
         if self.path != path:
             self._open(path)
         first, last = float(timestamps.min()), float(timestamps.max())
-        if not (self.last_t < first - tol and first - self.last_t < 2.0):
-            # behind us, or far ahead: seek to the key frame before ``first``
+        ahead = self.frames is not None and self.consumed_t < first - tol and first - self.consumed_t < 2.0
+        if not ahead:  # behind us, or far ahead: seek to the key frame before ``first``
             self.container.seek(max(0, int((first - tol) / self.stream.time_base)), stream=self.stream,
                                 backward=True)
             self.frames = self.container.decode(self.stream)
-            self.last_t = -math.inf
+            self.pending, self.consumed_t = None, -math.inf
+            self.seeks += 1
         times: list[float] = []
         images: list[np.ndarray] = []
-        while self.last_t < last + tol:
-            try:
-                frame = next(self.frames)
-            except StopIteration:
+        for t, frame in self._decoded(key):
+            if t > last + tol:
+                self.pending = (t, frame)
                 break
-            except Exception as e:  # av.error.* on corrupt data
-                raise ConversionError(f"{key}: decoding {path} failed near t={self.last_t:.3f}s ({e})") from e
-            t = float(frame.pts * self.stream.time_base) if frame.pts is not None else self.last_t + tol
-            self.last_t = t
+            self.consumed_t = t
             if t >= first - tol:
                 times.append(t)
                 images.append(frame.to_ndarray(format="rgb24"))  # (H, W, 3)
