@@ -60,10 +60,12 @@ class EfficientNetLite0Encoder(VisionEncoder):
         weights_path: another state-dict file for the same architecture.
         seed: seeds the random init when ``pretrained`` is False.
         name: feature-cache name; default "efficientnet_lite0" (+ "_<layer>" unless "head").
+        channels_last: keep weights and activations NHWC (10-20% faster on CPU for depthwise convs).
     """
 
     def __init__(self, layer: str = "head", frozen: bool = True, pretrained: bool = True,
-                 weights_path: str | None = None, seed: int | None = 0, name: str | None = None):
+                 weights_path: str | None = None, seed: int | None = 0, name: str | None = None,
+                 channels_last: bool = True):
         super().__init__()
         if layer not in LAYERS:
             raise ValueError(f"efficientnet_lite0: unknown layer {layer!r}; choose one of {sorted(LAYERS)}")
@@ -94,6 +96,9 @@ class EfficientNetLite0Encoder(VisionEncoder):
         self.frozen = bool(frozen)
         default = "efficientnet_lite0" + ("" if layer == "head" else f"_{layer}") + ("" if pretrained else "_random")
         self.name = name or default
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
         self._apply_freeze()
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -101,6 +106,8 @@ class EfficientNetLite0Encoder(VisionEncoder):
         images = check_images(images, self.name, self)
         with self._grad_ctx():
             x = images * 2.0 - 1.0  # (N, 3, H, W) in [-1, 1]
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             x = self.act(self.bn0(self.conv_stem(x)))  # (N, 32, H/2, W/2)
             for i, block in enumerate(self.blocks):
                 rate = self._drop_connect * i / self._total_blocks if self.training else None
