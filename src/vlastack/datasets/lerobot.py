@@ -32,7 +32,6 @@ import json
 import math
 import os
 import shutil
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
