@@ -24,6 +24,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from vlastack.policies.encoders.base import module_device
+
 CACHE_FORMAT = 1
 
 
@@ -58,14 +60,6 @@ def _image_keys(store, keys: Iterable[str] | str | None) -> list[str]:
     return keys
 
 
-def _device(encoder) -> torch.device:
-    for t in encoder.parameters():
-        return t.device
-    for t in encoder.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _fingerprint(encoder) -> str | None:
     fp = getattr(encoder, "fingerprint", None)
     return fp() if callable(fp) else None
@@ -92,7 +86,7 @@ def frames_to_tensor(frames: np.ndarray, device=None) -> torch.Tensor:
 @torch.no_grad()
 def encode_frames(encoder, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Patch grids of uint8 frames (T, H, W, 3) -> float32 (T, C, h, w), encoded ``batch_size`` at a time."""
-    device = _device(encoder)
+    device = module_device(encoder)
     out = []
     for s in range(0, len(frames), batch_size):
         grid, _ = encoder(frames_to_tensor(frames[s:s + batch_size], device))  # (b, C, h, w)
