@@ -136,7 +136,7 @@ class HFVisionEncoder(VisionEncoder):
             pooler = getattr(out, "pooler_output", None)
             if self.pooling == "pooler" and pooler is None:
                 raise ValueError(f"{self.name}: pooling='pooler' but {type(self.tower).__name__} has no pooler_output")
-            if self.pooling == "mean" or pooler is None or self.layer != -1 and self.pooling == "auto":
+            if self.pooling == "mean" or pooler is None or (self.pooling == "auto" and self.layer != -1):
                 pooled = patches.mean(1)  # (N, D)
             else:
                 pooled = pooler.reshape(hidden.shape[0], -1)  # (N, D)
