@@ -1,0 +1,426 @@
+"""DUST: a dual-stream flow-matching VLA with a world-model stream (arXiv 2510.27607).
+
+Read bottom-up: the conditioning encoder (current-frame vision tokens + instruction tokens
+through a small self-attention stack), the dual-stream denoiser (action stream: state token +
+H action tokens; vision stream: pooled frozen-encoder features of the future frame o_{t+k};
+N MMDiT blocks with joint attention, then stream-specific DiT blocks, each stream with its own
+timestep embedding), then the policy (the two verbs, input checks, the asynchronous sampler).
+
+Shape letters: B batch, T frames in a window, K cameras, C vision-feature channels, (h, w)
+encoder grid, S conditioning tokens, H action horizon, N_v future tokens, W width.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...types import ACTION, STATE, TASK, ActionChunk, ContractError, Observation, image_key, pad_key
+from ..base import Policy, check_tasks, feature_key, images_to_float, register_policy, to_tensor
+from ..layers import (DiTBlock, FinalLayer, MMDiTBlock, TimestepEmbedding, TransformerBlock, mlp_stack,
+                      sinusoidal_1d, sinusoidal_2d)
+from ..noise import FlowMatching
+from ..normalizer import Normalizer
+from .config import DUSTConfig
+from .strategies import make_strategy
+
+HAS_ACTION = "has_action"  # optional (B,) bool batch key: False marks action-free (video) samples
+
+
+# ---------------------------------------------------------------- conditioning
+
+
+class ConditionEncoder(nn.Module):
+    """Current-frame vision tokens + instruction tokens -> a self-attention stack -> (B, S, W).
+
+    Vision tokens get 2-D sinusoidal positions, a learned camera embedding and a learned
+    history-step embedding; text tokens 1-D positions and a learned type embedding.
+    """
+
+    def __init__(self, vision_dim: int, text_dim: int, width: int, heads: int, layers: int, n_cams: int,
+                 n_obs: int, grid: tuple[int, int], mlp_ratio: float):
+        super().__init__()
+        self.vision_proj = nn.Linear(vision_dim, width)
+        self.text_proj = nn.Linear(text_dim, width)
+        self.camera_embed = nn.Parameter(torch.randn(n_cams, width) * 0.02)  # (K, W)
+        self.step_embed = nn.Parameter(torch.randn(n_obs, width) * 0.02)  # (n_obs, W)
+        self.text_embed = nn.Parameter(torch.randn(width) * 0.02)  # (W,)
+        self.register_buffer("grid_pos", sinusoidal_2d(*grid, width), persistent=False)  # (h*w, W)
+        self.norm_in = nn.LayerNorm(width)
+        self.blocks = nn.ModuleList(TransformerBlock(width, heads, mlp_ratio) for _ in range(layers))
+        self.norm_out = nn.LayerNorm(width)
+
+    def forward(self, grids: Tensor, text: Tensor, text_valid: Tensor) -> tuple[Tensor, Tensor]:
+        """grids (B, n_obs, K, C, h, w), text (B, L, D_t), text_valid (B, L) -> ctx (B, S, W), valid (B, S)."""
+        b = grids.shape[0]
+        v = grids.flatten(-2).transpose(-1, -2)  # (B, n_obs, K, h*w, C)
+        v = self.vision_proj(v) + self.grid_pos + self.camera_embed[None, None, :, None] \
+            + self.step_embed[None, :, None, None]  # (B, n_obs, K, h*w, W)
+        v = v.flatten(1, 3)  # (B, n_obs*K*h*w, W)
+        pos = sinusoidal_1d(torch.arange(text.shape[1], device=text.device), v.shape[-1])  # (L, W)
+        t = self.text_proj(text.to(v.dtype)) + pos + self.text_embed  # (B, L, W)
+        x = torch.cat([v, t], dim=1)  # (B, S, W)
+        valid = torch.cat([torch.ones(b, v.shape[1], dtype=torch.bool, device=v.device),
+                           text_valid.to(torch.bool)], dim=1)  # (B, S)
+        x = self.norm_in(x)
+        for blk in self.blocks:
+            x = blk(x, valid)  # (B, S, W)
+        return self.norm_out(x), valid
+
+
+# ---------------------------------------------------------------- dual-stream denoiser
+
+
+def _init_linears(module: nn.Module) -> None:
+    """Xavier-uniform Linear weights and zero biases (DiT), before the zero-init of gates and heads."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class DUSTNetwork(nn.Module):
+    """The denoiser: action stream (+ world-model stream) through MMDiT then stream-specific DiT blocks.
+
+    Knows nothing of noise schedules: it maps noisy streams and their noise levels to velocities.
+    Streams: index 0 = action (state token + H action tokens), index 1 = vision (future tokens).
+    """
+
+    def __init__(self, cfg: DUSTConfig, feat_dim: int):
+        super().__init__()
+        w = cfg.width
+        self.world_model = cfg.world_model
+        n_streams = 2 if self.world_model else 1
+        ctx_dim = w
+        # action stream
+        self.state_enc = nn.Linear(cfg.n_obs_steps * cfg.state_dim, w)
+        self.action_enc = nn.Linear(cfg.action_dim, w)
+        self.register_buffer("action_pos", sinusoidal_1d(torch.arange(cfg.horizon + 1), w), persistent=False)
+        self.t_embed_a = TimestepEmbedding(w)
+        # blocks
+        self.mmdit = nn.ModuleList(
+            MMDiTBlock(w, cfg.heads, n_streams, cfg.mlp_ratio, ctx_dim if cfg.mmdit_cross_attention else None)
+            for _ in range(cfg.n_mmdit))
+        self.action_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, cfg.mlp_ratio, ctx_dim)
+                                           for _ in range(cfg.n_stream_blocks))
+        # vision (world-model) stream
+        if self.world_model:
+            hidden = cfg.future_mlp_hidden or w
+            n_fc = len(cfg.future_camera_list)
+            gh, gw = cfg.future_grid
+            self.future_enc = mlp_stack(feat_dim, hidden, w, layers=3)
+            self.future_camera_embed = nn.Parameter(torch.zeros(n_fc, w))  # (K_f, W), normal-init below
+            self.register_buffer("future_pos", sinusoidal_2d(gh, gw, w).repeat(n_fc, 1), persistent=False)
+            self.t_embed_o = TimestepEmbedding(w)
+            self.vision_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, cfg.mlp_ratio, ctx_dim)
+                                               for _ in range(cfg.n_stream_blocks))
+        _init_linears(self)
+        # re-apply the zero / small initialisations that xavier overwrote
+        for m in self.modules():
+            if hasattr(m, "ada") and isinstance(m.ada, nn.Module):
+                for a in (m.ada if isinstance(m.ada, nn.ModuleList) else [m.ada]):
+                    nn.init.zeros_(a.linear.weight), nn.init.zeros_(a.linear.bias)
+        for te in [self.t_embed_a] + ([self.t_embed_o] if self.world_model else []):
+            nn.init.normal_(te.mlp[0].weight, std=0.02), nn.init.normal_(te.mlp[2].weight, std=0.02)
+        self.action_out = FinalLayer(w, cfg.action_dim)
+        if self.world_model:
+            nn.init.normal_(self.future_camera_embed, std=0.02)
+            self.vision_out = FinalLayer(w, feat_dim, head=mlp_stack(w, cfg.future_mlp_hidden or w, feat_dim, 2))
+            _init_linears(self.vision_out.head)
+            nn.init.zeros_(self.vision_out.head[-1].weight), nn.init.zeros_(self.vision_out.head[-1].bias)
+        self.n_future = self.future_pos.shape[0] if self.world_model else 0
+        self.ctx_per_mmdit = cfg.mmdit_cross_attention
+
+    def context_kv(self, ctx: Tensor) -> dict[str, list]:
+        """Keys/values of the conditioning for every cross-attention (reused across denoising steps)."""
+        out: dict[str, list] = {"action": [b.cross.context_kv(ctx) for b in self.action_blocks], "mmdit": []}
+        if self.ctx_per_mmdit:
+            out["mmdit"] = [[c.context_kv(ctx) for c in b.cross] for b in self.mmdit]
+        if self.world_model:
+            out["vision"] = [b.cross.context_kv(ctx) for b in self.vision_blocks]
+        return out
+
+    def forward(self, state: Tensor, a_t: Tensor, tau_a: Tensor, ctx: Tensor, ctx_valid: Tensor,
+                o_t: Tensor | None = None, tau_o: Tensor | None = None, kv: dict[str, list] | None = None,
+                need_action: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """Velocities of both streams.
+
+        state (B, n_obs*D_s), a_t (B, H, D_a), tau_a (B,), ctx (B, S, W), ctx_valid (B, S),
+        o_t (B, N_v, C), tau_o (B,); kv from :meth:`context_kv`. With ``need_action=False`` the
+        action-only work (last MMDiT block's action outputs, action DiT blocks, decoder) is skipped
+        and v_a is None. Returns v_a (B, H, D_a) | None, v_o (B, N_v, C) | None.
+        """
+        xa = torch.cat([self.state_enc(state)[:, None], self.action_enc(a_t)], dim=1) + self.action_pos  # (B, 1+H, W)
+        ca = self.t_embed_a(tau_a)  # (B, W)
+        xs, cs = [xa], [ca]
+        if self.world_model:
+            if o_t is None or tau_o is None:
+                raise ValueError("the world-model stream needs o_t and tau_o")
+            xo = self.future_enc(o_t) + self.future_pos + self.future_camera_embed.repeat_interleave(
+                self.n_future // self.future_camera_embed.shape[0], dim=0)  # (B, N_v, W)
+            xs.append(xo), cs.append(self.t_embed_o(tau_o))  # (B, W)
+        last = len(self.mmdit) - 1
+        for i, blk in enumerate(self.mmdit):
+            ctxs = None
+            if self.ctx_per_mmdit:
+                ctxs = kv["mmdit"][i] if kv is not None else [ctx] * len(xs)
+            need = [False, True] if (not need_action and i == last) else None
+            xs = blk(xs, cs, ctxs, ctx_valid, need)  # [(B, 1+H, W) | None, (B, N_v, W)]
+        v_a = v_o = None
+        if need_action:
+            x = xs[0]
+            for j, blk in enumerate(self.action_blocks):
+                x = blk(x, ca, kv["action"][j] if kv is not None else ctx, ctx_valid)  # (B, 1+H, W)
+            v_a = self.action_out(x[:, 1:], ca)  # (B, H, D_a)
+        if self.world_model:
+            x = xs[1]
+            for j, blk in enumerate(self.vision_blocks):
+                x = blk(x, cs[1], kv["vision"][j] if kv is not None else ctx, ctx_valid)  # (B, N_v, W)
+            v_o = self.vision_out(x, cs[1])  # (B, N_v, C)
+        return v_a, v_o
+
+
+# ---------------------------------------------------------------- the policy
+
+
+@register_policy("dust")
+class DUSTPolicy(Policy):
+    """DUST policy: ``compute_loss(batch)`` (decoupled flow matching) and ``sample_actions(obs)``.
+
+    Inputs follow the data contract (``types.fake_batch``): images uint8 (B, T, H, W, 3) per camera
+    with T = n_obs (+ 1 future frame for the world model), or cached features of the vision encoder
+    under ``features.<encoder name>.observation.images.<cam>`` (B, T, C, h, w); state (B, n_obs, D_s);
+    action (B, H, D_a); ``<key>_is_pad`` masks; ``task`` list of B strings; optional ``has_action`` (B,).
+    """
+
+    config_class = DUSTConfig
+
+    def __init__(self, config: DUSTConfig, stats: Mapping[str, Mapping[str, Any]] | None = None):
+        super().__init__(config)
+        from ..encoders import make_text_encoder, make_vision_encoder
+
+        cfg = config
+        self.strategy = make_strategy(cfg.strategy)
+        self.flow = FlowMatching(cfg.tau_s, cfg.tau_alpha, cfg.tau_beta)
+        self.vision = make_vision_encoder(cfg.vision_encoder, **cfg.vision_encoder_kwargs)
+        self.text = make_text_encoder(cfg.text_encoder, **cfg.text_encoder_kwargs)
+        if cfg.world_model and not self.vision.frozen:
+            raise ValueError(f"DUST's world-model target is the frozen vision encoder's features, but "
+                             f"{cfg.vision_encoder!r} is trainable; pass vision_encoder_kwargs={{'frozen': True}}, "
+                             f"a frozen encoder, or strategy='dit_single'")
+        self.grid = tuple(self.vision.grid_size(cfg.image_size))
+        self.cond_grid = cfg.cond_grid or self.grid
+        for what, g in (("future_grid", cfg.future_grid if cfg.world_model else self.grid), ("cond_grid", self.cond_grid)):
+            if self.grid[0] % g[0] or self.grid[1] % g[1]:
+                raise ValueError(f"{what} {tuple(g)} must divide the vision encoder's grid {self.grid} "
+                                 f"({cfg.vision_encoder} at image_size {cfg.image_size})")
+        self.feat_dim = int(self.vision.out_dim)
+        self.condition = ConditionEncoder(self.feat_dim, int(self.text.out_dim), cfg.width, cfg.heads, cfg.cond_layers,
+                                          len(cfg.cameras), cfg.n_obs_steps, self.cond_grid, cfg.mlp_ratio)
+        self.net = DUSTNetwork(cfg, self.feat_dim)
+        self.normalizer = Normalizer({STATE: cfg.state_dim, ACTION: cfg.action_dim},
+                                     {STATE: cfg.state_norm, ACTION: cfg.action_norm}, stats=stats,
+                                     on_constant=cfg.norm_on_constant)
+        self._future_idx = [cfg.cameras.index(c) for c in cfg.future_camera_list]
+
+    # ------------------------------------------------------------ inputs
+
+    def _camera_frames(self, data: Mapping[str, Any], want: Mapping[str, list[int]], batch: int) -> dict[str, Tensor]:
+        """Feature grids per camera for the frame indices in ``want`` (cam -> indices on the T axis).
+
+        Cached features are used when present, otherwise images are encoded (one encoder call).
+        Returns cam -> (B, len(want[cam]), C, h, w).
+        """
+        cfg, dev = self.config, self.device
+        out: dict[str, Tensor] = {}
+        to_encode: list[tuple[str, Tensor]] = []
+        for cam, idx in want.items():
+            ik, fk = image_key(cam), feature_key(self.vision.name, image_key(cam))
+            if fk in data:
+                f = to_tensor(data[fk], dev)
+                f = f[:, None] if f.dim() == 4 else f  # (B, T, C, h, w)
+                exp = (self.feat_dim, *self.grid)
+                if f.dim() != 5 or tuple(f.shape[2:]) != exp or f.shape[0] != batch:
+                    raise ContractError(f"{fk}: expected cached features (B={batch}, T, {exp[0]}, {exp[1]}, {exp[2]}) "
+                                        f"from encoder {self.vision.name!r}, got shape {tuple(f.shape)}")
+                if f.shape[1] <= max(idx):
+                    raise ContractError(f"{fk}: expected at least {max(idx) + 1} frames on axis 1, got {f.shape[1]}")
+                out[cam] = f[:, idx].float()
+            elif ik in data:
+                x = images_to_float(data[ik], ik, cfg.image_size, dev)  # (B, [T,] 3, H, W)
+                x = x[:, None] if x.dim() == 4 else x  # (B, T, 3, H, W)
+                if x.dim() != 5 or x.shape[0] != batch:
+                    raise ContractError(f"{ik}: expected images (B={batch}, T, {cfg.image_size[0]}, "
+                                        f"{cfg.image_size[1]}, 3), got shape {tuple(to_tensor(data[ik]).shape)}")
+                if x.shape[1] <= max(idx):
+                    raise ContractError(f"{ik}: expected at least {max(idx) + 1} frames on axis 1 (n_obs="
+                                        f"{cfg.n_obs_steps}{' + future frame' if max(idx) >= cfg.n_obs_steps else ''}),"
+                                        f" got {x.shape[1]}; build windows with config.delta_indices()")
+                to_encode.append((cam, x[:, idx]))
+            else:
+                have = sorted(k for k in data if k.startswith(("observation.images.", "features.")))
+                raise ContractError(f"missing camera {cam!r}: expected {ik!r} (uint8 images) or cached features "
+                                    f"{fk!r}; the policy needs cameras {list(cfg.cameras)}, got {have}")
+        if to_encode:
+            flat = torch.cat([x.flatten(0, 1) for _, x in to_encode])  # (sum B*T_i, 3, H, W)
+            grid, _ = self.vision(flat)  # (N, C, h, w)
+            if tuple(grid.shape[1:]) != (self.feat_dim, *self.grid):
+                raise RuntimeError(f"vision encoder {self.vision.name!r} returned {tuple(grid.shape[1:])}, "
+                                   f"expected {(self.feat_dim, *self.grid)}")
+            for (cam, x), g in zip(to_encode, grid.split([x.shape[0] * x.shape[1] for _, x in to_encode])):
+                out[cam] = g.view(x.shape[0], x.shape[1], *g.shape[1:])  # (B, T_i, C, h, w)
+        return out
+
+    def _state(self, data: Mapping[str, Any], batch: int | None = None) -> Tensor:
+        """Normalised state (B, n_obs * D_s), checked against the config."""
+        cfg = self.config
+        if STATE not in data:
+            raise ContractError(f"missing {STATE!r}: expected float (B, {cfg.n_obs_steps}, {cfg.state_dim})")
+        s = to_tensor(data[STATE], self.device).float()
+        s = s[:, None] if s.dim() == 2 else s  # (B, n_obs, D_s)
+        if s.dim() != 3 or s.shape[1] != cfg.n_obs_steps or s.shape[2] != cfg.state_dim \
+                or (batch is not None and s.shape[0] != batch):
+            raise ContractError(f"{STATE}: expected (B, {cfg.n_obs_steps}, {cfg.state_dim}) (state_dim="
+                                f"{cfg.state_dim}, n_obs_steps={cfg.n_obs_steps}), got {tuple(s.shape)}")
+        return self.normalizer.normalize(STATE, s).flatten(1)  # (B, n_obs*D_s)
+
+    def _condition(self, frames: dict[str, Tensor], tasks: list[str]) -> tuple[Tensor, Tensor]:
+        """Current-frame grids per camera + instructions -> ctx (B, S, W), valid (B, S)."""
+        n = self.config.n_obs_steps
+        grids = torch.stack([frames[c][:, :n] for c in self.config.cameras], dim=2)  # (B, n_obs, K, C, h, w)
+        if tuple(self.cond_grid) != tuple(self.grid):
+            b, t, k = grids.shape[:3]
+            grids = F.adaptive_avg_pool2d(grids.flatten(0, 2), self.cond_grid).view(b, t, k, self.feat_dim,
+                                                                                   *self.cond_grid)
+        tokens, mask, _ = self.text(tasks)  # (B, L, D_t), (B, L)
+        return self.condition(grids, tokens.to(self.device), mask.to(self.device))
+
+    def _future_target(self, frames: dict[str, Tensor]) -> Tensor:
+        """The world-model target: future-frame features pooled to the future grid -> (B, N_v, C)."""
+        cfg = self.config
+        n = cfg.n_obs_steps
+        g = torch.stack([frames[c][:, n] for c in cfg.future_camera_list], dim=1)  # (B, K_f, C, h, w)
+        b, k = g.shape[:2]
+        g = F.adaptive_avg_pool2d(g.flatten(0, 1), cfg.future_grid)  # (B*K_f, C, gh, gw)
+        o = g.view(b, k, self.feat_dim, -1).transpose(-1, -2).reshape(b, -1, self.feat_dim)  # (B, N_v, C)
+        if cfg.future_target_norm == "layernorm":
+            o = F.layer_norm(o, (self.feat_dim,))
+        return o
+
+    # ------------------------------------------------------------ training
+
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """Decoupled flow-matching loss ||v_A - (A - eps_A)||^2 + lambda_WM ||v_o - (o - eps_o)||^2.
+
+        Padded action steps are masked; samples without actions (``has_action`` False, or every
+        action step padded, or no ``action`` key at all) contribute only to the vision loss.
+        """
+        cfg, dev = self.config, self.device
+        state = self._state(batch)  # (B, n_obs*D_s)
+        b = state.shape[0]
+        tasks = check_tasks(batch.get(TASK), b)
+        # actions and their mask
+        if ACTION in batch:
+            a = to_tensor(batch[ACTION], dev).float()
+            if a.dim() != 3 or tuple(a.shape) != (b, cfg.horizon, cfg.action_dim):
+                raise ContractError(f"{ACTION}: expected (B={b}, horizon={cfg.horizon}, action_dim={cfg.action_dim}), "
+                                    f"got {tuple(a.shape)}")
+            valid = ~to_tensor(batch[pad_key(ACTION)], dev).bool() if pad_key(ACTION) in batch \
+                else torch.ones(b, cfg.horizon, dtype=torch.bool, device=dev)  # (B, H)
+        else:
+            a = torch.zeros(b, cfg.horizon, cfg.action_dim, device=dev)
+            valid = torch.zeros(b, cfg.horizon, dtype=torch.bool, device=dev)
+        has_action = valid.any(dim=1)  # (B,)
+        if HAS_ACTION in batch:
+            has_action = has_action & to_tensor(batch[HAS_ACTION], dev).bool().view(b)
+        valid = valid & has_action[:, None]  # (B, H)
+        if not self.strategy.world_model and not bool(has_action.any()):
+            raise ValueError(f"strategy {cfg.strategy!r} has no world-model stream, so an action-free batch "
+                             "gives it nothing to learn; use a world-model strategy for video pretraining")
+        a = torch.where(has_action[:, None, None], self.normalizer.normalize(ACTION, a), torch.zeros_like(a))
+        # vision: current frames for every camera, plus the future frame of future cameras
+        n = cfg.n_obs_steps
+        want = {c: list(range(n)) + ([n] if self.strategy.world_model and c in cfg.future_camera_list else [])
+                for c in cfg.cameras}
+        frames = self._camera_frames(batch, want, b)
+        ctx, ctx_valid = self._condition(frames, tasks)
+        # noise levels (action-free samples see pure action noise, tau_a = 0)
+        tau_a, tau_o = self.strategy.train_taus(self.flow, b, device=dev)  # (B,), (B,) | None
+        tau_a = torch.where(has_action, tau_a, torch.zeros_like(tau_a))
+        eps_a = torch.randn_like(a)  # (B, H, D_a)
+        a_t = self.flow.interpolate(a, eps_a, tau_a)  # (B, H, D_a)
+        o = o_t = eps_o = None
+        if self.strategy.world_model:
+            o = self._future_target(frames)  # (B, N_v, C)
+            eps_o = torch.randn_like(o)
+            o_t = self.flow.interpolate(o, eps_o, tau_o)  # (B, N_v, C)
+        v_a, v_o = self.net(state, a_t, tau_a, ctx, ctx_valid, o_t, tau_o)
+        # action loss: mean over valid (sample, step) pairs
+        err_a = (v_a - self.flow.velocity_target(a, eps_a)).pow(2).mean(-1)  # (B, H)
+        err_a = torch.where(valid, err_a, torch.zeros_like(err_a))
+        loss_a = err_a.sum() / valid.sum().clamp_min(1)
+        metrics = {"loss_action": float(loss_a.detach()), "action_fraction": float(has_action.float().mean())}
+        loss = loss_a
+        if self.strategy.world_model:
+            err_o = (v_o - self.flow.velocity_target(o, eps_o)).pow(2).mean(dim=(1, 2))  # (B,)
+            keep = torch.ones(b, dtype=torch.bool, device=dev)
+            if cfg.mask_padded_future:
+                for c in cfg.future_camera_list:
+                    pk = pad_key(image_key(c))
+                    if pk in batch:
+                        keep = keep & ~to_tensor(batch[pk], dev).bool()[:, n]
+            loss_o = torch.where(keep, err_o, torch.zeros_like(err_o)).sum() / keep.sum().clamp_min(1)
+            loss = loss + cfg.lambda_wm * loss_o
+            metrics["loss_world"] = float(loss_o.detach())
+        metrics["loss"] = float(loss.detach())
+        return loss, metrics
+
+    # ------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample_actions(self, obs: Observation | Mapping[str, Any], num_action_steps: int | None = None,
+                       num_vision_steps: int | None = None, generator: torch.Generator | None = None,
+                       seed: int | None = None) -> ActionChunk:
+        """Euler sampling of an action chunk (B, H, D_a) in physical units.
+
+        N_A = ``num_action_steps`` and N_o = ``num_vision_steps`` default to the config; vision
+        advances every step, actions every q = N_o / N_A steps, and steps where actions do not
+        advance skip the action-only blocks. ``seed`` (or ``generator``) makes chunks reproducible.
+        ``extras``: ``future`` (B, N_v, C) predicted future features (normalised space, or None),
+        ``num_network_calls``, ``num_action_updates``.
+        """
+        cfg, dev = self.config, self.device
+        data = obs.to_flat() if isinstance(obs, Observation) else obs
+        if not isinstance(data, Mapping):
+            raise TypeError(f"sample_actions takes an Observation or a flat dict, got {type(data).__name__}")
+        n_a = num_action_steps or cfg.num_action_steps
+        n_o = num_vision_steps or n_a * max(cfg.num_vision_steps // cfg.num_action_steps, 1)  # keep the config's q
+        steps = self.strategy.schedule(n_a, n_o)
+        state = self._state(data)  # (B, n_obs*D_s)
+        b = state.shape[0]
+        tasks = check_tasks(data.get(TASK), b)
+        frames = self._camera_frames(data, {c: list(range(cfg.n_obs_steps)) for c in cfg.cameras}, b)
+        ctx, ctx_valid = self._condition(frames, tasks)
+        kv = self.net.context_kv(ctx)
+        if seed is not None:
+            generator = torch.Generator(device=dev).manual_seed(int(seed))
+        a = torch.randn(b, cfg.horizon, cfg.action_dim, generator=generator, device=dev)  # (B, H, D_a)
+        o = torch.randn(b, cfg.num_future_tokens, self.feat_dim, generator=generator, device=dev) \
+            if self.strategy.world_model else None  # (B, N_v, C)
+        calls = updates = 0
+        for st in steps:
+            tau_a = torch.full((b,), st.tau_a, device=dev)  # (B,)
+            tau_o = torch.full((b,), st.tau_o, device=dev) if o is not None else None
+            v_a, v_o = self.net(state, a, tau_a, ctx, ctx_valid, o, tau_o, kv=kv, need_action=st.advance)
+            calls += 1
+            if o is not None:
+                o = self.flow.euler_step(o, v_o, st.dt_o)  # (B, N_v, C)
+            if st.advance:
+                a = self.flow.euler_step(a, v_a, st.dt_a)  # (B, H, D_a)
+                updates += 1
+        actions = self.normalizer.unnormalize(ACTION, a)  # (B, H, D_a)
+        return ActionChunk(actions, extras={"future": o, "num_network_calls": calls, "num_action_updates": updates})

@@ -1,0 +1,339 @@
+"""DUST: shapes, training behaviour, sampler schedule and call counts, checkpoints, bad input."""
+import json
+
+import pytest
+import torch
+
+from vlastack.policies.base import Policy, feature_key, make_policy
+from vlastack.policies.dust import DUSTConfig, DUSTPolicy, make_strategy
+from vlastack.policies.noise import FlowMatching
+from vlastack.types import ContractError, DatasetSpec, Observation, fake_batch, fake_observation, image_key
+
+
+def _spec(cfg):
+    return DatasetSpec.robot(cameras=cfg.cameras, image_size=cfg.image_size, state_dim=cfg.state_dim,
+                             action_dim=cfg.action_dim)
+
+
+def _stats(cfg):
+    return {"observation.state": {"mean": [0.0] * cfg.state_dim, "std": [1.0] * cfg.state_dim},
+            "action": {"min": [-3.0] * cfg.action_dim, "max": [3.0] * cfg.action_dim}}
+
+
+def _policy(preset="tiny", seed=0, **over):
+    torch.manual_seed(seed)
+    cfg = DUSTConfig.preset(preset, **over)
+    return make_policy("dust", cfg, stats=_stats(cfg))
+
+
+def _batch(cfg, b=4, seed=0):
+    return fake_batch(_spec(cfg), batch_size=b, n_obs=cfg.n_obs_steps, horizon=cfg.horizon,
+                      future_offset=cfg.future_offset, seed=seed)
+
+
+def _loss_at(policy, batch, seed=123):
+    torch.manual_seed(seed)
+    return policy.compute_loss(batch)
+
+
+def _train(policy, batch, steps, lr=3e-3):
+    opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        loss, _ = policy.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+# ---------------------------------------------------------------- shapes and training
+
+
+def test_shapes_and_finite_loss():
+    p = _policy()
+    cfg = p.config
+    loss, m = p.compute_loss(_batch(cfg))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert set(m) == {"loss", "loss_action", "loss_world", "action_fraction"}
+    assert m["loss"] == pytest.approx(m["loss_action"] + cfg.lambda_wm * m["loss_world"], rel=1e-5)
+    chunk = p.sample_actions(fake_observation(_spec(cfg), batch_size=3), seed=0)
+    assert chunk.actions.shape == (3, cfg.horizon, cfg.action_dim) and torch.isfinite(chunk.actions).all()
+    assert chunk.extras["future"].shape == (3, cfg.num_future_tokens, p.feat_dim)
+    assert cfg.num_future_tokens == len(cfg.cameras) * 4
+
+
+def test_overfits_one_small_batch():
+    """One batch with its noise draw held fixed (the same seed before every step): the loss, and
+    each stream's loss, fall by at least 90%."""
+    p = _policy()
+    batch = _batch(p.config, b=2)
+    before, m0 = _loss_at(p, batch)
+    opt = torch.optim.Adam([q for q in p.parameters() if q.requires_grad], lr=3e-3)
+    for _ in range(100):
+        loss, _ = _loss_at(p, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after, m1 = _loss_at(p, batch)
+    assert after.item() <= 0.1 * before.item(), (before.item(), after.item())
+    assert m1["loss_action"] <= 0.1 * m0["loss_action"] and m1["loss_world"] <= 0.1 * m0["loss_world"], (m0, m1)
+
+
+def test_action_free_batches_train_only_the_vision_stream():
+    p = _policy()
+    cfg = p.config
+    for make in ("pad", "flag", "no_action_key"):
+        batch = _batch(cfg)
+        if make == "pad":
+            batch["action_is_pad"][:] = True
+        elif make == "flag":
+            batch["has_action"] = torch.zeros(4, dtype=torch.bool)
+        else:
+            del batch["action"], batch["action_is_pad"]
+        p.zero_grad()
+        loss, m = p.compute_loss(batch)
+        loss.backward()
+        assert m["loss_action"] == 0.0 and m["action_fraction"] == 0.0 and m["loss_world"] > 0, make
+        action_only = list(p.net.action_out.parameters()) + list(p.net.action_blocks.parameters())
+        assert all(q.grad is None or torch.count_nonzero(q.grad) == 0 for q in action_only), make
+        assert torch.count_nonzero(p.net.vision_out.head[-1].weight.grad) > 0, make
+
+
+def test_padded_and_action_free_samples_do_not_affect_the_action_loss():
+    p = _policy()
+    batch = _batch(p.config)
+    batch["action_is_pad"][0, 2:] = True  # padded tail of sample 0
+    batch["has_action"] = torch.tensor([True, True, True, False])  # sample 3 is video-only
+    _, m0 = _loss_at(p, batch)
+    batch["action"][0, 2:] = 1e6
+    batch["action"][3] = float("nan")
+    _, m1 = _loss_at(p, batch)
+    assert m0["loss_action"] == m1["loss_action"] and m0["loss_world"] == m1["loss_world"]
+    batch["action"][1, 0] += 1.0  # a valid step does matter
+    assert _loss_at(p, batch)[1]["loss_action"] != m0["loss_action"]
+
+
+def test_cached_features_match_images():
+    p = _policy()
+    cfg = p.config
+    batch = _batch(cfg)
+    cached = {k: v for k, v in batch.items() if not k.startswith("observation.images.")}
+    with torch.no_grad():
+        for cam in cfg.cameras:
+            imgs = batch[image_key(cam)]  # (B, T, H, W, 3)
+            grid, _ = p.vision(imgs.flatten(0, 1).permute(0, 3, 1, 2).float() / 255)
+            cached[feature_key(p.vision.name, image_key(cam))] = grid.view(*imgs.shape[:2], *grid.shape[1:]).half()
+    l_img, _ = _loss_at(p, batch)
+    l_feat, _ = _loss_at(p, cached)
+    assert torch.allclose(l_img, l_feat, rtol=1e-2)
+    obs = {k: (v[:, :1] if torch.is_tensor(v) and v.dim() >= 3 else v) for k, v in cached.items()
+           if not k.endswith("_is_pad") and k != "action"}
+    obs_img = {k: (v[:, :1] if torch.is_tensor(v) and v.dim() >= 3 else v) for k, v in batch.items()
+               if not k.endswith("_is_pad") and k != "action"}
+    a1 = p.sample_actions(obs, seed=1).actions
+    a2 = p.sample_actions(obs_img, seed=1).actions
+    assert torch.allclose(a1, a2, atol=1e-2)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _count(module):
+    n = [0]
+    module.register_forward_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+    return n
+
+
+@pytest.mark.parametrize("n_a,n_o", [(2, 2), (2, 6), (4, 16), (1, 3)])
+def test_sampler_call_counts(n_a, n_o):
+    p = _policy()
+    net, dec, blk, last_mlp = (_count(p.net), _count(p.net.action_out), _count(p.net.action_blocks[0]),
+                               _count(p.net.mmdit[-1].mlp[0]))
+    vis_blk = _count(p.net.vision_blocks[0])
+    chunk = p.sample_actions(fake_observation(_spec(p.config), batch_size=2), num_action_steps=n_a,
+                             num_vision_steps=n_o, seed=0)
+    assert net[0] == n_o and vis_blk[0] == n_o  # one network call per vision step
+    assert dec[0] == n_a and blk[0] == n_a and last_mlp[0] == n_a  # action-only work only when actions advance
+    assert chunk.extras["num_network_calls"] == n_o and chunk.extras["num_action_updates"] == n_a
+
+
+def test_skipping_action_blocks_does_not_change_the_result():
+    p = _policy()
+    _train(p, _batch(p.config), steps=5)  # non-trivial weights
+    obs = fake_observation(_spec(p.config), batch_size=2)
+    fast = p.sample_actions(obs, num_action_steps=2, num_vision_steps=6, seed=4)
+    # reference: same schedule, but the full network (action blocks included) on every step
+    data, cfg = obs.to_flat(), p.config
+    with torch.no_grad():
+        state = p._state(data)
+        frames = p._camera_frames(data, {c: [0] for c in cfg.cameras}, 2)
+        ctx, valid = p._condition(frames, data["task"])
+        g = torch.Generator().manual_seed(4)
+        a = torch.randn(2, cfg.horizon, cfg.action_dim, generator=g)
+        o = torch.randn(2, cfg.num_future_tokens, p.feat_dim, generator=g)
+        for st in make_strategy("mmdit_decoupled").schedule(2, 6):
+            v_a, v_o = p.net(state, a, torch.full((2,), st.tau_a), ctx, valid, o, torch.full((2,), st.tau_o))
+            o = o + st.dt_o * v_o
+            if st.advance:
+                a = a + st.dt_a * v_a
+    assert torch.allclose(fast.actions, p.normalizer.unnormalize("action", a), atol=1e-5)
+    assert torch.allclose(fast.extras["future"], o, atol=1e-5)
+
+
+def test_schedules():
+    s = make_strategy("mmdit_decoupled").schedule(2, 6)
+    assert [st.advance for st in s] == [False, False, True, False, False, True]
+    assert [st.tau_a for st in s] == [0, 0, 0, 0.5, 0.5, 0.5] and s[-1].tau_o == pytest.approx(5 / 6)
+    assert sum(st.dt_a for st in s if st.advance) == pytest.approx(1.0)
+    assert sum(st.dt_o for st in s) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="multiple"):
+        make_strategy("mmdit_decoupled").schedule(4, 6)
+    with pytest.raises(ValueError, match="must equal N_A"):
+        make_strategy("mmdit_joint").schedule(4, 8)
+    tau_a, tau_o = make_strategy("mmdit_joint").train_taus(FlowMatching(), 5)
+    assert torch.equal(tau_a, tau_o)
+    a, o = make_strategy("mmdit_decoupled").train_taus(FlowMatching(), 5, torch.Generator().manual_seed(0))
+    assert not torch.equal(a, o)
+    assert make_strategy("dit_single").train_taus(FlowMatching(), 5)[1] is None
+    with pytest.raises(ValueError, match="unknown DUST strategy"):
+        make_strategy("dit_joint")
+
+
+def test_seeded_chunks_are_reproducible():
+    p = _policy()
+    obs = fake_observation(_spec(p.config), batch_size=2)
+    _train(p, _batch(p.config), steps=3)
+    a = p.sample_actions(obs, seed=7).actions
+    assert torch.equal(a, p.sample_actions(obs, seed=7).actions)
+    assert torch.equal(a, p.sample_actions(obs, generator=torch.Generator().manual_seed(7)).actions)
+    assert not torch.equal(a, p.sample_actions(obs, seed=8).actions)
+
+
+@pytest.mark.parametrize("strategy", ["dit_single", "mmdit_joint"])
+def test_ablation_strategies_train_and_sample(strategy):
+    p = _policy(strategy=strategy)
+    batch = _batch(p.config)
+    loss, m = p.compute_loss(batch)
+    loss.backward()
+    calls = _count(p.net)
+    chunk = p.sample_actions(fake_observation(_spec(p.config), batch_size=1), seed=0)
+    assert chunk.actions.shape == (1, p.config.horizon, p.config.action_dim)
+    assert calls[0] == p.config.num_action_steps
+    if strategy == "dit_single":
+        assert "loss_world" not in m and chunk.extras["future"] is None and not hasattr(p.net, "vision_out")
+        assert p.config.num_future_tokens == 0 and len(p.net.mmdit[0].qkv) == 1
+        batch["action_is_pad"][:] = True
+        with pytest.raises(ValueError, match="no world-model stream"):
+            p.compute_loss(batch)
+    else:
+        assert "loss_world" in m and len(p.net.mmdit[0].qkv) == 2
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_save_load_round_trip_gives_identical_chunks(tmp_path):
+    p = _policy()
+    _train(p, _batch(p.config), steps=5)
+    p.save_pretrained(tmp_path / "ck")
+    obs = fake_observation(_spec(p.config), batch_size=2)
+    for loader in (DUSTPolicy.from_pretrained, Policy.from_pretrained):
+        q = loader(tmp_path / "ck")
+        assert type(q) is DUSTPolicy and q.config == p.config
+        assert torch.equal(q.sample_actions(obs, seed=3).actions, p.sample_actions(obs, seed=3).actions)
+        assert torch.equal(q.normalizer.affine["action"].scale, p.normalizer.affine["action"].scale)
+    meta = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert meta["policy"] == "dust" and meta["frozen_modules"].keys() == {"vision", "text"}
+
+
+def test_checkpoint_from_another_policy_or_config_is_refused(tmp_path):
+    p = _policy()
+    p.save_pretrained(tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "config.json").read_text())
+    meta["config"]["width"] = 64
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="shape mismatches"):
+        DUSTPolicy.from_pretrained(tmp_path / "ck")
+    meta["policy"] = "dita"
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="holds a 'dita' policy checkpoint, expected a 'dust' one"):
+        DUSTPolicy.from_pretrained(tmp_path / "ck")
+
+
+def test_unfitted_policy_refuses_to_run():
+    cfg = DUSTConfig.preset("tiny")
+    p = make_policy("dust", cfg)
+    with pytest.raises(RuntimeError, match="no statistics"):
+        p.compute_loss(_batch(cfg))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_observations_raise_clear_errors():
+    p = _policy()
+    cfg = p.config
+    good = fake_observation(_spec(cfg), batch_size=2)
+
+    obs = Observation(dict(good.images), good.state, good.task)
+    del obs.images["wrist"]
+    with pytest.raises(ContractError, match="missing camera 'wrist'.*\\['left', 'wrist'\\]"):
+        p.sample_actions(obs)
+    with pytest.raises(ContractError, match="missing the instruction"):
+        p.sample_actions({**good.to_flat(), "task": None})
+    with pytest.raises(ContractError, match="expected 2 instructions"):
+        p.sample_actions(Observation(good.images, good.state, ["open the drawer"]))
+    small = {c: v[:, :, :16, :16] for c, v in good.images.items()}
+    with pytest.raises(ContractError, match="observation.images.left: expected image size 32x32"):
+        p.sample_actions(Observation(small, good.state, good.task))
+    floats = {c: v.astype("float32") / 255 for c, v in good.images.items()}
+    with pytest.raises(ContractError, match="observation.images.left: expected uint8"):
+        p.sample_actions(Observation(floats, good.state, good.task))
+    with pytest.raises(ContractError, match="observation.state: expected \\(B, 1, 4\\)"):
+        p.sample_actions(Observation(good.images, good.state[..., :3], good.task))
+    with pytest.raises(TypeError, match="Observation or a flat dict"):
+        p.sample_actions([1, 2])
+
+
+def test_bad_batches_raise_clear_errors():
+    p = _policy()
+    cfg = p.config
+    batch = _batch(cfg)
+    with pytest.raises(ContractError, match="action: expected \\(B=4, horizon=4, action_dim=3\\)"):
+        p.compute_loss({**batch, "action": batch["action"][..., :2]})
+    no_future = {k: (v[:, :1] if k.startswith("observation.images.") else v) for k, v in batch.items()}
+    with pytest.raises(ContractError, match="future frame"):
+        p.compute_loss(no_future)
+    wrong_feat = {k: v for k, v in batch.items() if k != image_key("left")}
+    wrong_feat[feature_key(p.vision.name, image_key("left"))] = torch.zeros(4, 2, 8, 2, 2)
+    with pytest.raises(ContractError, match="expected cached features"):
+        p.compute_loss(wrong_feat)
+
+
+def test_bad_configs_raise_clear_errors():
+    with pytest.raises(ValueError, match="strategy 'nope'"):
+        DUSTConfig.preset("tiny", strategy="nope")
+    with pytest.raises(ValueError, match="multiple"):
+        DUSTConfig.preset("tiny", num_action_steps=4, num_vision_steps=6)
+    with pytest.raises(ValueError, match="future_cameras"):
+        DUSTConfig.preset("tiny", future_cameras=["top"])
+    with pytest.raises(ValueError, match="divisible by heads"):
+        DUSTConfig.preset("tiny", heads=3)
+    with pytest.raises(ValueError, match="future_grid \\(3, 3\\) must divide"):
+        _policy(future_grid=[3, 3])
+    with pytest.raises(ValueError, match="frozen"):
+        _policy(vision_encoder_kwargs={"out_dim": 16, "stride": 16, "hidden": 8, "frozen": False})
+    # a trainable encoder is fine without the world-model stream
+    assert _policy(strategy="dit_single", vision_encoder_kwargs={"frozen": False}).vision.frozen is False
+
+
+def test_config_round_trip_presets_and_windows():
+    for name in DUSTConfig.PRESETS:
+        cfg = DUSTConfig.preset(name)
+        assert DUSTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    paper = DUSTConfig.preset("paper")
+    assert (paper.n_mmdit + paper.n_stream_blocks, paper.width, paper.heads, paper.horizon,
+            paper.num_future_tokens) == (16, 1536, 32, 16, 64)
+    tiny = DUSTConfig.preset("tiny")
+    d = tiny.delta_indices()
+    assert d["observation.images.left"] == [0, 4] and d["observation.state"] == [0] and d["action"] == [0, 1, 2, 3]
+    assert DUSTConfig.preset("tiny", strategy="dit_single").delta_indices()["observation.images.left"] == [0]
