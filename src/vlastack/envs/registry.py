@@ -130,6 +130,10 @@ def make_env(suite: str, task: str, seed: int = 0, cameras: Sequence[str] | None
     factory = _first_attr(mod, ("make_kitchen_env", "make_env"))
     if cameras is not None:
         kw["cameras"] = tuple(cameras)
+    if "max_steps" in kw:  # one name across suites; the kitchen calls it horizon
+        steps = kw.pop("max_steps")
+        if steps is not None:
+            kw["horizon"] = int(steps)
     return factory(task, seed=seed, image_size=image_size, **kw)
 
 
@@ -141,19 +145,42 @@ def make_expert(suite: str, task: str, env) -> Expert:
 
         return metaworld.MetaWorldExpert(task)
     mod = _kitchen()
-    fn = _first_attr(mod, ("make_expert", "get_expert", "make_kitchen_expert"))
-    if callable(fn):
-        return _call_expert_factory(fn, task, env)
     base = getattr(env, "unwrapped", env)
-    for holder in (env, base):
-        m = getattr(holder, "make_expert", None) or getattr(holder, "expert", None)
-        if callable(m):
-            return m()
-    experts = _first_attr(mod, ("EXPERTS", "EXPERT_CLASSES"))
-    if isinstance(experts, dict) and task in experts:
-        return _call_expert_factory(experts[task], task, env, with_task=False)
-    raise SuiteNotAvailable(f"kitchen suite not available: no scripted expert found for {task!r} "
-                            "(expected vlastack.envs.kitchen.make_expert)")
+    if getattr(base, "task_name", task) != task:
+        raise ValueError(f"expert for {task!r} requested on an env of task {base.task_name!r}")
+    fn = _first_attr(mod, ("make_expert", "get_expert", "make_kitchen_expert"))
+    if not callable(fn):
+        raise SuiteNotAvailable(f"kitchen suite not available: no scripted expert found for {task!r} "
+                                "(expected vlastack.envs.kitchen.make_expert)")
+    return _ObsEnvExpert(_call_expert_factory(fn, task, env))
+
+
+class _ObsEnvExpert:
+    """Adapts an expert whose ``act`` takes only the env (the kitchen's) to ``act(obs, env)``."""
+
+    def __init__(self, inner):
+        """Wrap ``inner`` (anything with ``reset()`` and ``act(env)`` or ``act(obs, env)``)."""
+        import inspect
+
+        self.inner = inner
+        try:
+            n = len([p for p in inspect.signature(inner.act).parameters.values()
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
+        except (TypeError, ValueError):
+            n = 2
+        self._takes_obs = n >= 2
+
+    def reset(self) -> None:
+        """Start an episode."""
+        self.inner.reset()
+
+    def act(self, obs: dict, env) -> np.ndarray:
+        """The expert's action for the current step."""
+        a = self.inner.act(obs, env) if self._takes_obs else self.inner.act(env)
+        return np.asarray(a, np.float32)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 def _call_expert_factory(fn, task: str, env, with_task: bool = True):
