@@ -171,3 +171,82 @@ def test_blocks_backpropagate():
     out = blk(xs, cs, [torch.randn(2, 4, 8)] * 2)
     (out[0].sum() + out[1].sum()).backward()
     assert blk.ada[0].linear.weight.grad is not None and blk.ada[0].linear.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- LLaMA-style causal blocks
+
+
+def test_swiglu_matches_formula():
+    torch.manual_seed(0)
+    m = L.SwiGLU(8, 12)
+    x = torch.randn(2, 3, 8)
+    w1, w3 = m.w13.weight[:12], m.w13.weight[12:]
+    ref = (torch.nn.functional.silu(x @ w1.T) * (x @ w3.T)) @ m.w2.weight.T
+    assert torch.allclose(m(x), ref, atol=1e-6) and m.w13.bias is None
+
+
+def test_rotary_scores_depend_on_relative_position_only():
+    torch.manual_seed(0)
+    rope = L.RotaryEmbedding(8)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(m, n):
+        cq, sq = rope(torch.tensor([m]))
+        ck, sk = rope(torch.tensor([n]))
+        return (L.apply_rotary(q, cq, sq) * L.apply_rotary(k, ck, sk)).sum()
+
+    assert torch.allclose(score(3, 1), score(10, 8), atol=1e-5)
+    assert not torch.allclose(score(3, 1), score(3, 2), atol=1e-3)
+    c, s = rope(torch.arange(5).repeat(2, 1))
+    assert c.shape == (2, 1, 5, 8)
+    assert torch.allclose(L.apply_rotary(q.expand(2, 1, 5, 8), c, s).norm(dim=-1), q.norm().expand(2, 1, 5), atol=1e-5)
+    with pytest.raises(ValueError, match="even"):
+        L.RotaryEmbedding(7)
+
+
+def test_causal_mask_full_and_with_prefix():
+    valid = torch.tensor([[True, False, True, True, True]])
+    full = L.causal_mask(valid, 5)[0, 0]
+    assert full.shape == (5, 5) and torch.equal(full, torch.ones(5, 5, dtype=torch.bool).tril() & valid)
+    last2 = L.causal_mask(valid, 2)[0, 0]
+    assert torch.equal(last2, full[3:])
+    with pytest.raises(ValueError, match="q_len"):
+        L.causal_mask(valid, 6)
+
+
+def test_llama_blocks_prefix_cache_equals_full_pass():
+    """Two blocks over [prefix; suffix] in one causal pass equal the prefix's cached keys/values
+    plus a suffix-only pass, and later tokens never change earlier outputs."""
+    torch.manual_seed(0)
+    blocks = [_randomize(L.LlamaBlock(16, 4, 24), std=0.3, seed=i) for i in range(2)]
+    rope = L.RotaryEmbedding(4)
+    b, p, s = 2, 5, 3
+    x = torch.randn(b, p + s, 16)
+    valid = torch.ones(b, p + s, dtype=torch.bool)
+    valid[1, 2] = False  # a padded prefix token
+    pos = (valid.long().cumsum(1) - 1).clamp_min(0)  # (B, P+S)
+    h, rope_full = x, rope(pos)
+    for blk in blocks:
+        h, _ = blk(h, rope_full, L.causal_mask(valid, p + s))
+    # cached: prefix pass collecting keys/values, then the suffix alone
+    hp, cache, rope_p = x[:, :p], [], rope(pos[:, :p])
+    for i, blk in enumerate(blocks):
+        if i == len(blocks) - 1:
+            cache.append(blk.kv(hp, rope_p))
+        else:
+            hp, kv = blk(hp, rope_p, L.causal_mask(valid[:, :p], p))
+            cache.append(kv)
+    hs, rope_s = x[:, p:], rope(pos[:, p:])
+    for blk, kv in zip(blocks, cache):
+        hs, _ = blk(hs, rope_s, L.causal_mask(valid, s), past=kv)
+    assert torch.allclose(hs, h[:, p:], atol=1e-5)
+    # causality and key masking
+    x2 = x.clone()
+    x2[:, p + 1:] += 3.0
+    x2[1, 2] += 3.0  # the padded token
+    h2 = x2
+    for blk in blocks:
+        h2, _ = blk(h2, rope_full, L.causal_mask(valid, p + s))
+    keep = [0, 1, 3, 4, 5]  # everything before the changed suffix tokens, minus the padded one
+    assert torch.allclose(h2[1, keep], h[1, keep], atol=1e-5) and torch.allclose(h2[0, :p + 1], h[0, :p + 1], atol=1e-5)
+    assert not torch.allclose(h2[:, -1], h[:, -1])

@@ -337,3 +337,124 @@ def mlp_stack(in_dim: int, hidden: int, out_dim: int, layers: int, act: type[nn.
         if i < layers - 1:
             mods.append(act())
     return nn.Sequential(*mods)
+
+
+# ---------------------------------------------------------------- LLaMA-style causal blocks
+
+
+class SwiGLU(nn.Module):
+    """LLaMA feed-forward: ``W2(SiLU(W1 x) * W3 x)`` (W1 and W3 fused into one Linear), no biases."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.hidden = hidden
+        self.w13 = nn.Linear(dim, 2 * hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (B, L, D)."""
+        gate, up = self.w13(x).chunk(2, dim=-1)  # 2 x (B, L, hidden)
+        return self.w2(F.silu(gate) * up)  # (B, L, D)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary positions (RoPE, LLaMA's half-split convention) for heads of width ``head_dim``.
+
+    ``forward(positions)`` gives the (cos, sin) pair that :func:`apply_rotary` applies to queries
+    and keys; attention scores then depend only on relative positions. Positions may differ per
+    sample (e.g. counted over valid tokens only, so padding does not shift later tokens).
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rotary embedding needs an even head width, got {head_dim}")
+        inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
+        self.register_buffer("inv_freq", inv, persistent=False)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions (L,) or (B, L) -> cos, sin, each (1 or B, 1, L, hd) float32."""
+        pos = positions[None] if positions.dim() == 1 else positions  # (B|1, L)
+        ang = pos.float()[..., None] * self.inv_freq  # (B|1, L, hd/2)
+        ang = torch.cat([ang, ang], dim=-1)[:, None]  # (B|1, 1, L, hd)
+        return ang.cos(), ang.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, nh, L, hd) by positions' cos/sin (B|1, 1, L, hd) -> (B, nh, L, hd)."""
+    x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, nh, L, hd/2)
+    return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
+
+
+def causal_mask(key_valid: Tensor, q_len: int) -> Tensor:
+    """SDPA bool mask (B, 1, q_len, S) for queries at the last ``q_len`` of S positions.
+
+    Query i (absolute position S - q_len + i) attends to key j iff j <= S - q_len + i and
+    ``key_valid[:, j]``. With q_len = S it is the usual causal mask with key padding; with a
+    cached prefix (S = prefix + q_len) it lets new tokens see every valid prefix key.
+    """
+    s = key_valid.shape[1]
+    if not 1 <= q_len <= s:
+        raise ValueError(f"causal mask: q_len must be in [1, {s}], got {q_len}")
+    tri = torch.ones(q_len, s, dtype=torch.bool, device=key_valid.device).tril(diagonal=s - q_len)  # (q_len, S)
+    return tri[None, None] & key_valid.bool()[:, None, None, :]  # (B, 1, q_len, S)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention with rotary positions and reusable keys/values.
+
+    ``forward(x, rope, mask, past)`` attends from x's tokens to ``past`` keys/values (a cached
+    prefix, already rotated) followed by x's own, and also returns x's keys/values for caching.
+    """
+
+    def __init__(self, dim: int, heads: int, bias: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.dim = heads, dim
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+
+    def kv(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Only the keys/values of x (B, L, D): each (B, nh, L, hd), keys rotated."""
+        w = self.qkv.weight[self.dim:]  # (2D, D)
+        b = self.qkv.bias[self.dim:] if self.qkv.bias is not None else None
+        k, v = F.linear(x, w, b).chunk(2, dim=-1)  # 2 x (B, L, D)
+        return apply_rotary(_split_heads(k, self.heads), *rope), _split_heads(v, self.heads)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (B, L, D), rope for x's positions, mask (B, 1, L, P + L) bool, past (k, v) each (B, nh, P, hd).
+
+        Returns out (B, L, D) and x's own (k, v), each (B, nh, L, hd).
+        """
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (B, L, D)
+        q = apply_rotary(_split_heads(q, self.heads), *rope)  # (B, nh, L, hd)
+        k = apply_rotary(_split_heads(k, self.heads), *rope)  # (B, nh, L, hd)
+        v = _split_heads(v, self.heads)  # (B, nh, L, hd)
+        k_all = torch.cat([past[0], k], dim=2) if past is not None else k  # (B, nh, P+L, hd)
+        v_all = torch.cat([past[1], v], dim=2) if past is not None else v  # (B, nh, P+L, hd)
+        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, nh, L, hd)
+        return self.proj(_merge_heads(out)), (k, v)
+
+
+class LlamaBlock(nn.Module):
+    """Pre-norm LLaMA block: RMSNorm -> rotary causal self-attention, RMSNorm -> SwiGLU; no biases."""
+
+    def __init__(self, dim: int, heads: int, mlp_hidden: int, eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(dim, eps=eps)
+        self.attn = CausalSelfAttention(dim, heads)
+        self.norm2 = nn.RMSNorm(dim, eps=eps)
+        self.mlp = SwiGLU(dim, mlp_hidden)
+
+    def kv(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Keys/values this block's attention makes from x (B, L, D) (skips everything else)."""
+        return self.attn.kv(self.norm1(x), rope)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None,
+                past: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (B, L, D) -> (B, L, D) and x's (k, v) for caching; see :class:`CausalSelfAttention`."""
+        h, kv = self.attn(self.norm1(x), rope, mask, past)  # (B, L, D)
+        x = x + h
+        return x + self.mlp(self.norm2(x)), kv  # (B, L, D)
