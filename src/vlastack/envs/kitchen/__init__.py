@@ -1,0 +1,24 @@
+"""RoboCasa-style kitchen tasks on robosuite, with fixtures authored in this repo.
+
+A Panda arm stands at a counter with a drawer unit, single and double cabinets, a sink with a
+faucet lever and swivel spout, a stove with knobs, a microwave with start/stop buttons and a
+coffee machine (MJCF files in ``assets/``). Tasks carry RoboCasa's atomic-task names; each
+episode is a pure function of its seed; every task has a scripted expert using privileged
+state, for generating demonstrations::
+
+    from vlastack.envs.kitchen import make_kitchen_env, make_expert
+    env = make_kitchen_env("OpenDrawer", seed=0)
+    expert = make_expert(env)
+    obs, info = env.reset(seed=0)
+    obs, reward, terminated, truncated, info = env.step(expert.act(env))
+
+Rendering runs offscreen on the CPU (``MUJOCO_GL=egl`` by default, set before mujoco is first
+imported; ``osmesa`` also works) with shadows and reflections off. One env per process.
+"""
+
+from .env import ACTION_NAMES, DEFAULT_CAMERAS, STATE_NAMES, KitchenEnv
+from .registry import list_tasks, make_expert, make_kitchen_env
+from .tasks import GROUPS, TASKS
+
+__all__ = ["ACTION_NAMES", "DEFAULT_CAMERAS", "GROUPS", "STATE_NAMES", "TASKS", "KitchenEnv",
+           "list_tasks", "make_expert", "make_kitchen_env"]

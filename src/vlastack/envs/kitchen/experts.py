@@ -1,0 +1,238 @@
+"""Scripted experts: waypoint phases tracked by a P-controller on the end-effector pose.
+
+An expert reads privileged simulator state (fixture joints and sites, object poses) through
+the env's ``scene`` and emits the same 7-D actions a policy would. Its plan is a list of
+:class:`Phase` objects, each with a target pose (a function of the scene, re-evaluated every
+step so it follows moving doors and objects), a gripper command and an exit test.
+
+Usage::
+
+    env = make_kitchen_env("OpenDrawer", seed=0)
+    expert = make_expert(env)
+    obs, info = env.reset(seed=0)
+    expert.reset()
+    while True:
+        obs, r, terminated, truncated, info = env.step(expert.act(env))
+        if terminated or truncated:
+            break
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .fixtures import rot_z
+
+POS_SCALE = 0.05  # metres per unit action (OSC output_max)
+ROT_SCALE = 0.5  # radians per unit action
+OPEN, CLOSE = -1.0, 1.0
+
+# grip-site orientations (columns: site x = finger closing axis, site y, site z = finger direction)
+R_DOWN = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # fingers down, closing along y
+R_FWD_H = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # fingers +x, closing along y
+R_FWD_V = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])  # fingers +x, closing along z
+
+
+def rotvec(mat: np.ndarray) -> np.ndarray:
+    """Axis-angle vector of a rotation matrix."""
+    import mujoco
+
+    q = np.zeros(4)
+    mujoco.mju_mat2Quat(q, np.ascontiguousarray(mat, dtype=np.float64).reshape(9))
+    v = np.zeros(3)
+    mujoco.mju_quat2Vel(v, q, 1.0)
+    return v
+
+
+def yawed(base: np.ndarray, yaw: float) -> np.ndarray:
+    """``base`` orientation turned about world z by ``yaw`` radians."""
+    return rot_z(yaw) @ base
+
+
+def down_yaw_for(obj_yaw: float, current_yaw: float = 0.0) -> float:
+    """Gripper yaw (relative to :data:`R_DOWN`) that closes the fingers across an elongated
+    object's local y axis, choosing the symmetric solution nearest ``current_yaw``."""
+    # R_DOWN closes along world y; an object at yaw 0 has its thin axis along world y too
+    cands = obj_yaw + np.pi * np.arange(-2, 3)
+    return float(cands[np.argmin(np.abs(cands - current_yaw))])
+
+
+def pose_action(scene, pos, mat, gripper: float, speed: float = 1.0, rot_speed: float = 1.0) -> np.ndarray:
+    """A 7-D action moving the grip site toward (``pos``, ``mat``): P-control, clipped."""
+    dp = (np.asarray(pos) - scene.eef_pos) / POS_SCALE
+    n = np.max(np.abs(dp))
+    if n > speed:
+        dp *= speed / n
+    dr = rotvec(np.asarray(mat) @ scene.eef_mat.T) / ROT_SCALE
+    n = np.max(np.abs(dr))
+    if n > rot_speed:
+        dr *= rot_speed / n
+    return np.concatenate([dp, dr, [gripper]])
+
+
+Target = Callable[[object], tuple]
+
+
+@dataclass
+class Phase:
+    """One step of a plan: drive toward ``target(scene) -> (pos, mat)`` with a gripper command.
+
+    The phase ends when the pose is within ``tol`` metres and ``rot_tol`` radians (after at
+    least ``min_steps``), when ``until(scene)`` holds, or after ``max_steps``.
+    """
+
+    name: str
+    target: Target
+    gripper: float
+    tol: float = 0.01
+    rot_tol: float = 0.08
+    min_steps: int = 0
+    max_steps: int = 60
+    speed: float = 1.0
+    until: Callable[[object], bool] | None = None
+    wait_pose: bool = True  # False: only ``until`` / the step counts end the phase
+
+    def finished(self, scene, steps: int) -> bool:
+        """Whether to move on to the next phase."""
+        if steps >= self.max_steps:
+            return True
+        if steps < self.min_steps:
+            return False
+        if self.until is not None and self.until(scene):
+            return True
+        if not self.wait_pose:
+            return False
+        pos, mat = self.target(scene)
+        return (np.linalg.norm(np.asarray(pos) - scene.eef_pos) < self.tol
+                and np.linalg.norm(rotvec(np.asarray(mat) @ scene.eef_mat.T)) < self.rot_tol)
+
+
+def hold(name: str, gripper: float, steps: int) -> Phase:
+    """Stay where the grip site is when the phase starts, commanding the gripper for ``steps``."""
+    memo: dict = {}
+
+    def target(scene):
+        if "pose" not in memo:
+            memo["pose"] = (scene.eef_pos, scene.eef_mat)
+        return memo["pose"]
+
+    return Phase(name, target, gripper, min_steps=steps, max_steps=steps, wait_pose=False)
+
+
+def fixed(pos, mat) -> Target:
+    """A constant target."""
+    pos, mat = np.asarray(pos, float), np.asarray(mat, float)
+    return lambda scene: (pos, mat)
+
+
+class ScriptedExpert:
+    """Runs a task's plan (a list of phases) step by step; idles when the plan is done.
+
+    ``act`` takes the env (or, for an expert made with ``env``, an observation, which it
+    ignores in favour of the privileged state of its bound env).
+    """
+
+    def __init__(self, plan_fn: Callable[[object], list[Phase]], env=None):
+        self.plan_fn = plan_fn
+        self.env = env
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current plan; the next ``act`` plans for the env's current episode."""
+        self.phases: list[Phase] | None = None
+        self.index = 0
+        self.steps = 0
+        self._episode = None
+
+    @property
+    def phase(self) -> str:
+        """Name of the running phase (``"done"`` after the last)."""
+        if self.phases is None:
+            return "unplanned"
+        return self.phases[self.index].name if self.index < len(self.phases) else "done"
+
+    def _resolve(self, env_or_obs):
+        env = env_or_obs if env_or_obs is not None else self.env
+        if isinstance(env, dict):
+            env = self.env
+        if env is None or not hasattr(getattr(env, "unwrapped", env), "scene"):
+            raise TypeError("the kitchen expert reads privileged simulator state: pass the KitchenEnv to act(), "
+                            "or make the expert with make_expert(env) and pass observations")
+        return env.unwrapped
+
+    def act(self, env_or_obs=None) -> np.ndarray:
+        """The next 7-D action (float32)."""
+        env = self._resolve(env_or_obs)
+        scene = env.scene
+        key = (id(env), env.episode_seed, env._steps == 0)
+        if self.phases is None or (env._steps == 0 and self._episode != key):
+            self.phases = self.plan_fn(scene)
+            self.index, self.steps = 0, 0
+        self._episode = key
+        while self.index < len(self.phases) and self.phases[self.index].finished(scene, self.steps):
+            self.index += 1
+            self.steps = 0
+        if self.index >= len(self.phases):
+            last = self.phases[-1] if self.phases else None
+            g = last.gripper if last is not None else OPEN
+            return np.array([0, 0, 0, 0, 0, 0, g], dtype=np.float32)
+        ph = self.phases[self.index]
+        pos, mat = ph.target(scene)
+        self.steps += 1
+        return pose_action(scene, pos, mat, ph.gripper, speed=ph.speed).astype(np.float32)
+
+
+# ============================================================================ plans
+HOOK_DEPTH = 0.006  # the grip site goes this far below a handle bar's centre to hook it
+
+
+def plan_open_drawer(scene) -> list[Phase]:
+    """Hook the bar handle from above with closed fingers, pull straight back, lift off."""
+    fx = scene.main_fixture
+    travel = fx.joint_range("slide")[1]
+    start = fx.site("hook")
+
+    def hook(s, dz):
+        return s.main_fixture.site("hook") + np.array([0.0, 0.0, dz])
+
+    return [
+        Phase("above", lambda s: (hook(s, 0.08), R_DOWN), CLOSE, tol=0.015, max_steps=80),
+        Phase("descend", lambda s: (hook(s, -HOOK_DEPTH), R_DOWN), CLOSE, tol=0.006, max_steps=40, speed=0.4),
+        Phase("pull", fixed(start + [-(travel + 0.03), 0, -HOOK_DEPTH], R_DOWN), CLOSE, speed=0.35, max_steps=80,
+              until=lambda s: s.main_fixture.opening > 0.97),
+        Phase("lift", lambda s: (hook(s, 0.1), R_DOWN), CLOSE, tol=0.02, max_steps=30),
+    ]
+
+
+def plan_close_drawer(scene) -> list[Phase]:
+    """Put the closed fingertips behind the bar handle, against the drawer front, and push it in."""
+    fx = scene.main_fixture
+    closed = fx.site("hook") + np.array([fx.qpos("slide"), 0.0, 0.0])
+
+    def hook(s, dz):
+        return s.main_fixture.site("hook") + np.array([0.0, 0.0, dz])
+
+    return [
+        Phase("above", lambda s: (hook(s, 0.08), R_DOWN), CLOSE, tol=0.015, max_steps=80),
+        Phase("descend", lambda s: (hook(s, -HOOK_DEPTH), R_DOWN), CLOSE, tol=0.006, max_steps=40, speed=0.4),
+        Phase("push", fixed(closed + [0.03, 0, -HOOK_DEPTH], R_DOWN), CLOSE, speed=0.35, max_steps=80,
+              until=lambda s: s.main_fixture.qpos("slide") < 0.003),
+        Phase("lift", lambda s: (hook(s, 0.1), R_DOWN), CLOSE, tol=0.02, max_steps=30),
+    ]
+
+
+PLANS: dict[str, Callable[[object], list[Phase]]] = {
+    "OpenDrawer": plan_open_drawer,
+    "CloseDrawer": plan_close_drawer,
+}
+
+
+def make_expert(env) -> ScriptedExpert:
+    """The scripted expert for ``env``'s task, bound to ``env``."""
+    name = env.unwrapped.task_name
+    if name not in PLANS:
+        raise ValueError(f"no scripted expert for task {name!r}; experts exist for: {', '.join(sorted(PLANS))}")
+    return ScriptedExpert(PLANS[name], env)
