@@ -177,6 +177,11 @@ def test_skipping_action_blocks_does_not_change_the_result():
                 a = a + st.dt_a * v_a
     assert torch.allclose(fast.actions, p.normalizer.unnormalize("action", a), atol=1e-5)
     assert torch.allclose(fast.extras["future"], o, atol=1e-5)
+    # the same through the public switch, which runs the action blocks on every step
+    dec = _count(p.net.action_out)
+    full = p.sample_actions(obs, num_action_steps=2, num_vision_steps=6, seed=4, skip_action_blocks=False)
+    assert dec[0] == 6 and full.extras["num_action_updates"] == 2
+    assert torch.allclose(full.actions, fast.actions, atol=1e-5)
 
 
 def test_schedules():
@@ -337,3 +342,12 @@ def test_config_round_trip_presets_and_windows():
     d = tiny.delta_indices()
     assert d["observation.images.left"] == [0, 4] and d["observation.state"] == [0] and d["action"] == [0, 1, 2, 3]
     assert DUSTConfig.preset("tiny", strategy="dit_single").delta_indices()["observation.images.left"] == [0]
+
+
+def test_small_preset_size_and_chunk():
+    """The CPU-benchmark preset: frozen EfficientNet-lite0 + MiniLM, 10-40M trainable parameters."""
+    p = _policy("small")
+    assert 10e6 <= p.num_parameters() <= 40e6, p.num_parameters()
+    assert p.vision.frozen and p.text.frozen and p.config.num_future_tokens == 12
+    chunk = p.sample_actions(fake_observation(_spec(p.config), batch_size=1), seed=0)
+    assert chunk.actions.shape == (1, 16, 7) and torch.isfinite(chunk.actions).all()

@@ -4,7 +4,7 @@ Presets (``DUSTConfig.preset(name, **overrides)``):
 
     tiny    tests: tiny random encoders, 32x32 images, width 32; a train step well under a second
     small   CPU benchmarks: frozen EfficientNet-lite0 + MiniLM, three 128x128 cameras,
-            width 256, 6 MMDiT + 2 stream blocks (about 20M trainable parameters)
+            width 256, 4 MMDiT + 2 stream blocks (about 21M trainable parameters)
     paper   the published sizes: 12 MMDiT + 4 stream blocks, width 1536, 32 heads, H = 16,
             64 future-feature tokens (for GPUs)
 
@@ -170,7 +170,7 @@ DUSTConfig.PRESETS = {
     "small": dict(
         cameras=["left", "right", "wrist"], image_size=[128, 128], horizon=16, future_offset=16,
         vision_encoder="efficientnet_lite0", text_encoder="minilm",
-        cond_layers=2, future_grid=[2, 2], width=256, heads=4, n_mmdit=6, n_stream_blocks=2,
+        cond_layers=2, future_grid=[2, 2], width=256, heads=4, n_mmdit=4, n_stream_blocks=2,
         num_action_steps=4, num_vision_steps=4,
     ),
     "paper": dict(

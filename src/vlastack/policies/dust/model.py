@@ -384,12 +384,13 @@ class DUSTPolicy(Policy):
     @torch.no_grad()
     def sample_actions(self, obs: Observation | Mapping[str, Any], num_action_steps: int | None = None,
                        num_vision_steps: int | None = None, generator: torch.Generator | None = None,
-                       seed: int | None = None) -> ActionChunk:
+                       seed: int | None = None, skip_action_blocks: bool = True) -> ActionChunk:
         """Euler sampling of an action chunk (B, H, D_a) in physical units.
 
         N_A = ``num_action_steps`` and N_o = ``num_vision_steps`` default to the config; vision
         advances every step, actions every q = N_o / N_A steps, and steps where actions do not
-        advance skip the action-only blocks. ``seed`` (or ``generator``) makes chunks reproducible.
+        advance skip the action-only blocks (``skip_action_blocks=False`` runs them anyway, to
+        measure the saving; the result is the same). ``seed`` (or ``generator``) makes chunks reproducible.
         ``extras``: ``future`` (B, N_v, C) predicted future features (normalised space, or None),
         ``num_network_calls``, ``num_action_updates``.
         """
@@ -415,7 +416,7 @@ class DUSTPolicy(Policy):
         for st in steps:
             tau_a = torch.full((b,), st.tau_a, device=dev)  # (B,)
             tau_o = torch.full((b,), st.tau_o, device=dev) if o is not None else None
-            v_a, v_o = self.net(state, a, tau_a, ctx, ctx_valid, o, tau_o, kv=kv, need_action=st.advance)
+            v_a, v_o = self.net(state, a, tau_a, ctx, ctx_valid, o, tau_o, kv=kv, need_action=st.advance or not skip_action_blocks)
             calls += 1
             if o is not None:
                 o = self.flow.euler_step(o, v_o, st.dt_o)  # (B, N_v, C)
