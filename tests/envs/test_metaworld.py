@@ -248,3 +248,19 @@ def test_registry_kitchen_available_or_clear_error():
     assert "OpenDrawer" in tasks
     with pytest.raises(ValueError, match="unknown kitchen task 'OpenDraw'"):
         registry.make_env("kitchen", "OpenDraw", seed=0)
+
+
+@pytest.mark.slow
+def test_every_expert_over_50_seeds():
+    """MetaWorld's shipped experts on all 50 tasks, 50 seeds each, state only (no rendering)."""
+    rates = {}
+    for task in mw.list_tasks("MT50"):
+        e = mw.make_metaworld_env(task, cameras=[], max_steps=500)
+        try:
+            rates[task] = np.mean([_run_expert(e, seed, 500)[0] for seed in range(50)])
+        finally:
+            e.close()
+    print("\n" + "\n".join(f"{t:<28} {r:5.0%}" for t, r in rates.items()))
+    print(f"{'mean':<28} {np.mean(list(rates.values())):5.1%}")
+    assert np.mean(list(rates.values())) >= 0.9
+    assert min(rates.values()) >= 0.8, {t: r for t, r in rates.items() if r < 0.8}

@@ -98,6 +98,28 @@ def test_failures_recorded_and_not_retried(tmp_path):
         assert not set(_seeds(store)) & failed_before and len(set(_seeds(store))) == store.num_episodes == 4
 
 
+def test_errors_and_rejected_episodes_are_recorded(tmp_path, monkeypatch):
+    real = C.run_expert_episode
+
+    def flaky(env, expert, seed, max_steps=None):
+        if seed == 2:
+            raise RuntimeError("simulator exploded")
+        res = real(env, expert, seed, max_steps)
+        if seed == 1:
+            res["frames"][STATE][3, 0] = np.nan  # the store refuses NaN states
+        return res
+
+    monkeypatch.setattr(C, "run_expert_episode", flaky)  # workers=0 runs attempts in this process
+    doc = C.collect(_cfg(tmp_path / "e.zarr", episodes=2, max_steps=100))
+    t = doc["tasks"]["reach-v3"]
+    assert t["succeeded"] == [0, 3] and [f["seed"] for f in t["failed"]] == [1, 2]
+    assert t["failed"][0]["reason"].startswith("store rejected the episode") and "NaN" in t["failed"][0]["reason"]
+    assert t["failed"][1]["reason"] == "error: RuntimeError: simulator exploded"
+    assert "simulator exploded" in t["failed"][1]["traceback"]
+    with TrajectoryStore.open(tmp_path / "e.zarr") as store:
+        assert sorted(_seeds(store)) == [0, 3]
+
+
 def test_out_of_attempts_is_incomplete(tmp_path):
     out = tmp_path / "x.zarr"
     doc = C.collect(_cfg(out, episodes=2, max_steps=3, max_attempts=3))
@@ -142,7 +164,10 @@ def test_killed_run_resumes(tmp_path):
     with TrajectoryStore.open(out, verify="full") as store:
         seeds = _seeds(store)
         assert sorted(seeds) == list(range(6)) and seeds[: len(before)] == before
-    assert (tmp_path / "k.zarr.collect.yaml").read_text().count("reach-v3") == 1
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(tmp_path / "k.zarr.collect.yaml")  # the resolved config beside the store
+    assert saved.task == "reach-v3" and saved.episodes == 6 and saved.env.suite == "metaworld"
 
 
 def test_hydra_config_and_cli_errors(tmp_path, capsys):
@@ -155,6 +180,8 @@ def test_hydra_config_and_cli_errors(tmp_path, capsys):
     mt10 = C.config_from_hydra(C.compose_config(["env=metaworld", "task=MT10", f"out={tmp_path}/b.zarr"]))
     assert len(mt10.tasks) == 10
     assert C.compose_config([]).env.suite == "kitchen"  # the default group
+    only_env = C.config_from_hydra(C.compose_config(["env=metaworld", f"out={tmp_path}/d.zarr"]))
+    assert only_env.tasks == ["reach-v3"]  # the env group's default task
     assert C.main(["env=metaworld", "task=reach-v3"]) == 2
     assert "out: required" in capsys.readouterr().err
     assert C.main(["env=metaworld", "task=reach-v4", f"out={tmp_path}/c.zarr"]) == 2

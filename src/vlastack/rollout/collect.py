@@ -398,6 +398,8 @@ def _collect_into(cfg: CollectConfig, store) -> dict[str, Any]:
                 return make_job(name, *nxt)
         return None
 
+    from vlastack.datasets.store import StoreError
+
     progress = _progress(cfg)
     bars = {}
 
@@ -409,11 +411,15 @@ def _collect_into(cfg: CollectConfig, store) -> dict[str, Any]:
         st.in_flight.discard(res["seed"])
         st.this_run["attempted"] += 1
         if res["success"]:
-            store.append_episode(res["frames"], task=res["instruction"], success=True, source=f"expert:{cfg.suite}",
-                                 task_id=res["task"],
-                                 meta={"suite": cfg.suite, "task_name": res["task"], "seed": int(res["seed"]),
-                                       "attempt": int(res["attempt"]), "steps": int(res["steps"]),
-                                       "expert": res.get("expert", "")})
+            try:
+                store.append_episode(res["frames"], task=res["instruction"], success=True,
+                                     source=f"expert:{cfg.suite}", task_id=res["task"],
+                                     meta={"suite": cfg.suite, "task_name": res["task"], "seed": int(res["seed"]),
+                                           "attempt": int(res["attempt"]), "steps": int(res["steps"]),
+                                           "expert": res.get("expert", "")})
+            except StoreError as e:  # e.g. NaN in a state: keep going, say why in the summary
+                res = {**res, "success": False, "reason": f"store rejected the episode: {e}"}
+        if res["success"]:
             st.stored.add(res["seed"])
             st.this_run["succeeded"] += 1
         else:
@@ -476,8 +482,8 @@ def print_report(doc: dict[str, Any], file=None) -> None:
     from rich.table import Table
 
     table = Table(title=f"collect -> {doc['store']}")
-    for col in ("task", "in store", "target", "failed (all runs)", "attempted (this run)"):
-        table.add_column(col, justify="left" if col == "task" else "right")
+    for col in ("task", "stored", "target", "failed", "tried now"):
+        table.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
     for name, t in doc["tasks"].items():
         table.add_row(name, str(t["in_store"]), str(t["target"]), str(len(t["failed"])), str(t["this_run"]["attempted"]))
     Console(file=file or sys.stdout).print(table)
