@@ -132,6 +132,18 @@ def _local(out: str | os.PathLike) -> str:
 _WORKER_ENV: dict[str, Any] = {"key": None, "env": None, "expert": None}
 
 
+def _quiet_simulator_logs(suite: str) -> None:
+    """robosuite logs controller-config chatter at INFO/WARNING on every env build: keep errors only."""
+    if suite == "kitchen":
+        import logging
+
+        try:
+            import robosuite  # noqa: F401  (sets its logger's level on import; we override after)
+        except ImportError:
+            return
+        logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+
+
 def _env_for(job: dict) -> tuple[Any, Any]:
     """The process's env and expert for ``job``'s task, built (or rebuilt) on demand."""
     key = json.dumps([job["suite"], job["task"], job["cameras"], job["image_size"], job["env_kwargs"]],
@@ -140,6 +152,7 @@ def _env_for(job: dict) -> tuple[Any, Any]:
         if _WORKER_ENV["env"] is not None:
             _WORKER_ENV["env"].close()
             _WORKER_ENV.update(key=None, env=None, expert=None)
+        _quiet_simulator_logs(job["suite"])
         env = registry.make_env(job["suite"], job["task"], seed=job["seed"], cameras=job["cameras"],
                                 image_size=job["image_size"], **job["env_kwargs"])
         expert = registry.make_expert(job["suite"], job["task"], env)
@@ -350,6 +363,7 @@ def collect(cfg: CollectConfig, on_store_ready=None) -> dict[str, Any]:
 
     ``on_store_ready()`` is called once the store is created or reopened with a matching spec.
     """
+    _quiet_simulator_logs(cfg.suite)
     probe = registry.make_env(cfg.suite, cfg.tasks[0], seed=cfg.seed, cameras=cfg.cameras,
                               image_size=cfg.image_size, **cfg.env_kwargs)
     try:
