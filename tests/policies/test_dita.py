@@ -77,7 +77,7 @@ def test_overfits_one_batch():
     batch = _batch(p.config, b=2)
     before, _ = _loss_at(p, batch)
     opt = torch.optim.Adam(p.param_groups(lr=3e-3))
-    for _ in range(150):
+    for _ in range(60):
         loss, _ = _loss_at(p, batch)
         opt.zero_grad()
         loss.backward()
@@ -170,11 +170,16 @@ def test_padded_text_is_not_attended_and_batches_do_not_interact():
 
 
 def test_prefix_cache_equals_uncached_computation():
-    p = _train(_policy(), _batch(_policy().config), steps=5)
-    p = _randomized(p, seed=3)  # and weights far from init
+    p = _train(_policy(), _batch(_policy().config), steps=20)
     cfg = p.config
     obs = _obs(cfg, b=3).to_flat()
     obs["task"] = ["open the drawer", "turn on the stove now please", "press the button"]
+    cached = p.sample_actions(obs, seed=2)
+    full = p.sample_actions(obs, seed=2, use_prefix_cache=False)
+    assert cached.extras["prefix_cache"] and not full.extras["prefix_cache"]
+    assert (cached.actions.abs() < 1.99).float().mean() > 0.5  # not saturated at the clip range
+    assert (cached.actions - full.actions).abs().max() <= 1e-5
+    p = _randomized(p, seed=3)  # every step's prediction, with weights far from init
     with torch.no_grad():
         prefix, valid = p.encode_prefix(obs)
         assert not valid.all()  # some padding in the batch
@@ -182,12 +187,8 @@ def test_prefix_cache_equals_uncached_computation():
         x = torch.randn(3, cfg.horizon, cfg.action_dim)
         for t in (0, 37, 99):
             tt = torch.full((3,), t)
-            assert torch.allclose(p.net.denoise(x, tt, cache), p.net(prefix, valid, x, tt), atol=1e-5)
-    cached = p.sample_actions(obs, seed=2)
-    full = p.sample_actions(obs, seed=2, use_prefix_cache=False)
-    assert cached.extras["prefix_cache"] and not full.extras["prefix_cache"]
-    assert torch.allclose(cached.actions, full.actions, atol=1e-5)
-    assert (cached.actions - full.actions).abs().max() <= 1e-5
+            ref = p.net(prefix, valid, x, tt)
+            assert ref.abs().mean() > 0.1 and torch.allclose(p.net.denoise(x, tt, cache), ref, atol=1e-5)
 
 
 def test_prefix_cache_runs_the_prefix_once():

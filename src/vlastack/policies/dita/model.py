@@ -223,7 +223,8 @@ class DitaPolicy(Policy):
 
     def _missing_camera(self, cam: str, data: Mapping[str, Any]) -> ContractError:
         ik, fk = image_key(cam), feature_key(self.vision.name, image_key(cam))
-        have = sorted(k for k in data if k.startswith(("observation.images.", "features.")) and not k.endswith("_is_pad"))
+        have = sorted(k for k in data
+                      if k.startswith(("observation.images.", "features.")) and not k.endswith("_is_pad"))
         return ContractError(f"missing camera {cam!r}: expected {ik!r} (uint8 images) or cached features {fk!r}; "
                              f"the policy needs cameras {list(self.config.cameras)}, got {have}")
 
@@ -269,7 +270,8 @@ class DitaPolicy(Policy):
         if to_encode:
             grid, _ = self.vision(torch.cat([x.flatten(0, 1) for _, x in to_encode]))  # (N, C, h, w)
             if tuple(grid.shape[1:]) != exp:
-                raise RuntimeError(f"vision encoder {self.vision.name!r} returned {tuple(grid.shape[1:])}, expected {exp}")
+                raise RuntimeError(f"vision encoder {self.vision.name!r} returned {tuple(grid.shape[1:])}, "
+                                   f"expected {exp}")
             for (i, _), g in zip(to_encode, grid.split(b * n)):
                 out[i] = g.view(b, n, *exp)  # (B, n, C, h, w)
         return torch.stack(out, dim=2)  # (B, n, K, C, h, w)
@@ -315,7 +317,8 @@ class DitaPolicy(Policy):
         step_valid = ~to_tensor(batch[pad_key(ACTION)], dev).bool() if pad_key(ACTION) in batch \
             else torch.ones(b, cfg.horizon, dtype=torch.bool, device=dev)  # (B, H)
         if tuple(step_valid.shape) != (b, cfg.horizon):
-            raise ContractError(f"{pad_key(ACTION)}: expected (B={b}, horizon={cfg.horizon}), got {tuple(step_valid.shape)}")
+            raise ContractError(f"{pad_key(ACTION)}: expected (B={b}, horizon={cfg.horizon}), "
+                                f"got {tuple(step_valid.shape)}")
         a = self.normalizer.normalize(ACTION, a)  # (B, H, D_a) in [-1, 1]
         a = torch.where(step_valid[..., None], a, torch.zeros_like(a))  # padded steps (even NaN) -> 0
         eps = torch.randn_like(a)  # (B, H, D_a)
