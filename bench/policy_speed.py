@@ -1,0 +1,264 @@
+"""Policy speed: parameters, training throughput and sample_actions latency, per policy entry.
+
+    python bench/policy_speed.py                          # every entry (dust-small, dust-paper)
+    python bench/policy_speed.py --entries dust-small     # one entry
+    python bench/policy_speed.py --json out.json          # also write the figures as JSON
+
+For each entry in ``ENTRIES`` it prints: trainable / total / denoiser parameters; training
+samples per second with images (encoder in the step) and with the feature cache (batch keys
+``features.<encoder>.observation.images.<cam>``, no image encoding); ``sample_actions`` latency
+(batch 1, image encoding included, median of repeats) for each sampling point on 1 and 2 CPU
+threads (and CUDA when present); for entries with a ``no_skip`` switch, the latency without
+skipping and the ratio no-skip / skip. Another policy (Dita) is added by appending an
+:class:`Entry` with its own sampling points.
+
+Timings on a shared machine swing with the load; the load average is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from vlastack.policies.base import Policy, feature_key, make_policy
+from vlastack.types import ACTION, STATE, DatasetSpec, fake_batch, fake_observation, image_key
+
+
+# ---------------------------------------------------------------- entries
+
+
+def _spec(cfg) -> DatasetSpec:
+    return DatasetSpec.robot(cameras=tuple(cfg.cameras), image_size=tuple(cfg.image_size), state_dim=cfg.state_dim,
+                             action_dim=cfg.action_dim)
+
+
+def generic_stats(cfg) -> dict[str, dict[str, list[float]]]:
+    """Plausible statistics for state and action (every field the normalizer modes use)."""
+    def one(d):
+        return {"mean": [0.0] * d, "std": [1.0] * d, "min": [-2.0] * d, "max": [2.0] * d,
+                "q01": [-1.5] * d, "q99": [1.5] * d}
+    return {STATE: one(cfg.state_dim), ACTION: one(cfg.action_dim)}
+
+
+def generic_batch(cfg, batch_size: int) -> dict[str, Any]:
+    """A data-contract batch for a config with cameras, image_size, state/action dims, horizon."""
+    return fake_batch(_spec(cfg), batch_size=batch_size, n_obs=getattr(cfg, "n_obs_steps", 1),
+                      horizon=cfg.horizon, future_offset=getattr(cfg, "future_offset", None))
+
+
+def generic_obs(cfg):
+    """One observation (batch 1) for a config."""
+    return fake_observation(_spec(cfg), batch_size=1, n_obs=getattr(cfg, "n_obs_steps", 1), as_torch=True)
+
+
+def cached_batch(policy: Policy, batch: dict[str, Any]) -> dict[str, Any] | None:
+    """The batch with images replaced by the frozen vision encoder's grids (None without one)."""
+    enc = getattr(policy, "vision", None)
+    if enc is None or not getattr(enc, "frozen", False):
+        return None
+    out = {k: v for k, v in batch.items() if not k.startswith("observation.images.") or k.endswith("_is_pad")}
+    with torch.no_grad():
+        for cam in policy.config.cameras:
+            imgs = batch[image_key(cam)]  # (B, T, H, W, 3) uint8
+            grid, _ = enc(imgs.flatten(0, 1).permute(0, 3, 1, 2).float().div(255))  # (B*T, C, h, w)
+            out[feature_key(enc.name, image_key(cam))] = grid.view(*imgs.shape[:2], *grid.shape[1:]).half()
+    return out
+
+
+@dataclass
+class Entry:
+    """One policy configuration to measure."""
+
+    label: str
+    policy: str  # registry name
+    preset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    train_batch: int = 16
+    train_steps: int = 5
+    optimizer: bool = True  # include an AdamW step in the training step
+    sampling: list[dict[str, Any]] = field(default_factory=list)  # sample_actions kwargs per latency point
+    point_label: Callable[[dict[str, Any]], str] = lambda kw: ",".join(f"{k}={v}" for k, v in kw.items())
+    no_skip: dict[str, Any] | None = None  # extra kwargs that turn the skipping off (ratio measured when set)
+    no_skip_at: tuple[int, ...] | None = None  # indices into ``sampling`` where the ratio is measured (None: all)
+    no_skip_name: str = "no-skip"  # how the printout names the no_skip variant (Dita: "no-cache")
+    threads: tuple[int, ...] = (1, 2)
+    repeats: int = 7
+    warmup: int = 1
+    target: tuple[dict[str, Any], int, float] | None = None  # (sampling kwargs, threads, ms) to check
+    notes: str = ""
+
+
+def _dust_points(n_os=(4, 16, 32, 64)):
+    return [{"num_action_steps": 4, "num_vision_steps": n} for n in n_os]
+
+
+ENTRIES: list[Entry] = [
+    Entry("dust-small", "dust", "small", train_batch=16, train_steps=5, sampling=_dust_points(),
+          point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
+          no_skip={"skip_action_blocks": False}, repeats=9,
+          target=({"num_action_steps": 4, "num_vision_steps": 4}, 2, 50.0)),
+    Entry("dust-paper", "dust", "paper", train_batch=1, train_steps=2, optimizer=False, sampling=_dust_points(),
+          point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
+          no_skip={"skip_action_blocks": False}, no_skip_at=(1,), repeats=1, warmup=0,
+          notes="single timed run per point, no warm-up; training step is forward + backward only "
+                "(AdamW state for this size does not fit in 24 GiB)"),
+    # Dita: the ratio is chunk latency without / with the prefix key/value cache (target >= 2x at small)
+    Entry("dita-small", "dita", "small", train_batch=16, train_steps=5, sampling=[{"num_inference_steps": 10}],
+          point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
+          no_skip_name="no-cache", repeats=7),
+    Entry("dita-paper", "dita", "paper", train_batch=2, train_steps=2, sampling=[{"num_inference_steps": 10}],
+          point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
+          no_skip_name="no-cache", repeats=1, notes="vision backbone trainable (0.1x lr): no feature-cache pass"),
+]
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1000.0
+
+
+def train_throughput(policy: Policy, batch: dict[str, Any], steps: int, optimizer: bool) -> float:
+    """Samples per second of forward + backward (+ AdamW step) on ``batch``."""
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4) if optimizer else None
+    b = len(batch["task"])
+
+    def step():
+        loss, _ = policy.compute_loss(batch)
+        loss.backward()
+        if opt is not None:
+            opt.step()
+        for p in params:
+            p.grad = None
+
+    step()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = time.perf_counter() - t0
+    del opt
+    return b * steps / dt
+
+
+def load() -> str:
+    """The 1-minute load average and core count, for reading the timings."""
+    try:
+        return f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    except OSError:
+        return "load n/a"
+
+
+def run_entry(e: Entry, device: str = "cpu", threads_train: int = 2) -> dict[str, Any]:
+    """Every figure for one entry."""
+    out: dict[str, Any] = {"label": e.label, "policy": e.policy, "preset": e.preset, "notes": e.notes}
+    torch.manual_seed(0)
+    from vlastack.policies.base import policy_class
+    cfg = policy_class(e.policy).config_class.preset(e.preset, **e.overrides)
+    t0 = time.perf_counter()
+    policy = make_policy(e.policy, cfg, stats=generic_stats(cfg)).to(device)
+    out["build_s"] = time.perf_counter() - t0
+    out["params_trainable"] = policy.num_parameters()
+    out["params_total"] = policy.num_parameters(trainable_only=False)
+    net = getattr(policy, "net", None)
+    out["params_denoiser"] = sum(p.numel() for p in net.parameters()) if net is not None else None
+    print(f"\n== {e.label}: {e.policy} preset {e.preset!r}  ({load()})", flush=True)
+    print(f"parameters: trainable {out['params_trainable'] / 1e6:.2f}M, total {out['params_total'] / 1e6:.2f}M, "
+          f"denoiser {out['params_denoiser'] / 1e6 if out['params_denoiser'] else float('nan'):.2f}M "
+          f"(built in {out['build_s']:.1f} s)", flush=True)
+
+    # training throughput
+    torch.set_num_threads(threads_train)
+    batch = generic_batch(cfg, e.train_batch)
+    if device != "cpu":
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    out["train_images_sps"] = train_throughput(policy, batch, e.train_steps, e.optimizer)
+    cb = cached_batch(policy, batch)
+    out["train_cache_sps"] = train_throughput(policy, cb, e.train_steps, e.optimizer) if cb is not None else None
+    what = "fwd+bwd+AdamW" if e.optimizer else "fwd+bwd"
+    print(f"training ({what}, batch {e.train_batch}, {threads_train} threads): images {out['train_images_sps']:.1f} "
+          f"samples/s, feature cache "
+          + (f"{out['train_cache_sps']:.1f} samples/s" if out["train_cache_sps"] is not None else "n/a"), flush=True)
+    policy.zero_grad(set_to_none=True)
+    del batch, cb
+
+    # sampling latency
+    policy.eval()
+    obs = generic_obs(cfg)
+    runs: list[tuple[str, int]] = [("cpu", n) for n in e.threads] if device == "cpu" else [(device, 0)]
+    sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
+    out["latency"] = []
+    for dev, n_threads in runs:
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        for i, kw in enumerate(e.sampling):
+            ms = _median_ms(lambda: policy.sample_actions(obs, seed=0, **kw), e.repeats, e.warmup, sync)
+            row = {"device": dev, "threads": n_threads, "point": e.point_label(kw), "ms": ms}
+            if e.no_skip is not None and (e.no_skip_at is None or i in e.no_skip_at):
+                ms_full = _median_ms(lambda: policy.sample_actions(obs, seed=0, **kw, **e.no_skip), e.repeats,
+                                     e.warmup, sync)
+                row.update(ms_no_skip=ms_full, ratio_no_skip_over_skip=ms_full / ms)
+            out["latency"].append(row)
+            where = f"{n_threads} thread{'s' if n_threads > 1 else ''}" if n_threads else dev
+            extra = f"   {e.no_skip_name} {row['ms_no_skip']:8.1f} ms  ratio {row['ratio_no_skip_over_skip']:.2f}x" \
+                if "ms_no_skip" in row else ""
+            print(f"sample_actions [{where}] {row['point']:<16} {ms:8.1f} ms{extra}", flush=True)
+    if e.target is not None:
+        kw, n_threads, limit = e.target
+        hit = [r for r in out["latency"] if r["threads"] == n_threads and r["point"] == e.point_label(kw)]
+        if hit:
+            ok = hit[0]["ms"] < limit
+            out["target"] = {"point": e.point_label(kw), "threads": n_threads, "limit_ms": limit,
+                             "ms": hit[0]["ms"], "met": ok}
+            print(f"target: {e.point_label(kw)} on {n_threads} threads < {limit:.0f} ms: "
+                  f"{hit[0]['ms']:.1f} ms -> {'MET' if ok else 'NOT MET'}", flush=True)
+    print(f"({load()} at the end)", flush=True)
+    del policy
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the selected entries and print (and optionally save) their figures."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--entries", default=",".join(e.label for e in ENTRIES),
+                    help=f"comma-separated labels from {[e.label for e in ENTRIES]}")
+    ap.add_argument("--json", default=None, help="write the figures to this JSON file")
+    ap.add_argument("--no-cuda", action="store_true", help="skip the CUDA latency pass even when a GPU is present")
+    args = ap.parse_args(argv)
+    by_label = {e.label: e for e in ENTRIES}
+    chosen = [s.strip() for s in args.entries.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in by_label]
+    if unknown:
+        raise SystemExit(f"unknown entries {unknown}; choose from {sorted(by_label)}")
+    print(f"torch {torch.__version__}, {load()}, cuda {'yes' if torch.cuda.is_available() else 'no'}")
+    results = []
+    for label in chosen:
+        results.append(run_entry(by_label[label], "cpu"))
+        if torch.cuda.is_available() and not args.no_cuda:
+            results.append(run_entry(by_label[label], "cuda"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()
