@@ -218,3 +218,12 @@ def test_kitchen_collection_path_if_available(tmp_path):
     t = doc["tasks"][task]
     assert t["attempted"] == [0]
     assert t["failed"] == [{"seed": 0, "reason": "max_steps", "steps": 3}] or t["succeeded"] == [0]
+
+
+def test_crashed_worker_is_isolated_and_recorded(tmp_path, monkeypatch):
+    monkeypatch.setenv(C.FAULT_ENV, "reach-v3:1")  # spawned workers inherit it: seed 1 kills its process
+    doc = C.collect(_cfg(tmp_path / "w.zarr", episodes=3, workers=2, max_steps=100))
+    t = doc["tasks"]["reach-v3"]
+    assert doc["complete"] and t["succeeded"] == [0, 2, 3]
+    assert t["failed"] == [{"seed": 1, "reason": "error: the worker process died (crashed twice on this seed)",
+                            "steps": 0}]

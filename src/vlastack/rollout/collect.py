@@ -34,6 +34,9 @@ import numpy as np
 from vlastack.envs import registry
 from vlastack.types import ACTION, SUCCESS, DatasetSpec
 
+#: fault injection (tests): a worker given attempt "<task>:<seed>" exits abruptly, like a segfault.
+FAULT_ENV = "VLASTACK_COLLECT_FAULT"
+
 #: episodes longer than this are cut when neither the env nor ``max_steps`` ends them.
 HARD_STEP_CAP = 100_000
 
@@ -205,6 +208,8 @@ def _episode_job(job: dict) -> dict[str, Any]:
     """Worker entry: run one attempt; errors come back as a failed result, not an exception."""
     t0 = time.perf_counter()
     out = {"task": job["task"], "seed": job["seed"], "attempt": job["attempt"]}
+    if os.environ.get(FAULT_ENV) == f"{job['task']}:{job['seed']}":  # fault injection for tests
+        os._exit(3)
     try:
         env, expert = _env_for(job)
         res = run_expert_episode(env, expert, job["seed"], job["max_steps"])
@@ -469,25 +474,75 @@ def _collect_into(cfg: CollectConfig, store) -> dict[str, Any]:
 
 
 def _run_pool(cfg: CollectConfig, next_job, handle) -> None:
-    """Keep ``cfg.workers`` spawned processes busy until no attempt is left to make."""
+    """Keep ``cfg.workers`` spawned processes busy until no attempt is left to make.
+
+    A worker that dies (a segfault in the simulator, the OOM killer) breaks the pool: the attempts
+    that were in flight are then rerun one at a time in a fresh process, the one that dies again
+    is recorded as failed, and collection goes on with a new pool.
+    """
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn"))
-    pending = set()
-    try:
-        while True:
-            while len(pending) < cfg.workers and (job := next_job()) is not None:
-                pending.add(pool.submit(_episode_job, job))
-            if not pending:
-                break
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                handle(fut.result())
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    ctx = mp.get_context("spawn")
+    carry: list[dict] = []  # attempts not started because the pool broke first
+    while True:
+        pool = ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx)
+        pending: dict = {}
+        suspects: list[dict] = []
+        broken = False
+        try:
+            while True:
+                while not broken and len(pending) < cfg.workers and \
+                        (job := (carry.pop(0) if carry else next_job())) is not None:
+                    try:
+                        pending[pool.submit(_episode_job, job)] = job
+                    except BrokenProcessPool:
+                        carry.insert(0, job)
+                        broken = True
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = pending.pop(fut)
+                    try:
+                        res = fut.result()
+                    except BrokenProcessPool:
+                        suspects.append(job)
+                        broken = True
+                        continue
+                    handle(res)
+                if broken:  # the rest finish or fail with the same broken pool
+                    for fut, job in list(pending.items()):
+                        try:
+                            res = fut.result()
+                        except BrokenProcessPool:
+                            suspects.append(job)
+                            continue
+                        handle(res)
+                    pending.clear()
+                    break
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=not broken, cancel_futures=broken)
+        for job in suspects:
+            handle(_run_isolated(ctx, job))
+        if not broken and not carry:
+            return
+
+
+def _run_isolated(ctx, job: dict) -> dict[str, Any]:
+    """Run one attempt in its own fresh process; a crash becomes a failed result."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as solo:
+        try:
+            return solo.submit(_episode_job, job).result()
+        except BrokenProcessPool:
+            return {"task": job["task"], "seed": job["seed"], "attempt": job["attempt"], "success": False,
+                    "steps": 0, "reason": "error: the worker process died (crashed twice on this seed)"}
 
 
 def print_report(doc: dict[str, Any], file=None) -> None:
