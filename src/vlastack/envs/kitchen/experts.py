@@ -122,6 +122,27 @@ def hold(name: str, gripper: float, steps: int) -> Phase:
     return Phase(name, target, gripper, min_steps=steps, max_steps=steps, wait_pose=False)
 
 
+def approach(name: str, target: Target, gripper: float, clear_z: float, tol: float = 0.015) -> list[Phase]:
+    """Rise to ``clear_z`` where the grip site is, then travel level to above ``target``'s xy.
+
+    Keeps the hand above fixtures (door tops, counter appliances) while it changes places.
+    """
+    memo: dict = {}
+
+    def rise(scene):
+        pos, mat = target(scene)
+        if "xy" not in memo:
+            memo["xy"] = scene.eef_pos[:2].copy()
+        return np.array([*memo["xy"], max(clear_z, memo.get("z0", scene.eef_pos[2]))]), mat
+
+    def level(scene):
+        pos, mat = target(scene)
+        return np.array([pos[0], pos[1], max(clear_z, pos[2])]), mat
+
+    return [Phase(name + "_rise", rise, gripper, tol=0.03, max_steps=40),
+            Phase(name + "_over", level, gripper, tol=tol, max_steps=80)]
+
+
 def fixed(pos, mat) -> Target:
     """A constant target."""
     pos, mat = np.asarray(pos, float), np.asarray(mat, float)
@@ -224,7 +245,73 @@ def plan_close_drawer(scene) -> list[Phase]:
     ]
 
 
+def _door_site_local(fx, door, site: str) -> np.ndarray:
+    suffix = door.handle[len("handle"):]  # "" or "_left" / "_right"
+    return fx.site_local(site + suffix)
+
+
+def door_open_phases(scene, door, goal: float = 1.55) -> list[Phase]:
+    """Hook a door's bar handle from above and walk it along its arc to ``goal`` radians.
+
+    The hand turns with the door so the fingers' thin side stays across the gap behind the bar.
+    """
+    fx = scene.main_fixture
+    hook_local = _door_site_local(fx, door, "hook") + np.array([0.0, 0.0, -HOOK_DEPTH])
+
+    def at(angle, dz=0.0):
+        return fx.door_point(door, angle, hook_local) + np.array([0.0, 0.0, dz]), yawed(R_DOWN, door.axis_sign * angle)
+
+    def swing(s):
+        return at(min(fx.qpos(door.joint) + 0.3, goal + 0.1))
+
+    top = fx.pos[2] + fx.footprint[2]
+    return [
+        *approach("above_" + door.joint, lambda s: at(fx.qpos(door.joint), 0.06), CLOSE, top + 0.06),
+        Phase("hook_" + door.joint, lambda s: at(fx.qpos(door.joint)), CLOSE, tol=0.006, max_steps=40, speed=0.4),
+        Phase("swing_" + door.joint, swing, CLOSE, speed=0.4, max_steps=120, wait_pose=False,
+              until=lambda s: fx.qpos(door.joint) > goal),
+        Phase("lift_" + door.joint, lambda s: at(fx.qpos(door.joint), 0.1), CLOSE, tol=0.02, max_steps=30),
+    ]
+
+
+def door_close_phases(scene, door) -> list[Phase]:
+    """Put the closed fingertips against the outside of a door's handle bar and push it shut."""
+    fx = scene.main_fixture
+    bar = _door_site_local(fx, door, "handle")
+    push_local = bar + np.array([-0.022, 0.0, 0.0])  # outside the bar (radius 0.008) and the pads
+
+    def at(angle, dz=0.0):
+        return fx.door_point(door, angle, push_local) + np.array([0.0, 0.0, dz]), yawed(R_DOWN, door.axis_sign * angle)
+
+    def push(s):
+        return at(max(fx.qpos(door.joint) - 0.3, -0.15))
+
+    top = fx.pos[2] + fx.footprint[2]
+    return [
+        *approach("above_" + door.joint, lambda s: at(fx.qpos(door.joint), 0.06), CLOSE, top + 0.07),
+        Phase("lower_" + door.joint, lambda s: at(fx.qpos(door.joint)), CLOSE, tol=0.006, max_steps=40, speed=0.4),
+        Phase("push_" + door.joint, push, CLOSE, speed=0.4, max_steps=120, wait_pose=False,
+              until=lambda s: fx.qpos(door.joint) < 0.02),
+        Phase("lift_" + door.joint, lambda s: (s.eef_pos + [0.0, 0.0, 0.05], s.eef_mat), CLOSE, min_steps=6,
+              max_steps=6, wait_pose=False),
+    ]
+
+
+def plan_open_doors(scene) -> list[Phase]:
+    """Open each door of the main fixture in turn."""
+    return [ph for door in scene.main_fixture.doors[::-1] for ph in door_open_phases(scene, door)]
+
+
+def plan_close_doors(scene) -> list[Phase]:
+    """Close each door of the main fixture in turn."""
+    return [ph for door in scene.main_fixture.doors for ph in door_close_phases(scene, door)]
+
+
 PLANS: dict[str, Callable[[object], list[Phase]]] = {
+    "OpenSingleDoor": plan_open_doors,
+    "CloseSingleDoor": plan_close_doors,
+    "OpenDoubleDoor": plan_open_doors,
+    "CloseDoubleDoor": plan_close_doors,
     "OpenDrawer": plan_open_drawer,
     "CloseDrawer": plan_close_drawer,
 }

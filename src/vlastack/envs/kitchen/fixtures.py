@@ -87,6 +87,7 @@ class Fixture:
     xml_file: ClassVar[str] = ""
     label: ClassVar[str] = ""
     footprint: ClassVar[tuple[float, float, float]] = (0.0, 0.0, 0.0)
+    front_x: ClassVar[float] = 0.0  # nominal world x of the front face (the robot base is at x = -0.5)
     tint_materials: ClassVar[tuple[str, ...]] = ("body_mat",)
 
     def __init__(self, name: str, pos) -> None:
@@ -193,11 +194,12 @@ class Fixture:
 
 
 class Drawer(Fixture):
-    """Countertop drawer unit with one sliding drawer (joint ``slide``, 0 .. 0.20 m)."""
+    """Countertop drawer unit with one sliding drawer (joint ``slide``, 0 .. 0.18 m)."""
 
     xml_file = "drawer.xml"
     label = "drawer"
     footprint = (0.36, 0.40, 0.26)
+    front_x = 0.0
     tint_materials = ("body_mat", "front_mat")
 
     @property
@@ -213,6 +215,7 @@ class SingleCabinet(Fixture):
     xml_file = "cabinet_single.xml"
     label = "cabinet"
     footprint = (0.34, 0.36, 0.40)
+    front_x = 0.0
     tint_materials = ("body_mat", "door_mat")
     doors = (HingeDoor("door", "door", "handle", -1.0),)
     interior_half = (0.13, 0.13)  # usable half extents of the interior floor (x, y)
@@ -225,6 +228,7 @@ class DoubleCabinet(Fixture):
     xml_file = "cabinet_double.xml"
     label = "cabinet"
     footprint = (0.34, 0.60, 0.40)
+    front_x = 0.0
     tint_materials = ("body_mat", "door_mat")
     doors = (HingeDoor("door_left", "door_left", "handle_left", -1.0),
              HingeDoor("door_right", "door_right", "handle_right", 1.0))
@@ -236,6 +240,7 @@ class Sink(Fixture):
     xml_file = "sink.xml"
     label = "sink"
     footprint = (0.42, 0.56, 0.14)
+    front_x = -0.15
     tint_materials = ("body_mat",)
     water_on_angle = 0.4  # lever angle (rad) above which water runs
     basin_half = (0.12, 0.22)  # usable half extents of the basin floor (x, y)
@@ -256,6 +261,7 @@ class Stove(Fixture):
     xml_file = "stove.xml"
     label = "stove"
     footprint = (0.46, 0.60, 0.06)
+    front_x = -0.2
     tint_materials = ("body_mat",)
     burners = ("front_left", "front_right", "back_left", "back_right")
     on_angle = 0.35  # knob angle (rad) above which a burner is on
@@ -280,6 +286,7 @@ class Microwave(Fixture):
     xml_file = "microwave.xml"
     label = "microwave"
     footprint = (0.38, 0.52, 0.32)
+    front_x = -0.03
     tint_materials = ("body_mat", "door_mat")
     doors = (HingeDoor("door", "door", "handle", -1.0),)
     press_depth = 0.006
@@ -310,6 +317,7 @@ class CoffeeMachine(Fixture):
     xml_file = "coffee_machine.xml"
     label = "coffee machine"
     footprint = (0.34, 0.26, 0.48)
+    front_x = 0.0
     tint_materials = ("body_mat",)
     press_depth = 0.006
     spot_radius = 0.04  # a mug whose centre is this close to the spot counts as under the nozzle

@@ -33,13 +33,15 @@ LAYOUT = ("coffee_machine", "microwave", "sink", "stove", "cabinet_single", "dra
 FIXTURE_GAP = 0.45  # free counter between neighbouring fixtures
 # external cameras: position and the point they look at (world frame, metres); fovy in degrees
 SCENE_CAMERAS = {
-    "left": dict(pos=(-0.35, 0.75, 1.75), target=(0.12, -0.05, 0.85), fovy=58.0),
-    "right": dict(pos=(-0.35, -0.75, 1.75), target=(0.12, 0.05, 0.85), fovy=58.0),
+    "left": dict(pos=(-0.25, 0.8, 1.7), target=(0.1, -0.1, 0.9), fovy=58.0),
+    "right": dict(pos=(-0.25, -0.8, 1.7), target=(0.1, 0.1, 0.9), fovy=58.0),
 }
 CAMERA_NAMES = {"left": "kitchen_left", "right": "kitchen_right", "wrist": "robot0_eye_in_hand"}
 ARM_GROUP = 4  # geom group of the arm's visual meshes (hidden from the wrist camera)
+# arm start: grip site near (-0.18, 0, 1.22), fingers down, tucked above and behind the fixtures
+INIT_QPOS = (0.0, -0.71, 0.0, -2.79, 0.0, 2.08, np.pi / 4)
 ARM_JITTER = 0.04  # rad, uniform per joint at reset
-FIXTURE_JITTER = ((-0.04, 0.0), (-0.04, 0.04))  # (x range, y range) in metres for the main fixture
+FIXTURE_JITTER = ((-0.02, 0.02), (-0.04, 0.04))  # (x range, y range) in metres for the main fixture
 COUNTER_COLOURS = ((0.95, 0.95, 0.95), (0.8, 0.78, 0.74), (0.55, 0.55, 0.58), (0.35, 0.33, 0.32), (0.9, 0.86, 0.78))
 CABINET_COLOURS = ((1.0, 1.0, 1.0), (0.75, 0.6, 0.45), (0.55, 0.65, 0.75), (0.6, 0.72, 0.6), (0.85, 0.85, 0.85))
 FIXTURE_COLOURS = ((0.93, 0.93, 0.9), (0.75, 0.78, 0.82), (0.3, 0.32, 0.35), (0.85, 0.8, 0.7), (0.6, 0.7, 0.8))
@@ -69,11 +71,7 @@ def layout_positions(main: str, anchor_y: float) -> dict[str, tuple[float, float
             wp, wk = FIXTURE_TYPES[prev].footprint[1], FIXTURE_TYPES[k].footprint[1]
             ys[k] = ys[prev] - step * (wp / 2 + FIXTURE_GAP + wk / 2)
             prev, j = k, j + step
-    out = {}
-    for k, y in ys.items():
-        depth = FIXTURE_TYPES[k].footprint[0]
-        out[k] = (COUNTER_BACK - 0.01 - depth / 2, y, COUNTER_TOP)
-    return out
+    return {k: (FIXTURE_TYPES[k].front_x + FIXTURE_TYPES[k].footprint[0] / 2, y, COUNTER_TOP) for k, y in ys.items()}
 
 
 def build_scene_class():
@@ -128,7 +126,7 @@ def build_scene_class():
             super()._load_model()
             robot = self.robots[0]
             robot.robot_model.set_base_xpos(ROBOT_BASE)
-            self.base_init_qpos = np.array(robot.init_qpos, dtype=float)
+            self.base_init_qpos = np.array(INIT_QPOS, dtype=float)
             arena = KitchenArena()
             self.fixtures = {}
             for kind, pos in layout_positions(self.task.fixture, self.task.anchor_y).items():

@@ -10,7 +10,7 @@ Success thresholds (documented so data users can trust the labels):
 
 - doors: open when every target door is past 1.35 rad (77 deg, 77% of its 1.75 rad range),
   closed when every door is under 0.1 rad;
-- drawer: open when pulled past 75% of its 0.20 m travel, closed under 0.01 m;
+- drawer: open when pulled past 75% of its 0.18 m travel, closed under 0.01 m;
 - stove: a burner is on while its knob is past 0.35 rad; sink water runs while the lever is
   past 0.4 rad; the spout counts as turned past 0.6 rad in the instructed direction;
 - microwave / coffee machine: their latched ``on`` state (see :mod:`.fixtures`);
@@ -90,13 +90,67 @@ class CloseDrawer(KitchenTask):
                  "slide the drawer back in", "push the open drawer shut")
 
     def _setup(self, scene, rng):
-        scene.main_fixture.set_qpos("slide", rng.uniform(0.14, 0.2))
+        scene.main_fixture.set_qpos("slide", rng.uniform(0.12, 0.18))
         return {}
 
     def success(self, scene):
         return scene.main_fixture.qpos("slide") < DRAWER_CLOSED
 
 
-TASK_CLASSES: tuple[type[KitchenTask], ...] = (OpenDrawer, CloseDrawer)
+# ----------------------------------------------------------------------------- doors
+class _DoorTask(KitchenTask):
+    """Open or close every door of a hinged-door cabinet."""
+
+    group, horizon = "doors", 300
+    opening: ClassVar[bool] = True
+
+    def _setup(self, scene, rng):
+        for door in scene.main_fixture.doors:
+            angle = rng.uniform(0.0, 0.05) if self.opening else rng.uniform(1.3, 1.7)
+            scene.main_fixture.set_qpos(door.joint, angle)
+        return {}
+
+    def success(self, scene):
+        fx = scene.main_fixture
+        if self.opening:
+            return all(fx.qpos(d.joint) > DOOR_OPEN for d in fx.doors)
+        return all(fx.qpos(d.joint) < DOOR_CLOSED for d in fx.doors)
+
+
+class OpenSingleDoor(_DoorTask):
+    """Open the cabinet's door."""
+
+    name, fixture, anchor_y, opening = "OpenSingleDoor", "cabinet_single", 0.05, True
+    templates = ("open the cabinet door", "open the door of the {fixture}", "pull the cabinet door open",
+                 "swing the cabinet door open", "open the cabinet")
+
+
+class CloseSingleDoor(_DoorTask):
+    """Close the cabinet's door."""
+
+    name, fixture, anchor_y, opening = "CloseSingleDoor", "cabinet_single", 0.05, False
+    templates = ("close the cabinet door", "shut the door of the {fixture}", "push the cabinet door closed",
+                 "swing the cabinet door shut", "close the cabinet")
+
+
+class OpenDoubleDoor(_DoorTask):
+    """Open both doors of the double cabinet."""
+
+    name, fixture, anchor_y, opening, horizon = "OpenDoubleDoor", "cabinet_double", 0.0, True, 450
+    templates = ("open the cabinet doors", "open both doors of the {fixture}", "pull both cabinet doors open",
+                 "open the double doors of the cabinet", "swing open both cabinet doors")
+
+
+class CloseDoubleDoor(_DoorTask):
+    """Close both doors of the double cabinet."""
+
+    name, fixture, anchor_y, opening, horizon = "CloseDoubleDoor", "cabinet_double", 0.0, False, 450
+    templates = ("close the cabinet doors", "shut both doors of the {fixture}", "push both cabinet doors closed",
+                 "close the double doors of the cabinet", "swing both cabinet doors shut")
+
+
+TASK_CLASSES: tuple[type[KitchenTask], ...] = (
+    OpenDrawer, CloseDrawer, OpenSingleDoor, CloseSingleDoor, OpenDoubleDoor, CloseDoubleDoor,
+)
 
 TASKS: dict[str, type[KitchenTask]] = {c.name: c for c in TASK_CLASSES}

@@ -1,0 +1,84 @@
+"""Scripted-expert success table for the kitchen suite: every task x N seeds.
+
+    .venv/bin/python bench/kitchen_experts.py                    # all tasks, 50 seeds, 2 processes
+    .venv/bin/python bench/kitchen_experts.py --tasks OpenDrawer --episodes 10 --workers 1
+
+Cameras are off (the expert reads privileged state), so this measures the experts and the
+physics, not rendering. One task per worker process (one env per process). Prints one row
+per task and the failing seeds with the phase each failed episode ended in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+
+
+def run_task(args) -> dict:
+    """Run ``episodes`` seeded episodes of one task's expert; return counts and failures."""
+    task, episodes, seed0 = args
+    from vlastack.envs.kitchen import TASKS, make_expert, make_kitchen_env
+
+    env = make_kitchen_env(task, cameras=())
+    expert = make_expert(env)
+    t0 = time.time()
+    wins, steps, failures = 0, [], []
+    for seed in range(seed0, seed0 + episodes):
+        env.reset(seed=seed)
+        expert.reset()
+        info = {"success": False}
+        n = 0
+        for n in range(1, env.horizon + 1):
+            _, _, terminated, truncated, info = env.step(expert.act(env))
+            if terminated or truncated:
+                break
+        if info["success"]:
+            wins += 1
+            steps.append(n)
+        else:
+            failures.append((seed, expert.phase))
+    env.close()
+    return {"task": task, "group": TASKS[task].group, "episodes": episodes, "success": wins,
+            "mean_steps": sum(steps) / max(len(steps), 1), "seconds": time.time() - t0, "failures": failures}
+
+
+def main() -> None:
+    """Parse arguments, run the tasks in worker processes and print the table."""
+    from vlastack.envs.kitchen import list_tasks
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="*", default=None, help="task names (default: every task with an expert)")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed0", type=int, default=0, help="first seed")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    a = p.parse_args()
+    tasks = a.tasks or list_tasks()
+    jobs = [(t, a.episodes, a.seed0) for t in tasks]
+    rows = []
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(a.workers, maxtasksperchild=1) as pool:
+        for row in pool.imap_unordered(run_task, jobs):
+            rows.append(row)
+            fails = ", ".join(f"{s}:{ph}" for s, ph in row["failures"][:8])
+            print(f"  done {row['task']:<24} {row['success']}/{row['episodes']}  ({row['seconds']:.0f} s)"
+                  + (f"  failed seeds: {fails}" if fails else ""), flush=True)
+    rows.sort(key=lambda r: (tasks.index(r["task"])))
+    print()
+    print(f"| {'task':<24} | {'group':<14} | success | rate   | mean steps |")
+    print(f"|{'-' * 26}|{'-' * 16}|---------|--------|------------|")
+    for r in rows:
+        print(f"| {r['task']:<24} | {r['group']:<14} | {r['success']:>3}/{r['episodes']:<3} | "
+              f"{100 * r['success'] / r['episodes']:5.1f}% | {r['mean_steps']:10.1f} |")
+    total = sum(r["success"] for r in rows), sum(r["episodes"] for r in rows)
+    print(f"overall: {total[0]}/{total[1]} = {100 * total[0] / max(total[1], 1):.1f}%; "
+          f"tasks at >= 90%: {sum(r['success'] >= 0.9 * r['episodes'] for r in rows)}/{len(rows)}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
