@@ -188,6 +188,10 @@ def test_hydra_config_and_cli_errors(tmp_path, capsys):
     assert "unknown MetaWorld task 'reach-v4'" in capsys.readouterr().err
     assert C.main(["env=metaworld", "task=reach-v3", "episodes=0", f"out={tmp_path}/c.zarr"]) == 2
     assert "episodes" in capsys.readouterr().err
+    assert C.main(["env=metaworld", "cameras=[corner,wrist]", f"out={tmp_path}/c.zarr"]) == 2
+    assert "unknown camera 'wrist'" in capsys.readouterr().err
+    assert C.main(["env=metaworld", "foo=1", f"out={tmp_path}/c.zarr"]) == 2
+    assert "foo" in capsys.readouterr().err
     assert C.main(["env=mujoco", f"out={tmp_path}/c.zarr"]) == 2
     assert "mujoco" in capsys.readouterr().err
     assert C.main(["--help"]) == 0 and "episodes=N" in capsys.readouterr().out

@@ -369,8 +369,11 @@ def collect(cfg: CollectConfig, on_store_ready=None) -> dict[str, Any]:
     ``on_store_ready()`` is called once the store is created or reopened with a matching spec.
     """
     _quiet_simulator_logs(cfg.suite)
-    probe = registry.make_env(cfg.suite, cfg.tasks[0], seed=cfg.seed, cameras=cfg.cameras,
-                              image_size=cfg.image_size, **cfg.env_kwargs)
+    try:
+        probe = registry.make_env(cfg.suite, cfg.tasks[0], seed=cfg.seed, cameras=cfg.cameras,
+                                  image_size=cfg.image_size, **cfg.env_kwargs)
+    except (ValueError, TypeError) as e:  # bad camera, size or env option: say so before any work
+        raise CollectError(f"env ({cfg.suite}, {cfg.tasks[0]}): {e}") from e
     try:
         spec = probe.spec
         if not isinstance(spec, DatasetSpec):
