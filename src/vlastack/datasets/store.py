@@ -302,7 +302,7 @@ class TrajectoryStore:
                           attributes={"fields": list(_EPISODE_FIELDS) + ["meta"], "encoding": "json"})
         root.create_group("features")
         sd = spec.to_dict()
-        root.attrs.update({
+        root.update_attributes({
             "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "fps": float(spec.fps),
             "features": sd["features"], "action_space": sd["action_space"], "stats": None,
             "num_episodes": 0, "num_frames": 0,
@@ -434,7 +434,17 @@ class TrajectoryStore:
         except StoreError:
             raise
         except Exception as e:
-            raise StoreError(f"{arr.path}: corrupt chunk or unreadable data in rows {sel} "
+            where = f"rows {sel}"
+            if isinstance(sel, slice) and arr.ndim >= 1:  # name the first chunk that fails
+                c = int(arr.chunks[0])
+                start, stop = sel.start or 0, min(arr.shape[0], sel.stop if sel.stop is not None else arr.shape[0])
+                for ci in range(start // c, (stop + c - 1) // c):
+                    try:
+                        arr[ci * c:min(arr.shape[0], (ci + 1) * c)]
+                    except Exception:
+                        where = f"chunk {ci} (rows {ci * c}..{(ci + 1) * c - 1})"
+                        break
+            raise StoreError(f"{arr.path}: corrupt chunk or unreadable data: {where} "
                              f"({type(e).__name__}: {e})") from None
 
     # ----------------------------------------------------------------- validation
@@ -719,8 +729,9 @@ class TrajectoryStore:
         eps = self._group["meta/episodes"]
         eps.resize((e0 + 1,))
         eps[e0:e0 + 1] = np.array([doc_json], dtype=object)
-        # 3) commit: one atomic replace of the root zarr.json
-        self._group.attrs.update({"num_episodes": e0 + 1, "num_frames": n1, "stats": None})
+        # 3) commit: one atomic replace of the root zarr.json. (Not ``attrs.update``: zarr's
+        #    Attributes inherits MutableMapping.update, which writes zarr.json once per key.)
+        self._group.update_attributes({"num_episodes": e0 + 1, "num_frames": n1, "stats": None})
         self._attrs = dict(self._group.attrs)
         self._ends = np.append(self._ends, np.int64(n1))
         self._episodes.append(json.loads(doc_json))
@@ -740,7 +751,7 @@ class TrajectoryStore:
             raise StoreError(f"{self._loc.raw}: no frames; append episodes before computing stats")
         stats = compute_store_stats(self, self._check_keys(keys), max_image_frames=max_image_frames, seed=seed)
         if self._mode == "a" and not self._closed:
-            self._group.attrs.update({"stats": stats_to_json(stats)})
+            self._group.update_attributes({"stats": stats_to_json(stats)})
             self._attrs = dict(self._group.attrs)
         return stats
 
@@ -780,7 +791,7 @@ class TrajectoryStore:
                                compressors=_blosc(3, "shuffle"), fill_value=0, overwrite=True,
                                attributes={"complete": False})
         arr[:] = values
-        arr.attrs.update({"complete": True, "num_frames": self.num_frames, "meta": meta or {}})
+        arr.update_attributes({"complete": True, "num_frames": self.num_frames, "meta": meta or {}})
         self._readers.pop(name, None)
 
     def has_features(self, encoder: str, key: str) -> bool:
