@@ -110,11 +110,29 @@ def test_images_are_upright(drawer_env):
     assert rows[seg == floor].mean() > rows[seg == upper].mean() + SIZE / 4  # floor below, wall cabinets above
 
 
-@pytest.mark.parametrize("task", ["OpenDrawer", "CloseDrawer"])
-def test_expert_succeeds(task):
+@pytest.mark.parametrize("task,seeds", [("CloseDrawer", (0, 1)), ("TurnOnMicrowave", (0,)),
+                                        ("CoffeePressButton", (0,))])
+def test_expert_succeeds(task, seeds):
     env = make_kitchen_env(task, cameras=(), image_size=SIZE)
     try:
-        assert all(_run_expert(env, seed) for seed in (0, 1))
+        assert all(_run_expert(env, seed) for seed in seeds)
+    finally:
+        env.close()
+
+
+def test_on_indicators_follow_the_knobs():
+    env = make_kitchen_env("TurnOffStove", cameras=(), image_size=SIZE)
+    try:
+        obs, info = env.reset(seed=5)
+        stove, burner = env.scene.main_fixture, env.scene.episode_meta["burner_id"]
+        m = env.scene.sim.model._model
+        gid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, f"stove_burner_{burner}")
+        assert burner.replace("_", " ") in obs[TASK]
+        assert stove.burner_on(burner) and m.geom_rgba[gid, 0] > 0.9  # lit: red-orange
+        stove.set_qpos(f"knob_{burner}", 0.0)
+        env.step(np.zeros(7))
+        assert not stove.burner_on(burner) and m.geom_rgba[gid, 0] < 0.5
+        assert env.scene._check_success()
     finally:
         env.close()
 

@@ -92,6 +92,7 @@ class Phase:
     min_steps: int = 0
     max_steps: int = 60
     speed: float = 1.0
+    rot_speed: float = 1.0
     until: Callable[[object], bool] | None = None
     wait_pose: bool = True  # False: only ``until`` / the step counts end the phase
 
@@ -203,7 +204,7 @@ class ScriptedExpert:
         ph = self.phases[self.index]
         pos, mat = ph.target(scene)
         self.steps += 1
-        return pose_action(scene, pos, mat, ph.gripper, speed=ph.speed).astype(np.float32)
+        return pose_action(scene, pos, mat, ph.gripper, speed=ph.speed, rot_speed=ph.rot_speed).astype(np.float32)
 
 
 # ============================================================================ plans
@@ -307,7 +308,121 @@ def plan_close_doors(scene) -> list[Phase]:
     return [ph for door in scene.main_fixture.doors for ph in door_close_phases(scene, door)]
 
 
+def plan_knob(scene) -> list[Phase]:
+    """Grasp the burner's knob fin from above, twist it to on (1.3 rad) or off (against its stop)."""
+    stove = scene.main_fixture
+    joint = "knob_" + scene.episode_meta["burner_id"]
+    turn_on = scene.task.turn_on
+    goal = 1.3 if turn_on else -0.2
+    start = stove.qpos(joint)  # the fin's thin side turns with the knob; so does the grasp yaw
+    top = stove.pos[2] + stove.top_height
+
+    def knob(dz=0.0):
+        return stove.site(joint) + np.array([0.0, 0.0, dz])
+
+    done = (lambda s: stove.qpos(joint) > 1.2) if turn_on else (lambda s: stove.qpos(joint) < 0.03)
+    return [
+        *approach("above", lambda s: (knob(0.08), yawed(R_DOWN, start)), OPEN, top + 0.12),
+        Phase("descend", lambda s: (knob(), yawed(R_DOWN, start)), OPEN, tol=0.005, max_steps=40, speed=0.4),
+        hold("grasp", CLOSE, 8),
+        Phase("twist", lambda s: (knob(), yawed(R_DOWN, goal)), CLOSE, max_steps=40, rot_speed=0.35,
+              wait_pose=False, until=done),
+        hold("release", OPEN, 6),
+        Phase("lift", lambda s: (knob(0.1), s.eef_mat), OPEN, tol=0.02, max_steps=30),
+    ]
+
+
+def arc_push_phases(scene, body: str, joint: str, radius: float, height: float, goal: float,
+                    clear_z: float, contact: float = 0.028) -> list[Phase]:
+    """Push a lever that swings about a vertical axis (its arm points -x at angle 0) from
+    its side until its joint passes ``goal``: closed fingers beside the arm at ``radius``,
+    thin side forward, following the arc."""
+    fx = scene.main_fixture
+    start = fx.qpos(joint)
+    sign = 1.0 if goal > start else -1.0
+    # the closed fingers look the same turned by pi: take the yaw branch that keeps the middle of
+    # the sweep near the neutral yaw, so the last arm joint stays inside its limits
+    branch = np.pi * np.round((np.pi / 2 - (start + goal) / 2) / np.pi)
+
+    def pusher(angle, dz=0.0):
+        pivot = fx.body_xpos(body)
+        arm = rot_z(angle) @ np.array([-1.0, 0.0, 0.0])
+        tangent = rot_z(angle) @ np.array([0.0, -1.0, 0.0])  # direction the arm moves as the angle grows
+        p = pivot + radius * arm - sign * contact * tangent
+        return np.array([p[0], p[1], pivot[2] + height + dz]), yawed(R_DOWN, angle - np.pi / 2 + branch)
+
+    def push(s):
+        return pusher(fx.qpos(joint) + sign * 0.35)
+
+    passed = (lambda s: fx.qpos(joint) > goal) if sign > 0 else (lambda s: fx.qpos(joint) < goal)
+    return [
+        *approach("above", lambda s: pusher(fx.qpos(joint), 0.06), CLOSE, clear_z),
+        Phase("lower", lambda s: pusher(fx.qpos(joint)), CLOSE, tol=0.006, max_steps=40, speed=0.4),
+        Phase("push", push, CLOSE, speed=0.35, max_steps=80, wait_pose=False, until=passed),
+        Phase("lift", lambda s: (s.eef_pos + [0.0, 0.0, 0.06], s.eef_mat), CLOSE, min_steps=5, max_steps=5,
+              wait_pose=False),
+    ]
+
+
+def plan_faucet(scene) -> list[Phase]:
+    """Push the faucet lever's tip sideways: on to 0.9 rad, off against its stop."""
+    sink = scene.main_fixture
+    goal = 0.9 if scene.task.turn_on else 0.02
+    # travel above the spout's arm (0.15 m above its pivot), which the hand would otherwise sweep along
+    return arc_push_phases(scene, "lever", "handle", 0.09, 0.014, goal,
+                           clear_z=sink.body_xpos("spout")[2] + 0.2)
+
+
+def plan_spout(scene) -> list[Phase]:
+    """Push the spout's arm sideways past 0.8 rad toward the instructed side."""
+    goal = 0.8 if scene.episode_meta["side"] == "right" else -0.8
+    return arc_push_phases(scene, "spout", "spout", 0.14, 0.15, goal,
+                           clear_z=scene.main_fixture.body_xpos("spout")[2] + 0.23)
+
+
+def plan_coffee_button(scene) -> list[Phase]:
+    """Press the button on top of the coffee machine with the closed fingertips."""
+    cm = scene.main_fixture
+
+    def button(dz=0.0):
+        return cm.site("button") + np.array([0.0, 0.0, dz]), R_DOWN
+
+    return [
+        *approach("above", lambda s: button(0.05), CLOSE, cm.site("button")[2] + 0.05),
+        Phase("press", lambda s: button(-0.016), CLOSE, speed=0.3, max_steps=40, wait_pose=False,
+              until=lambda s: cm.on and cm.qpos("button") > cm.press_depth + 0.001),
+        Phase("lift", lambda s: button(0.06), CLOSE, tol=0.02, max_steps=20),
+    ]
+
+
+def plan_microwave_button(scene) -> list[Phase]:
+    """Press the start (or stop) button on the microwave's front panel, moving +x."""
+    mw = scene.main_fixture
+    site = "start_button" if scene.task.turn_on else "stop_button"
+    goal = scene.task.turn_on
+
+    def front(dx):
+        return mw.site(site) + np.array([dx, 0.0, 0.0]), R_DOWN
+
+    top = mw.pos[2] + mw.footprint[2]
+    return [
+        *approach("above", lambda s: front(-0.045), CLOSE, top + 0.08),
+        Phase("lower", lambda s: front(-0.045), CLOSE, tol=0.006, max_steps=40, speed=0.5),
+        Phase("press", lambda s: front(0.016), CLOSE, speed=0.3, max_steps=40, wait_pose=False,
+              until=lambda s: mw.on == goal),
+        Phase("back", lambda s: front(-0.06), CLOSE, tol=0.015, max_steps=20),
+    ]
+
+
 PLANS: dict[str, Callable[[object], list[Phase]]] = {
+    "TurnOnStove": plan_knob,
+    "TurnOffStove": plan_knob,
+    "TurnOnSinkFaucet": plan_faucet,
+    "TurnOffSinkFaucet": plan_faucet,
+    "TurnSinkSpout": plan_spout,
+    "CoffeePressButton": plan_coffee_button,
+    "TurnOnMicrowave": plan_microwave_button,
+    "TurnOffMicrowave": plan_microwave_button,
     "OpenSingleDoor": plan_open_doors,
     "CloseSingleDoor": plan_close_doors,
     "OpenDoubleDoor": plan_open_doors,

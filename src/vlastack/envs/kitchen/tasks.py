@@ -149,8 +149,156 @@ class CloseDoubleDoor(_DoorTask):
                  "close the double doors of the cabinet", "swing both cabinet doors shut")
 
 
+# ----------------------------------------------------------------------------- stove
+class _StoveTask(KitchenTask):
+    """Turn one burner's knob on or off; the burner is drawn per episode and named."""
+
+    group, fixture, anchor_y, horizon = "stove", "stove", 0.0, 200
+    turn_on: ClassVar[bool] = True
+
+    def _setup(self, scene, rng):
+        stove = scene.main_fixture
+        burner = _pick(rng, stove.burners)
+        for b in stove.burners:
+            stove.set_qpos(f"knob_{b}", 0.0)
+        stove.set_qpos(f"knob_{burner}", 0.0 if self.turn_on else rng.uniform(0.9, 1.5))
+        return {"burner_id": burner, "burner": burner.replace("_", " ")}
+
+    def success(self, scene):
+        on = scene.main_fixture.burner_on(scene.episode_meta["burner_id"])
+        return on if self.turn_on else not on
+
+
+class TurnOnStove(_StoveTask):
+    """Turn the knob of the named burner on."""
+
+    name, turn_on = "TurnOnStove", True
+    templates = ("turn on the {burner} burner", "turn on the {burner} burner of the stove",
+                 "switch on the stove's {burner} burner", "turn the {burner} knob to start the burner",
+                 "light the {burner} burner on the stove")
+
+
+class TurnOffStove(_StoveTask):
+    """Turn the knob of the named (lit) burner off."""
+
+    name, turn_on = "TurnOffStove", False
+    templates = ("turn off the {burner} burner", "turn off the {burner} burner of the stove",
+                 "switch off the stove's {burner} burner", "turn the {burner} knob to stop the burner",
+                 "shut off the {burner} burner on the stove")
+
+
+# ----------------------------------------------------------------------------- sink
+class _FaucetTask(KitchenTask):
+    """Turn the faucet lever on (water runs) or off."""
+
+    group, fixture, anchor_y, horizon = "sink", "sink", 0.0, 200
+    turn_on: ClassVar[bool] = True
+
+    def _setup(self, scene, rng):
+        sink = scene.main_fixture
+        sink.set_qpos("handle", 0.0 if self.turn_on else rng.uniform(0.6, 1.1))
+        sink.set_qpos("spout", rng.uniform(-0.25, 0.25))
+        return {}
+
+    def success(self, scene):
+        return scene.main_fixture.water_on == self.turn_on
+
+
+class TurnOnSinkFaucet(_FaucetTask):
+    """Turn the water on."""
+
+    name, turn_on = "TurnOnSinkFaucet", True
+    templates = ("turn on the sink faucet", "turn the faucet on", "turn on the water in the sink",
+                 "start the water running in the {fixture}", "open the sink faucet")
+
+
+class TurnOffSinkFaucet(_FaucetTask):
+    """Turn the water off."""
+
+    name, turn_on = "TurnOffSinkFaucet", False
+    templates = ("turn off the sink faucet", "turn the faucet off", "turn off the water in the sink",
+                 "stop the water running in the {fixture}", "close the sink faucet")
+
+
+class TurnSinkSpout(KitchenTask):
+    """Swivel the spout to the named side (left: toward +y, the robot's left)."""
+
+    name, group, fixture, anchor_y, horizon = "TurnSinkSpout", "sink", "sink", 0.0, 200
+    templates = ("turn the sink spout to the {side}", "swivel the faucet spout {side}",
+                 "rotate the spout of the {fixture} to the {side}", "point the sink spout to the {side}",
+                 "move the faucet spout over to the {side}")
+
+    def _setup(self, scene, rng):
+        sink = scene.main_fixture
+        sink.set_qpos("spout", rng.uniform(-0.2, 0.2))
+        sink.set_qpos("handle", 0.0)
+        return {"side": _pick(rng, ("left", "right"))}
+
+    def success(self, scene):
+        angle = scene.main_fixture.qpos("spout")
+        # positive spout angles swing the tip toward -y, the robot's right
+        return angle > SPOUT_TURNED if scene.episode_meta["side"] == "right" else angle < -SPOUT_TURNED
+
+
+# ----------------------------------------------------------------------------- coffee
+class CoffeePressButton(KitchenTask):
+    """Press the coffee machine's button (a mug waits under the nozzle)."""
+
+    name, group, fixture, anchor_y, horizon = "CoffeePressButton", "coffee", "coffee_machine", 0.0, 150
+    object_categories = ("mug",)
+    templates = ("press the button on the coffee machine", "start the {fixture}",
+                 "press the coffee machine's button to make coffee", "push the button of the coffee machine",
+                 "turn on the coffee machine")
+
+    def _setup(self, scene, rng):
+        mug = scene.objects["mug"]
+        spot = scene.main_fixture.site("mug_spot")
+        mug.place(spot[:2] + rng.uniform(-0.01, 0.01, 2), spot[2], yaw=rng.uniform(-0.5, 0.5))
+        mug.set_colour(rng)
+        scene.active_object = mug
+        return {}
+
+    def success(self, scene):
+        return scene.main_fixture.on
+
+
+# ----------------------------------------------------------------------------- microwave
+class _MicrowaveButtonTask(KitchenTask):
+    """Press the microwave's start or stop button (door closed)."""
+
+    group, fixture, anchor_y, horizon = "microwave", "microwave", 0.12, 150
+    turn_on: ClassVar[bool] = True
+
+    def _setup(self, scene, rng):
+        mw = scene.main_fixture
+        mw.set_qpos("door", 0.0)
+        mw.on = not self.turn_on
+        return {}
+
+    def success(self, scene):
+        return scene.main_fixture.on == self.turn_on
+
+
+class TurnOnMicrowave(_MicrowaveButtonTask):
+    """Press start."""
+
+    name, turn_on = "TurnOnMicrowave", True
+    templates = ("turn on the microwave", "press the start button on the microwave", "start the {fixture}",
+                 "switch the microwave on", "push the microwave's start button")
+
+
+class TurnOffMicrowave(_MicrowaveButtonTask):
+    """Press stop while it runs."""
+
+    name, turn_on = "TurnOffMicrowave", False
+    templates = ("turn off the microwave", "press the stop button on the microwave", "stop the {fixture}",
+                 "switch the microwave off", "push the microwave's stop button")
+
+
 TASK_CLASSES: tuple[type[KitchenTask], ...] = (
     OpenDrawer, CloseDrawer, OpenSingleDoor, CloseSingleDoor, OpenDoubleDoor, CloseDoubleDoor,
+    TurnOnStove, TurnOffStove, TurnOnSinkFaucet, TurnOffSinkFaucet, TurnSinkSpout,
+    CoffeePressButton, TurnOnMicrowave, TurnOffMicrowave,
 )
 
 TASKS: dict[str, type[KitchenTask]] = {c.name: c for c in TASK_CLASSES}
