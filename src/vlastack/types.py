@@ -52,6 +52,15 @@ def pad_key(key: str) -> str:
     return key + PAD_SUFFIX
 
 
+FEATURES_PREFIX = "features."
+
+
+def feature_key(encoder: str, key: str) -> str:
+    """Batch key of ``key``'s cached features by frozen encoder ``encoder``: ``features.<encoder>.<key>``
+    (stored in a trajectory store under ``features/<encoder>/<key>``)."""
+    return f"{FEATURES_PREFIX}{encoder}.{key}"
+
+
 class ContractError(ValueError):
     """Data that does not match its declared spec; the message names key and problem."""
 
