@@ -80,6 +80,7 @@ class Entry:
     policy: str  # registry name
     preset: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    train: bool = True  # measure training throughput
     train_batch: int = 16
     train_steps: int = 5
     optimizer: bool = True  # include an AdamW step in the training step
@@ -92,6 +93,7 @@ class Entry:
     repeats: int = 7
     warmup: int = 1
     target: tuple[dict[str, Any], int, float] | None = None  # (sampling kwargs, threads, ms) to check
+    prepare: Callable[[Policy], Policy] | None = None  # applied before the latency pass (e.g. bf16 cast)
     notes: str = ""
 
 
@@ -104,6 +106,11 @@ ENTRIES: list[Entry] = [
           point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
           no_skip={"skip_action_blocks": False}, repeats=9,
           target=({"num_action_steps": 4, "num_vision_steps": 4}, 2, 50.0)),
+    Entry("dust-small-bf16", "dust", "small", train=False, sampling=_dust_points((4, 16)),
+          point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
+          no_skip={"skip_action_blocks": False}, repeats=9, prepare=lambda p: p.for_inference(torch.bfloat16),
+          target=({"num_action_steps": 4, "num_vision_steps": 4}, 2, 50.0),
+          notes="sampling with the conditioning stack and denoiser in bfloat16 (DUSTPolicy.for_inference)"),
     Entry("dust-paper", "dust", "paper", train_batch=1, train_steps=2, optimizer=False, sampling=_dust_points(),
           point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
           no_skip={"skip_action_blocks": False}, no_skip_at=(1,), repeats=1, warmup=0,
@@ -122,17 +129,23 @@ ENTRIES: list[Entry] = [
 # ---------------------------------------------------------------- measurements
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: Callable[[], None] = lambda: None) -> float:
+def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1,
+               sync: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """Median wall-clock and median process-CPU milliseconds of ``fn`` over ``repeats`` runs.
+
+    On a loaded machine the CPU time of a 1-thread run is close to its unloaded wall time.
+    """
     for _ in range(warmup):
         fn()
     sync()
-    ts = []
+    ts, cs = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync()
         ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1000.0
+        cs.append(time.process_time() - c0)
+    return statistics.median(ts) * 1000.0, statistics.median(cs) * 1000.0
 
 
 def train_throughput(policy: Policy, batch: dict[str, Any], steps: int, optimizer: bool) -> float:
@@ -181,27 +194,33 @@ def run_entry(e: Entry, device: str = "cpu", threads_train: int = 2) -> dict[str
     net = getattr(policy, "net", None)
     out["params_denoiser"] = sum(p.numel() for p in net.parameters()) if net is not None else None
     print(f"\n== {e.label}: {e.policy} preset {e.preset!r}  ({load()})", flush=True)
+    if e.notes:
+        print(f"note: {e.notes}", flush=True)
     print(f"parameters: trainable {out['params_trainable'] / 1e6:.2f}M, total {out['params_total'] / 1e6:.2f}M, "
           f"denoiser {out['params_denoiser'] / 1e6 if out['params_denoiser'] else float('nan'):.2f}M "
           f"(built in {out['build_s']:.1f} s)", flush=True)
 
     # training throughput
-    torch.set_num_threads(threads_train)
-    batch = generic_batch(cfg, e.train_batch)
-    if device != "cpu":
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    out["train_images_sps"] = train_throughput(policy, batch, e.train_steps, e.optimizer)
-    cb = cached_batch(policy, batch)
-    out["train_cache_sps"] = train_throughput(policy, cb, e.train_steps, e.optimizer) if cb is not None else None
-    what = "fwd+bwd+AdamW" if e.optimizer else "fwd+bwd"
-    print(f"training ({what}, batch {e.train_batch}, {threads_train} threads): images {out['train_images_sps']:.1f} "
-          f"samples/s, feature cache "
-          + (f"{out['train_cache_sps']:.1f} samples/s" if out["train_cache_sps"] is not None else "n/a"), flush=True)
-    policy.zero_grad(set_to_none=True)
-    del batch, cb
+    if e.train:
+        torch.set_num_threads(threads_train)
+        batch = generic_batch(cfg, e.train_batch)
+        if device != "cpu":
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out["train_images_sps"] = train_throughput(policy, batch, e.train_steps, e.optimizer)
+        cb = cached_batch(policy, batch)
+        out["train_cache_sps"] = train_throughput(policy, cb, e.train_steps, e.optimizer) if cb is not None else None
+        what = "fwd+bwd+AdamW" if e.optimizer else "fwd+bwd"
+        print(f"training ({what}, batch {e.train_batch}, {threads_train} threads): images "
+              f"{out['train_images_sps']:.1f} samples/s, feature cache "
+              + (f"{out['train_cache_sps']:.1f} samples/s" if out["train_cache_sps"] is not None else "n/a"),
+              flush=True)
+        policy.zero_grad(set_to_none=True)
+        del batch, cb
 
     # sampling latency
     policy.eval()
+    if e.prepare is not None:
+        policy = e.prepare(policy)
     obs = generic_obs(cfg)
     runs: list[tuple[str, int]] = [("cpu", n) for n in e.threads] if device == "cpu" else [(device, 0)]
     sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
@@ -210,17 +229,17 @@ def run_entry(e: Entry, device: str = "cpu", threads_train: int = 2) -> dict[str
         if n_threads:
             torch.set_num_threads(n_threads)
         for i, kw in enumerate(e.sampling):
-            ms = _median_ms(lambda: policy.sample_actions(obs, seed=0, **kw), e.repeats, e.warmup, sync)
-            row = {"device": dev, "threads": n_threads, "point": e.point_label(kw), "ms": ms}
+            ms, cpu_ms = _median_ms(lambda: policy.sample_actions(obs, seed=0, **kw), e.repeats, e.warmup, sync)
+            row = {"device": dev, "threads": n_threads, "point": e.point_label(kw), "ms": ms, "cpu_ms": cpu_ms}
             if e.no_skip is not None and (e.no_skip_at is None or i in e.no_skip_at):
-                ms_full = _median_ms(lambda: policy.sample_actions(obs, seed=0, **kw, **e.no_skip), e.repeats,
-                                     e.warmup, sync)
+                ms_full, _ = _median_ms(lambda: policy.sample_actions(obs, seed=0, **kw, **e.no_skip), e.repeats,
+                                        e.warmup, sync)
                 row.update(ms_no_skip=ms_full, ratio_no_skip_over_skip=ms_full / ms)
             out["latency"].append(row)
             where = f"{n_threads} thread{'s' if n_threads > 1 else ''}" if n_threads else dev
             extra = f"   {e.no_skip_name} {row['ms_no_skip']:8.1f} ms  ratio {row['ratio_no_skip_over_skip']:.2f}x" \
                 if "ms_no_skip" in row else ""
-            print(f"sample_actions [{where}] {row['point']:<16} {ms:8.1f} ms{extra}", flush=True)
+            print(f"sample_actions [{where}] {row['point']:<16} {ms:8.1f} ms (cpu {cpu_ms:8.1f} ms){extra}", flush=True)
     if e.target is not None:
         kw, n_threads, limit = e.target
         hit = [r for r in out["latency"] if r["threads"] == n_threads and r["point"] == e.point_label(kw)]

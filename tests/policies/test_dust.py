@@ -213,6 +213,18 @@ def test_seeded_chunks_are_reproducible():
     assert not torch.equal(a, p.sample_actions(obs, seed=8).actions)
 
 
+def test_bfloat16_inference_is_close_to_float32():
+    p = _policy()
+    _train(p, _batch(p.config), steps=5)
+    obs = fake_observation(_spec(p.config), batch_size=2)
+    ref = p.sample_actions(obs, seed=2).actions
+    p.for_inference(torch.bfloat16)
+    assert p.net.action_enc.weight.dtype == torch.bfloat16 and p.normalizer.affine["action"].scale.dtype == torch.float32
+    out = p.sample_actions(obs, seed=2)
+    assert out.actions.dtype == torch.float32 and torch.isfinite(out.actions).all()
+    assert (out.actions - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+
+
 @pytest.mark.parametrize("strategy", ["dit_single", "mmdit_joint"])
 def test_ablation_strategies_train_and_sample(strategy):
     p = _policy(strategy=strategy)

@@ -55,13 +55,13 @@ class ConditionEncoder(nn.Module):
 
     def forward(self, grids: Tensor, text: Tensor, text_valid: Tensor) -> tuple[Tensor, Tensor]:
         """grids (B, n_obs, K, C, h, w), text (B, L, D_t), text_valid (B, L) -> ctx (B, S, W), valid (B, S)."""
-        b = grids.shape[0]
-        v = grids.flatten(-2).transpose(-1, -2)  # (B, n_obs, K, h*w, C)
+        b, dt = grids.shape[0], self.vision_proj.weight.dtype
+        v = grids.to(dt).flatten(-2).transpose(-1, -2)  # (B, n_obs, K, h*w, C)
         v = self.vision_proj(v) + self.grid_pos + self.camera_embed[None, None, :, None] \
             + self.step_embed[None, :, None, None]  # (B, n_obs, K, h*w, W)
         v = v.flatten(1, 3)  # (B, n_obs*K*h*w, W)
-        pos = sinusoidal_1d(torch.arange(text.shape[1], device=text.device), v.shape[-1])  # (L, W)
-        t = self.text_proj(text.to(v.dtype)) + pos + self.text_embed  # (B, L, W)
+        pos = sinusoidal_1d(torch.arange(text.shape[1], device=text.device), v.shape[-1]).to(dt)  # (L, W)
+        t = self.text_proj(text.to(dt)) + pos + self.text_embed  # (B, L, W)
         x = torch.cat([v, t], dim=1)  # (B, S, W)
         valid = torch.cat([torch.ones(b, v.shape[1], dtype=torch.bool, device=v.device),
                            text_valid.to(torch.bool)], dim=1)  # (B, S)
@@ -154,6 +154,9 @@ class DUSTNetwork(nn.Module):
         action-only work (last MMDiT block's action outputs, action DiT blocks, decoder) is skipped
         and v_a is None. Returns v_a (B, H, D_a) | None, v_o (B, N_v, C) | None.
         """
+        dt = self.action_enc.weight.dtype  # float32, or bfloat16 after DUSTPolicy.for_inference
+        state, a_t, ctx = state.to(dt), a_t.to(dt), ctx.to(dt)
+        o_t = o_t.to(dt) if o_t is not None else None
         xa = torch.cat([self.state_enc(state)[:, None], self.action_enc(a_t)], dim=1) + self.action_pos  # (B, 1+H, W)
         ca = self.t_embed_a(tau_a)  # (B, W)
         xs, cs = [xa], [ca]
@@ -181,7 +184,7 @@ class DUSTNetwork(nn.Module):
             for j, blk in enumerate(self.vision_blocks):
                 x = blk(x, cs[1], kv["vision"][j] if kv is not None else ctx, ctx_valid)  # (B, N_v, W)
             v_o = self.vision_out(x, cs[1])  # (B, N_v, C)
-        return v_a, v_o
+        return (v_a.float() if v_a is not None else None), (v_o.float() if v_o is not None else None)
 
 
 # ---------------------------------------------------------------- the policy
@@ -226,6 +229,17 @@ class DUSTPolicy(Policy):
                                      {STATE: cfg.state_norm, ACTION: cfg.action_norm}, stats=stats,
                                      on_constant=cfg.norm_on_constant)
         self._future_idx = [cfg.cameras.index(c) for c in cfg.future_camera_list]
+
+    def for_inference(self, dtype: torch.dtype = torch.bfloat16) -> "DUSTPolicy":
+        """Cast the conditioning stack and the denoiser to ``dtype`` for sampling; returns self in eval mode.
+
+        Encoders, the normalizer and the Euler integration stay float32. At batch 1 the denoiser
+        is bound by reading its weights, so bfloat16 (on CPUs with avx512_bf16 / AMX, or GPUs)
+        roughly halves sampling latency. Deployment only: keep training in float32.
+        """
+        self.condition.to(dtype)
+        self.net.to(dtype)
+        return self.eval()
 
     # ------------------------------------------------------------ inputs
 
@@ -416,7 +430,8 @@ class DUSTPolicy(Policy):
         for st in steps:
             tau_a = torch.full((b,), st.tau_a, device=dev)  # (B,)
             tau_o = torch.full((b,), st.tau_o, device=dev) if o is not None else None
-            v_a, v_o = self.net(state, a, tau_a, ctx, ctx_valid, o, tau_o, kv=kv, need_action=st.advance or not skip_action_blocks)
+            v_a, v_o = self.net(state, a, tau_a, ctx, ctx_valid, o, tau_o, kv=kv,
+                                need_action=st.advance or not skip_action_blocks)
             calls += 1
             if o is not None:
                 o = self.flow.euler_step(o, v_o, st.dt_o)  # (B, N_v, C)
