@@ -15,8 +15,9 @@ checkpoint (``save_pretrained(..., include_frozen=True)`` stores them too).
 Registry: ``@register_policy("dust")`` on the class; ``make_policy("dust", "tiny", stats=...)``;
 ``policy_class("dust")``; ``load_policy(path)`` for any registered policy.
 
-Cached encoder features travel in batches under :func:`feature_key` names,
-``features.<encoder name>.<image key>``, shaped like the images' window (B, T, C, h, w).
+Cached encoder features travel in batches under :func:`vlastack.types.feature_key` names,
+``features.<encoder name>.<image key>`` (what the window sampler emits), shaped like the
+images' window (B, T, C, h, w).
 """
 
 from __future__ import annotations
@@ -32,17 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from vlastack.types import ActionChunk, ContractError
+from vlastack.types import FEATURES_PREFIX, ActionChunk, ContractError, feature_key
 
 CHECKPOINT_FORMAT = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FEATURES_PREFIX = "features."
-
-
-def feature_key(encoder: str, key: str) -> str:
-    """Batch key of cached features of ``key`` (an image key) by encoder ``encoder``."""
-    return f"{FEATURES_PREFIX}{encoder}.{key}"
 
 
 # ---------------------------------------------------------------- configs

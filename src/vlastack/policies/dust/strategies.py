@@ -63,14 +63,17 @@ class DecoupledNoise(Strategy):
     world_model = True
 
     def check_steps(self, n_a: int, n_o: int) -> None:
+        """N_o must be a multiple q * N_A."""
         super().check_steps(n_a, n_o)
         if n_o % n_a:
             raise ValueError(f"{self.name}: N_o ({n_o}) must be a multiple q * N_A of N_A ({n_a})")
 
     def train_taus(self, fm, n, generator=None, device=None):
+        """tau_a and tau_o drawn independently from p(tau)."""
         return fm.sample_tau(n, generator, device), fm.sample_tau(n, generator, device)  # (n,), (n,)
 
     def schedule(self, n_a: int, n_o: int) -> list[Step]:
+        """N_o steps; actions advance on steps q-1, 2q-1, ..."""
         self.check_steps(n_a, n_o)
         q = n_o // n_a
         return [Step(tau_a=(i // q) / n_a, dt_a=1.0 / n_a, tau_o=i / n_o, dt_o=1.0 / n_o, advance=(i % q == q - 1))
@@ -84,16 +87,19 @@ class JointNoise(Strategy):
     world_model = True
 
     def check_steps(self, n_a: int, n_o: int) -> None:
+        """N_o must equal N_A."""
         super().check_steps(n_a, n_o)
         if n_o != n_a:
             raise ValueError(f"{self.name}: joint noise samples both streams together, so N_o ({n_o}) "
                              f"must equal N_A ({n_a}); use strategy 'mmdit_decoupled' for test-time scaling")
 
     def train_taus(self, fm, n, generator=None, device=None):
+        """One tau per sample, shared by both streams."""
         tau = fm.sample_tau(n, generator, device)  # (n,)
         return tau, tau.clone()
 
     def schedule(self, n_a: int, n_o: int) -> list[Step]:
+        """N_A synchronous steps, both streams advancing."""
         self.check_steps(n_a, n_o)
         return [Step(i / n_a, 1.0 / n_a, i / n_a, 1.0 / n_a, True) for i in range(n_a)]
 
@@ -105,9 +111,11 @@ class SingleStream(Strategy):
     world_model = False
 
     def train_taus(self, fm, n, generator=None, device=None):
+        """tau_a only."""
         return fm.sample_tau(n, generator, device), None
 
     def schedule(self, n_a: int, n_o: int) -> list[Step]:
+        """N_A action steps."""
         super().check_steps(n_a, max(n_o, 1))
         return [Step(i / n_a, 1.0 / n_a, 0.0, 0.0, True) for i in range(n_a)]
 
