@@ -32,6 +32,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlastack.envs import registry
+from vlastack.rollout.common import ConfigsNotFound, compose, quiet_simulator_logs as _quiet_simulator_logs
+from vlastack.rollout.common import configs_dir as common_configs_dir
+from vlastack.rollout.common import is_config_error, rich_progress, run_pool
+from vlastack.rollout.common import write_json_atomic as _write_json_atomic
 from vlastack.types import ACTION, SUCCESS, DatasetSpec
 
 #: fault injection (tests): a worker given attempt "<task>:<seed>" exits abruptly, like a segfault.
@@ -133,18 +137,6 @@ def _local(out: str | os.PathLike) -> str:
 # ---------------------------------------------------------------------------------- worker side
 
 _WORKER_ENV: dict[str, Any] = {"key": None, "env": None, "expert": None}
-
-
-def _quiet_simulator_logs(suite: str) -> None:
-    """robosuite logs controller-config chatter at INFO/WARNING on every env build: keep errors only."""
-    if suite == "kitchen":
-        import logging
-
-        try:
-            import robosuite  # noqa: F401  (sets its logger's level on import; we override after)
-        except ImportError:
-            return
-        logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
 
 
 def _env_for(job: dict) -> tuple[Any, Any]:
@@ -312,12 +304,6 @@ def _load_previous_failures(path: Path, suite: str) -> dict[str, dict[int, dict]
     return out
 
 
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False, default=str))
-    os.replace(tmp, path)
-
-
 class _Summary:
     """The summary document, rewritten atomically after every attempt."""
 
@@ -355,12 +341,7 @@ class _Summary:
 
 
 def _progress(cfg: CollectConfig):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=not cfg.progress, transient=False)
+    return rich_progress(cfg.progress)
 
 
 def collect(cfg: CollectConfig, on_store_ready=None) -> dict[str, Any]:
@@ -477,75 +458,14 @@ def _collect_into(cfg: CollectConfig, store) -> dict[str, Any]:
 
 
 def _run_pool(cfg: CollectConfig, next_job, handle) -> None:
-    """Keep ``cfg.workers`` spawned processes busy until no attempt is left to make.
-
-    A worker that dies (a segfault in the simulator, the OOM killer) breaks the pool: the attempts
-    that were in flight are then rerun one at a time in a fresh process, the one that dies again
-    is recorded as failed, and collection goes on with a new pool.
-    """
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    ctx = mp.get_context("spawn")
-    carry: list[dict] = []  # attempts not started because the pool broke first
-    while True:
-        pool = ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx)
-        pending: dict = {}
-        suspects: list[dict] = []
-        broken = False
-        try:
-            while True:
-                while not broken and len(pending) < cfg.workers and \
-                        (job := (carry.pop(0) if carry else next_job())) is not None:
-                    try:
-                        pending[pool.submit(_episode_job, job)] = job
-                    except BrokenProcessPool:
-                        carry.insert(0, job)
-                        broken = True
-                if not pending:
-                    break
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job = pending.pop(fut)
-                    try:
-                        res = fut.result()
-                    except BrokenProcessPool:
-                        suspects.append(job)
-                        broken = True
-                        continue
-                    handle(res)
-                if broken:  # the rest finish or fail with the same broken pool
-                    for fut, job in list(pending.items()):
-                        try:
-                            res = fut.result()
-                        except BrokenProcessPool:
-                            suspects.append(job)
-                            continue
-                        handle(res)
-                    pending.clear()
-                    break
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=not broken, cancel_futures=broken)
-        for job in suspects:
-            handle(_run_isolated(ctx, job))
-        if not broken and not carry:
-            return
+    """Keep ``cfg.workers`` spawned processes busy until no attempt is left to make (see common.run_pool:
+    attempts in flight when a worker dies are rerun in isolation; one that dies again is recorded as failed)."""
+    run_pool(cfg.workers, _episode_job, next_job, handle, _crashed)
 
 
-def _run_isolated(ctx, job: dict) -> dict[str, Any]:
-    """Run one attempt in its own fresh process; a crash becomes a failed result."""
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as solo:
-        try:
-            return solo.submit(_episode_job, job).result()
-        except BrokenProcessPool:
-            return {"task": job["task"], "seed": job["seed"], "attempt": job["attempt"], "success": False,
-                    "steps": 0, "reason": "error: the worker process died (crashed twice on this seed)"}
+def _crashed(job: dict) -> dict[str, Any]:
+    return {"task": job["task"], "seed": job["seed"], "attempt": job["attempt"], "success": False,
+            "steps": 0, "reason": "error: the worker process died (crashed twice on this seed)"}
 
 
 def print_report(doc: dict[str, Any], file=None) -> None:
@@ -570,27 +490,16 @@ def print_report(doc: dict[str, Any], file=None) -> None:
 
 def configs_dir() -> Path:
     """The repository's ``configs/`` (``$VLASTACK_CONFIGS`` overrides); raises if it is missing."""
-    env = os.environ.get("VLASTACK_CONFIGS")
-    if env:
-        p = Path(env).expanduser().resolve()
-    else:
-        import vlastack
-
-        p = Path(vlastack.__file__).resolve().parents[2] / "configs"
-    if not (p / "collect.yaml").is_file():
-        raise CollectError(f"configs: no collect.yaml under {p}; vlastack expects an editable install of the "
-                           "repository (pip install -e .) or VLASTACK_CONFIGS=/path/to/vlastack/configs")
-    return p
+    try:
+        return common_configs_dir("collect.yaml")
+    except ConfigsNotFound as e:
+        raise CollectError(str(e)) from None
 
 
 def compose_config(overrides: Sequence[str] = ()):
     """The composed Hydra config of ``configs/collect.yaml`` with ``overrides`` (e.g. ``["env=metaworld"]``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(configs_dir()), version_base="1.3", job_name="collect"):
-        return compose(config_name="collect", overrides=list(overrides))
+    configs_dir()
+    return compose("collect", overrides)
 
 
 def config_from_hydra(cfg) -> CollectConfig:
@@ -639,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlastack collect: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # Hydra's override/config errors
-        if type(e).__module__.startswith(("hydra", "omegaconf")):
+        if is_config_error(e):
             print(f"vlastack collect: {e}", file=sys.stderr)
             return 2
         raise

@@ -1,0 +1,149 @@
+"""Mechanisms the rollout jobs share (``collect``, ``eval``): Hydra composition over ``configs/``,
+spawned worker pools that survive crashing simulators, atomic JSON, quiet simulator logs, progress bars."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+
+class ConfigsNotFound(ValueError):
+    """The repository's ``configs/`` directory (or one of its primary configs) cannot be found."""
+
+
+def configs_dir(required: str = "collect.yaml") -> Path:
+    """The repository's ``configs/`` (``$VLASTACK_CONFIGS`` overrides); raises if ``required`` is not in it."""
+    env = os.environ.get("VLASTACK_CONFIGS")
+    if env:
+        p = Path(env).expanduser().resolve()
+    else:
+        import vlastack
+
+        p = Path(vlastack.__file__).resolve().parents[2] / "configs"
+    if not (p / required).is_file():
+        raise ConfigsNotFound(f"configs: no {required} under {p}; vlastack expects an editable install of the "
+                              "repository (pip install -e .) or VLASTACK_CONFIGS=/path/to/vlastack/configs")
+    return p
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()):
+    """The composed Hydra config ``configs/<config_name>.yaml`` with ``overrides`` (e.g. ``["env=metaworld"]``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    path = configs_dir(config_name + ".yaml")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(path), version_base="1.3", job_name=config_name):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def is_config_error(e: BaseException) -> bool:
+    """Whether ``e`` is one of Hydra's / OmegaConf's override or config errors (shown to users as is)."""
+    return type(e).__module__.startswith(("hydra", "omegaconf"))
+
+
+def quiet_simulator_logs(suite: str) -> None:
+    """robosuite logs controller-config chatter at INFO/WARNING on every env build: keep errors only."""
+    if suite == "kitchen":
+        import logging
+
+        try:
+            import robosuite  # noqa: F401  (sets its logger's level on import; we override after)
+        except ImportError:
+            return
+        logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write ``doc`` as JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False, default=str))
+    os.replace(tmp, path)
+
+
+def rich_progress(enabled: bool = True):
+    """The jobs' progress bar: description, bar, done/total, a note field, elapsed and remaining time."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    disable=not enabled, transient=False)
+
+
+def run_pool(workers: int, fn: Callable[[dict], dict], next_job: Callable[[], dict | None],
+             handle: Callable[[dict], None], crashed: Callable[[dict], dict],
+             initializer: Callable | None = None, initargs: tuple = ()) -> None:
+    """Keep ``workers`` spawned processes busy running ``fn(job)`` until ``next_job()`` returns None.
+
+    Each result goes to ``handle``. A worker that dies (a segfault in the simulator, the OOM
+    killer) breaks the pool: the jobs that were in flight are then rerun one at a time in a
+    fresh process, one that dies again is reported as ``crashed(job)``, and the work goes on
+    with a new pool. ``initializer(*initargs)`` runs once in every worker process.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")
+    carry: list[dict] = []  # jobs not started because the pool broke first
+    while True:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer, initargs=initargs)
+        pending: dict = {}
+        suspects: list[dict] = []
+        broken = False
+        try:
+            while True:
+                while not broken and len(pending) < workers and \
+                        (job := (carry.pop(0) if carry else next_job())) is not None:
+                    try:
+                        pending[pool.submit(fn, job)] = job
+                    except BrokenProcessPool:
+                        carry.insert(0, job)
+                        broken = True
+                if not pending:
+                    break
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = pending.pop(fut)
+                    try:
+                        res = fut.result()
+                    except BrokenProcessPool:
+                        suspects.append(job)
+                        broken = True
+                        continue
+                    handle(res)
+                if broken:  # the rest finish or fail with the same broken pool
+                    for fut, job in list(pending.items()):
+                        try:
+                            res = fut.result()
+                        except BrokenProcessPool:
+                            suspects.append(job)
+                            continue
+                        handle(res)
+                    pending.clear()
+                    break
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=not broken, cancel_futures=broken)
+        for job in suspects:
+            handle(_run_isolated(ctx, fn, job, crashed, initializer, initargs))
+        if not broken and not carry:
+            return
+
+
+def _run_isolated(ctx, fn, job: dict, crashed, initializer, initargs) -> dict:
+    """Run one job in its own fresh process; a crash becomes ``crashed(job)``."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=initializer, initargs=initargs) as solo:
+        try:
+            return solo.submit(fn, job).result()
+        except BrokenProcessPool:
+            return crashed(job)
