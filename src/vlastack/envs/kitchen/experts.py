@@ -414,7 +414,97 @@ def plan_microwave_button(scene) -> list[Phase]:
     ]
 
 
+def grasp_offset(obj) -> float:
+    """Height of the grip site above an object's bottom for a top-down grasp: mid-height for
+    short objects, near the top for tall ones (the hand must stay above the object)."""
+    h = obj.height
+    return float(max(0.015, min(h / 2, 0.06), h - 0.025))
+
+
+def grasp_yaw(obj) -> float:
+    """Top-down grasp yaw: across the object's local y axis (its thin side; a mug's handle
+    stays out of the fingers), on the branch in [-pi/2, pi/2)."""
+    if obj.category.round and obj.category.name != "mug":
+        return 0.0
+    return float((obj.yaw + np.pi / 2) % np.pi - np.pi / 2)
+
+
+def pick_phases(scene, region, obj, carry: float) -> list[Phase]:
+    """Grasp ``obj`` in ``region`` (from above, or through the front of an enclosed one) and
+    bring it up to ``carry`` (a world height for the grip site)."""
+    off, rot = grasp_offset(obj), yawed(R_DOWN, grasp_yaw(obj))
+
+    def at_obj(dz):
+        return lambda s: (np.array([*obj.pos[:2], obj.bottom_z + off + dz]), rot)
+
+    if not region.enclosed:
+        return [
+            *approach("reach", at_obj(0.1), OPEN, carry),
+            Phase("descend", at_obj(0.0), OPEN, tol=0.005, max_steps=50, speed=0.4),
+            hold("grasp", CLOSE, 10),
+            Phase("lift", lambda s: (np.array([*s.eef_pos[:2], carry]), rot), CLOSE, tol=0.02, max_steps=50),
+        ]
+    front = region.front_x(scene)
+    y = obj.pos[1]
+    z_in = obj.bottom_z + off + 0.025
+    return [
+        *approach("reach", fixed((front - 0.1, y, z_in), rot), OPEN, z_in + 0.1),
+        Phase("lower", fixed((front - 0.1, y, z_in), rot), OPEN, tol=0.01, max_steps=40, speed=0.5),
+        Phase("enter", at_obj(0.025), OPEN, tol=0.008, max_steps=50, speed=0.4),
+        Phase("descend", at_obj(0.0), OPEN, tol=0.005, max_steps=30, speed=0.3),
+        hold("grasp", CLOSE, 10),
+        Phase("raise", lambda s: (np.array([*s.eef_pos[:2], z_in]), rot), CLOSE, tol=0.01, max_steps=20),
+        Phase("exit", fixed((front - 0.12, y, z_in), rot), CLOSE, tol=0.015, max_steps=50, speed=0.5),
+        Phase("up", fixed((front - 0.12, y, carry), rot), CLOSE, tol=0.02, max_steps=40),
+    ]
+
+
+def place_phases(scene, region, obj, carry: float) -> list[Phase]:
+    """Carry the held ``obj`` to ``region``'s drop point, set it down, let go and back off."""
+    off, rot = grasp_offset(obj), yawed(R_DOWN, grasp_yaw(obj))
+    drop = region.drop(scene)
+    z_set = region.surface(scene) + off + 0.01
+    if not region.enclosed:
+        return [
+            Phase("carry", fixed((*drop, carry), rot), CLOSE, tol=0.015, max_steps=80),
+            Phase("set", fixed((*drop, z_set), rot), CLOSE, tol=0.006, max_steps=50, speed=0.35),
+            hold("release", OPEN, 8),
+            Phase("retreat", fixed((*drop, z_set + 0.12), rot), OPEN, tol=0.02, max_steps=30),
+        ]
+    front = region.front_x(scene)
+    z_in = z_set + 0.02
+    return [
+        Phase("carry", fixed((front - 0.1, drop[1], max(carry, z_in)), rot), CLOSE, tol=0.015, max_steps=80),
+        Phase("lower", fixed((front - 0.1, drop[1], z_in), rot), CLOSE, tol=0.01, max_steps=40, speed=0.5),
+        Phase("enter", fixed((*drop, z_in), rot), CLOSE, tol=0.008, max_steps=50, speed=0.4),
+        Phase("set", fixed((*drop, z_set), rot), CLOSE, tol=0.006, max_steps=30, speed=0.3),
+        hold("release", OPEN, 8),
+        Phase("exit", fixed((front - 0.12, drop[1], z_in), rot), OPEN, tol=0.015, max_steps=50, speed=0.5),
+        Phase("up", fixed((front - 0.12, drop[1], z_in + 0.1), rot), OPEN, tol=0.02, max_steps=30),
+    ]
+
+
+def plan_pnp(scene) -> list[Phase]:
+    """Pick the episode's object from the task's source region and place it in its target."""
+    task, obj = scene.task, scene.active_object
+    surfaces = [task.source.surface(scene), task.target.surface(scene)]
+    rims = [scene.main_fixture.pos[2] + scene.main_fixture.footprint[2]] if not any(
+        r.enclosed for r in (task.source, task.target)) else []
+    carry = max(surfaces + rims) + grasp_offset(obj) + 0.12
+    return pick_phases(scene, task.source, obj, carry) + place_phases(scene, task.target, obj, carry)
+
+
 PLANS: dict[str, Callable[[object], list[Phase]]] = {
+    "PnPCounterToCab": plan_pnp,
+    "PnPCabToCounter": plan_pnp,
+    "PnPCounterToSink": plan_pnp,
+    "PnPSinkToCounter": plan_pnp,
+    "PnPCounterToMicrowave": plan_pnp,
+    "PnPMicrowaveToCounter": plan_pnp,
+    "PnPCounterToStove": plan_pnp,
+    "PnPStoveToCounter": plan_pnp,
+    "CoffeeSetupMug": plan_pnp,
+    "CoffeeServeMug": plan_pnp,
     "TurnOnStove": plan_knob,
     "TurnOffStove": plan_knob,
     "TurnOnSinkFaucet": plan_faucet,

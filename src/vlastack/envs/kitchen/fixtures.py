@@ -285,7 +285,7 @@ class Microwave(Fixture):
 
     xml_file = "microwave.xml"
     label = "microwave"
-    footprint = (0.38, 0.52, 0.32)
+    footprint = (0.38, 0.52, 0.36)
     front_x = -0.03
     tint_materials = ("body_mat", "door_mat")
     doors = (HingeDoor("door", "door", "handle", -1.0),)

@@ -295,10 +295,353 @@ class TurnOffMicrowave(_MicrowaveButtonTask):
                  "switch the microwave off", "push the microwave's stop button")
 
 
+# ----------------------------------------------------------------------------- pick and place
+SMALL = ("can", "lemon", "bread", "cube", "ball")  # short enough to carry into a cabinet or microwave
+ALL_OBJECTS = ("can", "bottle", "milk", "lemon", "bread", "cube", "ball")
+
+
+def _upright(obj) -> bool:
+    return float(obj._d.xmat[obj.body_id][8]) > 0.9
+
+
+class Region:
+    """Where an object starts or should end up: sampling, the expert's drop point, a predicate.
+
+    ``enclosed`` regions (cabinet, microwave) are reached through their front opening, below
+    ``ceiling`` (a world height); the others from above.
+    """
+
+    noun = ""
+    enclosed = False
+
+    def surface(self, scene) -> float:
+        """World height of the surface objects rest on."""
+        raise NotImplementedError
+
+    def sample(self, scene, rng) -> np.ndarray:
+        """A start position (x, y) for an object."""
+        raise NotImplementedError
+
+    def drop(self, scene) -> np.ndarray:
+        """Where the expert puts the object down (x, y)."""
+        raise NotImplementedError
+
+    def contains(self, scene, obj) -> bool:
+        """Whether ``obj`` rests in the region."""
+        raise NotImplementedError
+
+    def front_x(self, scene) -> float:
+        """World x of the opening of an enclosed region."""
+        raise NotImplementedError
+
+    def ceiling(self, scene) -> float:
+        """World height of the interior ceiling of an enclosed region."""
+        raise NotImplementedError
+
+
+def _local(scene, xy) -> np.ndarray:
+    return np.asarray(xy, dtype=float) - scene.main_fixture.pos[:2]
+
+
+class CounterRegion(Region):
+    """Bare counter to the robot's right of the main fixture."""
+
+    noun = "counter"
+
+    def _box(self, scene):
+        fx = scene.main_fixture
+        right_edge = fx.pos[1] - fx.footprint[1] / 2
+        return (-0.2, -0.04), (right_edge - 0.32, right_edge - 0.12)
+
+    def surface(self, scene):
+        return COUNTER_TOP
+
+    def sample(self, scene, rng):
+        (x0, x1), (y0, y1) = self._box(scene)
+        return np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
+
+    def drop(self, scene):
+        (x0, x1), (y0, y1) = self._box(scene)
+        return np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+
+    def contains(self, scene, obj):
+        if abs(obj.bottom_z - COUNTER_TOP) > 0.02 or not _upright(obj):
+            return False
+        x, y = obj.pos[:2]
+        for fx in scene.fixtures.values():  # not on or in any fixture
+            (cx, cy), (d, w) = fx.pos[:2], fx.footprint[:2]
+            if abs(x - cx) < d / 2 + 0.01 and abs(y - cy) < w / 2 + 0.01:
+                return False
+        return COUNTER_FRONT < x < 0.42
+
+
+class SinkRegion(Region):
+    """The sink's basin."""
+
+    noun = "sink"
+
+    def surface(self, scene):
+        return scene.main_fixture.pos[2] + 0.02
+
+    def sample(self, scene, rng):
+        return scene.main_fixture.pos[:2] + [rng.uniform(-0.13, -0.04), rng.uniform(-0.14, 0.1)]
+
+    def drop(self, scene):
+        return scene.main_fixture.pos[:2] + [-0.09, -0.1]
+
+    def contains(self, scene, obj):
+        lx, ly = _local(scene, obj.pos[:2])
+        return (-0.19 < lx < 0.09 and -0.26 < ly < 0.26
+                and obj.bottom_z < scene.main_fixture.pos[2] + 0.06)
+
+
+class CabinetRegion(Region):
+    """The single cabinet's interior (its door open)."""
+
+    noun, enclosed = "cabinet", True
+
+    def surface(self, scene):
+        return scene.main_fixture.pos[2] + 0.03
+
+    def sample(self, scene, rng):
+        return scene.main_fixture.pos[:2] + [rng.uniform(-0.1, -0.06), rng.uniform(-0.09, 0.03)]
+
+    def drop(self, scene):
+        return scene.main_fixture.pos[:2] + [-0.08, -0.05]
+
+    def contains(self, scene, obj):
+        lx, ly = _local(scene, obj.pos[:2])
+        return (-0.17 < lx < 0.15 and -0.16 < ly < 0.16
+                and abs(obj.bottom_z - self.surface(scene)) < 0.02 and _upright(obj))
+
+    def front_x(self, scene):
+        return scene.main_fixture.pos[0] - 0.17
+
+    def ceiling(self, scene):
+        return scene.main_fixture.pos[2] + 0.38
+
+
+class MicrowaveRegion(Region):
+    """The microwave's turntable (its door open)."""
+
+    noun, enclosed = "microwave", True
+
+    def surface(self, scene):
+        return scene.main_fixture.pos[2] + 0.026
+
+    def sample(self, scene, rng):
+        return scene.main_fixture.pos[:2] + [rng.uniform(-0.11, -0.07), rng.uniform(0.03, 0.12)]
+
+    def drop(self, scene):
+        return scene.main_fixture.pos[:2] + [-0.09, 0.06]
+
+    def contains(self, scene, obj):
+        lx, ly = _local(scene, obj.pos[:2])
+        return (-0.19 < lx < 0.17 and -0.08 < ly < 0.24
+                and abs(obj.bottom_z - self.surface(scene)) < 0.02 and _upright(obj))
+
+    def front_x(self, scene):
+        return scene.main_fixture.pos[0] - 0.19
+
+    def ceiling(self, scene):
+        return scene.main_fixture.pos[2] + 0.34
+
+
+class BurnerRegion(Region):
+    """One burner of the stove (drawn per episode, named in the instruction)."""
+
+    noun = "burner"
+
+    def surface(self, scene):
+        return scene.main_fixture.pos[2] + scene.main_fixture.top_height
+
+    def _centre(self, scene):
+        return scene.main_fixture.site("burner_" + scene.episode_meta["burner_id"])[:2]
+
+    def sample(self, scene, rng):
+        return self._centre(scene) + rng.uniform(-0.02, 0.02, 2)
+
+    def drop(self, scene):
+        return self._centre(scene)
+
+    def contains(self, scene, obj):
+        return (np.linalg.norm(obj.pos[:2] - self._centre(scene)) < 0.08
+                and abs(obj.bottom_z - self.surface(scene)) < 0.02 and _upright(obj))
+
+
+class MugSpotRegion(Region):
+    """The coffee machine's drip tray under the nozzle (reached from the front, under the head)."""
+
+    noun, enclosed = "coffee machine", True
+
+    def front_x(self, scene):
+        return scene.main_fixture.pos[0] - 0.17
+
+    def ceiling(self, scene):
+        return scene.main_fixture.pos[2] + 0.36
+
+    def surface(self, scene):
+        return scene.main_fixture.site("mug_spot")[2]
+
+    def sample(self, scene, rng):
+        return scene.main_fixture.site("mug_spot")[:2] + rng.uniform(-0.01, 0.01, 2)
+
+    def drop(self, scene):
+        return scene.main_fixture.site("mug_spot")[:2]
+
+    def contains(self, scene, obj):
+        return (np.linalg.norm(obj.pos[:2] - self.drop(scene)) < scene.main_fixture.spot_radius
+                and abs(obj.bottom_z - self.surface(scene)) < 0.02 and _upright(obj))
+
+
+class _PnPTask(KitchenTask):
+    """Pick the episode's object from ``source`` and place it in ``target``."""
+
+    group, horizon = "pick_and_place", 300
+    source: ClassVar[Region]
+    target: ClassVar[Region]
+    door_open: ClassVar[bool] = False  # start with the fixture's doors open
+
+    def _setup(self, scene, rng):
+        fx = scene.main_fixture
+        for door in getattr(fx, "doors", ()):
+            fx.set_qpos(door.joint, rng.uniform(1.5, 1.7) if self.door_open else 0.0)
+        words = {}
+        if isinstance(self.source, BurnerRegion) or isinstance(self.target, BurnerRegion):
+            burner = _pick(rng, fx.burners)
+            scene.episode_meta = {"burner_id": burner}  # regions read it while sampling
+            words.update(burner_id=burner, burner=burner.replace("_", " "))
+        obj = scene.objects[_pick(rng, self.object_categories)]
+        colour = obj.set_colour(rng)
+        yaw = rng.uniform(-0.5, 0.5) if obj.category.name == "mug" else rng.uniform(-np.pi / 4, np.pi / 4)
+        obj.place(self.source.sample(scene, rng), self.source.surface(scene), yaw)
+        scene.active_object = obj
+        words["obj"] = f"{colour} {obj.category.noun}" if colour else obj.category.noun
+        words["obj_category"] = obj.category.name
+        return words
+
+    def success(self, scene):
+        obj = scene.active_object
+        return self.target.contains(scene, obj) and not scene.gripper_touches(obj)
+
+
+class PnPCounterToCab(_PnPTask):
+    """Counter to the open cabinet."""
+
+    name, fixture, anchor_y, door_open = "PnPCounterToCab", "cabinet_single", 0.08, True
+    object_categories = SMALL
+    source, target = CounterRegion(), CabinetRegion()
+    templates = ("pick the {obj} from the counter and place it in the cabinet",
+                 "put the {obj} in the cabinet", "move the {obj} from the counter into the cabinet",
+                 "place the {obj} inside the open cabinet", "store the {obj} in the {fixture}")
+
+
+class PnPCabToCounter(_PnPTask):
+    """Open cabinet to the counter."""
+
+    name, fixture, anchor_y, door_open = "PnPCabToCounter", "cabinet_single", 0.08, True
+    object_categories = SMALL
+    source, target = CabinetRegion(), CounterRegion()
+    templates = ("pick the {obj} from the cabinet and place it on the counter",
+                 "take the {obj} out of the cabinet", "move the {obj} from the cabinet to the counter",
+                 "put the {obj} from the cabinet onto the counter", "get the {obj} out of the {fixture}")
+
+
+class PnPCounterToSink(_PnPTask):
+    """Counter to the sink's basin."""
+
+    name, fixture, anchor_y = "PnPCounterToSink", "sink", 0.12
+    object_categories = ALL_OBJECTS
+    source, target = CounterRegion(), SinkRegion()
+    templates = ("pick the {obj} from the counter and place it in the sink", "put the {obj} in the sink",
+                 "move the {obj} from the counter into the sink", "drop the {obj} into the {fixture}",
+                 "place the {obj} in the sink basin")
+
+
+class PnPSinkToCounter(_PnPTask):
+    """Sink's basin to the counter."""
+
+    name, fixture, anchor_y = "PnPSinkToCounter", "sink", 0.12
+    object_categories = ALL_OBJECTS
+    source, target = SinkRegion(), CounterRegion()
+    templates = ("pick the {obj} from the sink and place it on the counter", "take the {obj} out of the sink",
+                 "move the {obj} from the sink to the counter", "put the {obj} from the {fixture} on the counter",
+                 "lift the {obj} out of the sink onto the counter")
+
+
+class PnPCounterToMicrowave(_PnPTask):
+    """Counter to the open microwave."""
+
+    name, fixture, anchor_y, door_open = "PnPCounterToMicrowave", "microwave", 0.1, True
+    object_categories = SMALL
+    source, target = CounterRegion(), MicrowaveRegion()
+    templates = ("pick the {obj} from the counter and place it in the microwave",
+                 "put the {obj} in the microwave", "move the {obj} from the counter into the microwave",
+                 "place the {obj} inside the open {fixture}", "load the {obj} into the microwave")
+
+
+class PnPMicrowaveToCounter(_PnPTask):
+    """Open microwave to the counter."""
+
+    name, fixture, anchor_y, door_open = "PnPMicrowaveToCounter", "microwave", 0.1, True
+    object_categories = SMALL
+    source, target = MicrowaveRegion(), CounterRegion()
+    templates = ("pick the {obj} from the microwave and place it on the counter",
+                 "take the {obj} out of the microwave", "move the {obj} from the microwave to the counter",
+                 "unload the {obj} from the {fixture}", "put the {obj} from the microwave on the counter")
+
+
+class PnPCounterToStove(_PnPTask):
+    """Counter to a named burner."""
+
+    name, fixture, anchor_y = "PnPCounterToStove", "stove", 0.1
+    object_categories = ("can", "lemon", "bread", "cube", "ball", "milk")
+    source, target = CounterRegion(), BurnerRegion()
+    templates = ("pick the {obj} from the counter and place it on the {burner} burner",
+                 "put the {obj} on the stove's {burner} burner", "move the {obj} onto the {burner} burner",
+                 "place the {obj} on the {burner} burner of the {fixture}",
+                 "set the {obj} down on the {burner} burner")
+
+
+class PnPStoveToCounter(_PnPTask):
+    """A burner to the counter."""
+
+    name, fixture, anchor_y = "PnPStoveToCounter", "stove", 0.1
+    object_categories = ("can", "lemon", "bread", "cube", "ball", "milk")
+    source, target = BurnerRegion(), CounterRegion()
+    templates = ("pick the {obj} from the stove and place it on the counter", "take the {obj} off the stove",
+                 "move the {obj} from the {burner} burner to the counter",
+                 "put the {obj} from the {fixture} on the counter", "lift the {obj} off the burner onto the counter")
+
+
+class CoffeeSetupMug(_PnPTask):
+    """Mug from the counter to under the coffee machine's nozzle."""
+
+    name, group, fixture, anchor_y, horizon = "CoffeeSetupMug", "coffee", "coffee_machine", 0.12, 300
+    object_categories = ("mug",)
+    source, target = CounterRegion(), MugSpotRegion()
+    templates = ("pick the mug from the counter and place it under the coffee machine dispenser",
+                 "put the {obj} under the coffee machine", "set up the mug in the {fixture}",
+                 "place the {obj} on the coffee machine's drip tray", "move the mug under the coffee nozzle")
+
+
+class CoffeeServeMug(_PnPTask):
+    """Mug from under the coffee machine's nozzle to the counter."""
+
+    name, group, fixture, anchor_y, horizon = "CoffeeServeMug", "coffee", "coffee_machine", 0.12, 300
+    object_categories = ("mug",)
+    source, target = MugSpotRegion(), CounterRegion()
+    templates = ("pick the mug from under the coffee machine dispenser and place it on the counter",
+                 "serve the {obj} from the {fixture}", "take the mug out of the coffee machine",
+                 "move the {obj} from the coffee machine to the counter", "put the coffee mug on the counter")
+
+
 TASK_CLASSES: tuple[type[KitchenTask], ...] = (
+    PnPCounterToCab, PnPCabToCounter, PnPCounterToSink, PnPSinkToCounter, PnPCounterToMicrowave,
+    PnPMicrowaveToCounter, PnPCounterToStove, PnPStoveToCounter,
     OpenDrawer, CloseDrawer, OpenSingleDoor, CloseSingleDoor, OpenDoubleDoor, CloseDoubleDoor,
     TurnOnStove, TurnOffStove, TurnOnSinkFaucet, TurnOffSinkFaucet, TurnSinkSpout,
-    CoffeePressButton, TurnOnMicrowave, TurnOffMicrowave,
+    CoffeeSetupMug, CoffeeServeMug, CoffeePressButton, TurnOnMicrowave, TurnOffMicrowave,
 )
 
 TASKS: dict[str, type[KitchenTask]] = {c.name: c for c in TASK_CLASSES}
