@@ -209,9 +209,13 @@ class WindowSampler:
             pad = pad | ~self.has_action[self.anchor_episode[idx]][:, None]
         return rows, pad
 
-    def get_batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, Any]:
+    def get_batch(self, indices: Sequence[int] | np.ndarray, alloc=None) -> dict[str, Any]:
         """Windows for anchors ``indices`` stacked: key -> (B, T, ...), ``<key>_is_pad`` (B, T) bool,
-        ``task`` list of B strings, ``episode_index`` / ``frame_index`` / ``index`` (B,) int64."""
+        ``task`` list of B strings, ``episode_index`` / ``frame_index`` / ``index`` (B,) int64.
+
+        ``alloc(key, shape, dtype) -> np.ndarray``, when given, supplies the output buffers
+        (e.g. shared memory in a DataLoader worker), so values are written once, in place.
+        """
         idx = np.asarray(indices, np.int64).reshape(-1)
         if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"window index out of range for {len(self)} windows")
@@ -220,15 +224,21 @@ class WindowSampler:
         for k in self.deltas:
             rows, pad = self.rows(idx, k)  # (B, T), (B, T)
             flat = rows.reshape(-1)  # (B*T,)
+            ok = self.out_key(k)
+            shape, dtype = self._frame_layout(k)
+            buf = (alloc(ok, (*rows.shape, *shape), dtype) if alloc is not None
+                   else np.empty((*rows.shape, *shape), dtype))  # (B, T, ...)
+            dst = buf.reshape(len(flat), *shape)  # (B*T, ...) view
             if k in self._memory:
-                vals = self._memory[k][flat]  # (B*T, ...)
-            elif self.feature_encoder is not None and k in self.image_keys:
-                vals = self.store.read_feature_rows(self.feature_encoder, k, flat)
+                np.take(self._memory[k], flat, axis=0, out=dst)
             else:
                 uniq, inv = np.unique(flat, return_inverse=True)
-                vals = self.store.read_rows(k, uniq)[inv]  # (B*T, H, W, 3)
-            ok = self.out_key(k)
-            out[ok] = vals.reshape(*rows.shape, *vals.shape[1:])  # (B, T, ...)
+                if self.feature_encoder is not None and k in self.image_keys:
+                    vals = self.store.read_feature_rows(self.feature_encoder, k, uniq)  # (U, ...)
+                else:
+                    vals = self.store.read_rows(k, uniq)  # (U, H, W, 3)
+                np.take(vals, inv, axis=0, out=dst)
+            out[ok] = buf
             out[pad_key(ok)] = pad
         eps = self.anchor_episode[idx]
         out[TASK] = [self.instructions[e] for e in eps]
@@ -236,6 +246,17 @@ class WindowSampler:
         out[FRAME_INDEX] = self.anchor_frame[idx].copy()
         out[INDEX] = self.anchor_global[idx].copy()
         return out
+
+    def _frame_layout(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        """Per-frame shape and dtype of what ``key`` emits (its features in feature-cache mode)."""
+        if key in self._memory:
+            m = self._memory[key]
+            return tuple(m.shape[1:]), m.dtype
+        if self.feature_encoder is not None and key in self.image_keys:
+            arr = self.store.read_features(self.feature_encoder, key)
+            return tuple(arr.shape[1:]), np.dtype(arr.dtype)
+        f = self.store.spec.features[key]
+        return tuple(f.shape), np.dtype(f.dtype)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """One window: key -> (T, ...), masks (T,), ``task`` a string, indices as scalars."""

@@ -42,8 +42,29 @@ class WindowDataset(Dataset):
         return batch_to_torch(self.sampler[i])
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
-        """A batch (numpy; :func:`collate_windows` turns it into tensors)."""
-        return self.sampler.get_batch(np.asarray(indices, np.int64))
+        """A batch. In a worker process the arrays are written straight into shared-memory
+        tensors (as torch's default collate does), so handing the batch to the main process
+        copies nothing; in the main process it returns numpy (:func:`collate_windows` wraps it)."""
+        idx = np.asarray(indices, np.int64)
+        if torch.utils.data.get_worker_info() is None:
+            return self.sampler.get_batch(idx)
+        tensors: dict[str, torch.Tensor] = {}
+
+        def alloc(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+            tensors[key] = _shared_empty(shape, dtype)
+            return tensors[key].numpy()
+
+        batch = self.sampler.get_batch(idx, alloc=alloc)
+        batch.update(tensors)
+        return batch
+
+
+def _shared_empty(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+    """An uninitialised tensor in shared memory (sent to the main process without a copy)."""
+    tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
+    numel = int(np.prod(shape, dtype=np.int64))
+    storage = torch.empty(0, dtype=tdtype)._typed_storage()._new_shared(numel)
+    return torch.empty(0, dtype=tdtype).new(storage).view(shape)
 
 
 def collate_windows(batch: Any) -> dict[str, Any]:
