@@ -80,12 +80,28 @@ class PolicyInputs:
     horizon: int | None
 
 
+def policy_inputs(cfg: Any) -> PolicyInputs:
+    """The inputs a policy config declares (cameras, image_size, state/action dims, history, horizon)."""
+    if cfg is None or not hasattr(cfg, "cameras") or not hasattr(cfg, "image_size"):
+        raise PolicyAdapterError(f"{type(cfg).__name__} is not a policy config with cameras and image_size")
+    horizon = getattr(cfg, "horizon", None)
+    n_past = int(getattr(cfg, "n_past_actions", 0) or 0)
+    return PolicyInputs(cameras=tuple(cfg.cameras), image_size=tuple(int(s) for s in cfg.image_size),
+                        state_dim=int(getattr(cfg, "state_dim", 0)), action_dim=int(cfg.action_dim),
+                        n_obs=int(getattr(cfg, "n_obs_steps", 1)),
+                        horizon=None if horizon is None else int(horizon) - n_past)
+
+
 def _sampling_params(policy: Any) -> tuple[list[str], bool]:
-    """(keyword names of ``policy.sample_actions`` besides obs, whether it takes **kwargs)."""
+    """(keyword names of ``policy.sample_actions`` besides obs, whether it takes **kwargs).
+
+    ``policy`` may be an instance or a class (its unbound ``sample_actions``)."""
     try:
         params = list(inspect.signature(policy.sample_actions).parameters.values())
     except (TypeError, ValueError):
         return [], True
+    if params and params[0].name == "self":
+        params = params[1:]
     names = [p.name for p in params[1:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return names, any(p.kind == p.VAR_KEYWORD for p in params)
 
@@ -98,7 +114,8 @@ def resolve_sampling(policy: Any, sampling: Mapping[str, Any] | None) -> dict[st
         target = key if key in names else SAMPLING_ALIASES.get(key, key)
         if not var_kw and target not in names:
             shown = sorted(set(names) - {"generator"}) + sorted(a for a, t in SAMPLING_ALIASES.items() if t in names)
-            raise PolicyAdapterError(f"sampling.{key}: not an option of {type(policy).__name__}.sample_actions; "
+            cls = policy if isinstance(policy, type) else type(policy)
+            raise PolicyAdapterError(f"sampling.{key}: not an option of {cls.__name__}.sample_actions; "
                                      f"valid: {shown}")
         if target in ("generator",):
             raise PolicyAdapterError("sampling.generator: set by the evaluation (seeded per episode), not a config value")
@@ -126,15 +143,7 @@ class LoadedPolicy:
 
     def inputs(self) -> PolicyInputs:
         """The inputs the policy's config declares."""
-        cfg = self.config
-        if cfg is None or not hasattr(cfg, "cameras"):
-            raise PolicyAdapterError(f"{type(self.policy).__name__} has no config with cameras/image_size")
-        horizon = getattr(cfg, "horizon", None)
-        n_past = int(getattr(cfg, "n_past_actions", 0) or 0)
-        return PolicyInputs(cameras=tuple(cfg.cameras), image_size=tuple(int(s) for s in cfg.image_size),
-                            state_dim=int(getattr(cfg, "state_dim", 0)), action_dim=int(cfg.action_dim),
-                            n_obs=int(getattr(cfg, "n_obs_steps", 1)),
-                            horizon=None if horizon is None else int(horizon) - n_past)
+        return policy_inputs(self.config)
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode: the sampling noise is seeded by ``seed`` (reproducible episodes)."""
