@@ -316,7 +316,7 @@ class CoffeeMachine(Fixture):
 
     xml_file = "coffee_machine.xml"
     label = "coffee machine"
-    footprint = (0.34, 0.26, 0.48)
+    footprint = (0.34, 0.26, 0.56)
     front_x = 0.0
     tint_materials = ("body_mat",)
     press_depth = 0.006

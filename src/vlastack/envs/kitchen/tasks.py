@@ -478,7 +478,7 @@ class MugSpotRegion(Region):
         return scene.main_fixture.pos[0] - 0.17
 
     def ceiling(self, scene):
-        return scene.main_fixture.pos[2] + 0.36
+        return scene.main_fixture.pos[2] + 0.44
 
     def surface(self, scene):
         return scene.main_fixture.site("mug_spot")[2]
