@@ -1,0 +1,682 @@
+"""Policy server: a trained policy behind openpi's websocket + msgpack-numpy protocol.
+
+``vlastack serve checkpoint=PATH`` (Hydra overrides over ``configs/serve.yaml``) or, from
+Python, ``PolicyServer(PolicyRunner(LoadedPolicy(...)), port=0).start()``. The published
+``openpi-client`` package drives it unchanged::
+
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+    client = WebsocketClientPolicy("127.0.0.1", 8000)          # api_key="..." when required
+    client.get_server_metadata()                                # what the policy reads
+    client.infer({"observation.images.left": img, "observation.state": s, "task": "open the drawer"})
+    # -> {"actions": float32 (H, D_a) in physical units, "server_timing": {...}}
+
+Protocol (openpi-client 0.1.2):
+- The client opens a websocket (no compression), optionally with the header
+  ``Authorization: Api-Key <key>``, and first receives the server metadata: one msgpack message.
+- Each request is one binary msgpack message holding a dict of observations in the data
+  contract's keys (numpy arrays packed as ``{"__ndarray__": True, "data", "dtype", "shape"}``);
+  the reply is a binary msgpack dict with ``actions``. A text frame in reply is an error: the
+  client raises it, the connection stays open, the next request is served.
+- Observations are one sample (``task`` a string; images (H, W, 3) or (n_obs, H, W, 3) uint8;
+  state (D_s,) or (n_obs, D_s)) or a batch (``task`` a list of B strings, a leading B axis on every
+  array; actions (B, H, D_a)). Keys besides the policy's cameras, state and task are ignored.
+
+Safety of the network side:
+- Binds ``127.0.0.1`` by default. Any other host requires an API key (``api_key`` or the
+  ``VLASTACK_API_KEY`` environment variable); a configured key is always enforced, compared in
+  constant time (:func:`hmac.compare_digest`) with the ``Authorization`` header during the
+  opening handshake; a missing or wrong key gets HTTP 401 and no websocket.
+- Arrays decode only with bool / integer / float dtypes whose byte count matches their shape
+  (never object arrays: no pickle, no pointers from the wire). Messages larger than
+  ``max_message_mb`` close that connection with code 1009 ("message too big"); malformed messages
+  get a text error reply. Either way the server and its other clients carry on.
+- Inference runs in one worker thread, so the policy never runs concurrently however many
+  clients are connected; ``GET /healthz`` on the same port answers JSON with request counts and
+  the server-side latency p50 / p99 (also in the metadata sent on connect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import ipaddress
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from vlastack.rollout.policy_adapters import LoadedPolicy, PolicyAdapterError, PolicyInputs, resolve_checkpoint
+from vlastack.types import IMAGE_PREFIX, STATE, TASK, ContractError, DatasetSpec, fake_observation, image_key
+
+PROTOCOL = "openpi-websocket-msgpack-numpy"
+HEALTH_PATH = "/healthz"
+API_KEY_ENV = "VLASTACK_API_KEY"
+MIN_API_KEY_LEN = 16
+#: dtype kinds that may arrive over the wire: bool, signed / unsigned integers, floats
+WIRE_DTYPE_KINDS = "biuf"
+MAX_WIRE_NDIM = 8
+
+log = logging.getLogger("vlastack.serve")
+
+
+class ServeError(ValueError):
+    """Server settings that cannot work (bad host/key combination, missing checkpoint, ...)."""
+
+
+class RequestError(ValueError):
+    """A request the server cannot serve (malformed msgpack, bad arrays, wrong keys or shapes);
+    its message goes back to the client as a text frame."""
+
+
+# ------------------------------------------------------------------------------------ codec
+
+
+def _pack_default(obj: Any) -> Any:
+    """msgpack ``default`` hook: numpy arrays and scalars in openpi's layout."""
+    if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind not in WIRE_DTYPE_KINDS:
+        raise TypeError(f"cannot send dtype {obj.dtype} (only bool, integer and float arrays)")
+    if isinstance(obj, np.ndarray):
+        obj = np.ascontiguousarray(obj)
+        return {b"__ndarray__": True, b"data": obj.tobytes(), b"dtype": obj.dtype.str, b"shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
+    raise TypeError(f"cannot send {type(obj).__name__}")
+
+
+def packb(obj: Any) -> bytes:
+    """``obj`` (dicts, lists, strings, numbers, numpy arrays) as one msgpack message, openpi's layout."""
+    import msgpack
+
+    return msgpack.packb(obj, default=_pack_default, use_bin_type=True)
+
+
+def _wire_dtype(raw: Any) -> np.dtype:
+    """The numpy dtype named by a wire ``dtype`` field, if it is a plain bool / int / float type."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    if not isinstance(raw, str) or len(raw) > 16:
+        raise RequestError(f"array dtype must be a short string such as '<f4', got {raw!r:.40}")
+    try:
+        dt = np.dtype(raw)
+    except (TypeError, ValueError) as e:
+        raise RequestError(f"array dtype {raw!r} is not a numpy dtype") from e
+    if dt.kind not in WIRE_DTYPE_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise RequestError(f"array dtype {raw!r} ({dt}) is not allowed; send bool, integer or float arrays")
+    return dt
+
+
+def _decode_hook(obj: dict) -> Any:
+    """msgpack ``object_hook``: openpi-packed arrays back to numpy, checked (never object dtype)."""
+    if b"__ndarray__" in obj or "__ndarray__" in obj:
+        get = (lambda k: obj.get(k.encode(), obj.get(k)))
+        data, shape = get("data"), get("shape")
+        dt = _wire_dtype(get("dtype"))
+        if not isinstance(data, (bytes, bytearray)):
+            raise RequestError(f"array data must be bytes, got {type(data).__name__}")
+        if not isinstance(shape, (list, tuple)) or len(shape) > MAX_WIRE_NDIM or \
+                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+            raise RequestError(f"array shape must be a list of at most {MAX_WIRE_NDIM} non-negative ints, "
+                               f"got {shape!r:.80}")
+        n = 1
+        for s in shape:
+            n *= s
+        if n * dt.itemsize != len(data):
+            raise RequestError(f"array of shape {tuple(shape)} and dtype {dt} needs {n * dt.itemsize} bytes, "
+                               f"got {len(data)}")
+        return np.frombuffer(data, dtype=dt).reshape(shape).copy()  # writable, owns its memory
+    if b"__npgeneric__" in obj or "__npgeneric__" in obj:
+        get = (lambda k: obj.get(k.encode(), obj.get(k)))
+        dt, value = _wire_dtype(get("dtype")), get("data")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (isinstance(value, bool) if dt.kind == "b" else number):
+            raise RequestError(f"numpy scalar of dtype {dt}: data must be a {'bool' if dt.kind == 'b' else 'number'}, "
+                               f"got {type(value).__name__}")
+        try:
+            return dt.type(value)
+        except (OverflowError, ValueError) as e:
+            raise RequestError(f"numpy scalar {value!r} does not fit dtype {dt}") from e
+    return obj
+
+
+def unpackb(data: bytes) -> Any:
+    """Decode one msgpack message (numpy arrays checked); raises :class:`RequestError` when malformed."""
+    import msgpack
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise RequestError(f"expected a binary msgpack message, got {type(data).__name__}")
+    try:
+        return msgpack.unpackb(data, object_hook=_decode_hook, raw=False, strict_map_key=True)
+    except RequestError:
+        raise
+    except Exception as e:  # msgpack's ExtraData / FormatError / StackError, bad UTF-8, odd map keys
+        raise RequestError(f"malformed msgpack message ({type(e).__name__}: {e})") from e
+
+
+# ------------------------------------------------------------------------------------ latency
+
+
+class LatencyStats:
+    """Milliseconds of the last ``window`` requests; thread-safe; p50 / p99 on demand."""
+
+    def __init__(self, window: int = 1000):
+        """Keep the newest ``window`` samples."""
+        if window < 1:
+            raise ServeError(f"latency_window: must be >= 1, got {window}")
+        self.window = int(window)
+        self._ms: deque[float] = deque(maxlen=self.window)
+        self._lock = threading.Lock()
+
+    def add(self, ms: float) -> None:
+        """Record one request's milliseconds."""
+        with self._lock:
+            self._ms.append(float(ms))
+
+    def summary(self) -> dict[str, Any]:
+        """``{"count", "p50", "p99", "mean", "max"}`` in ms over the window (None when empty)."""
+        with self._lock:
+            ms = np.fromiter(self._ms, float, len(self._ms))
+        if not len(ms):
+            return {"count": 0, "p50": None, "p99": None, "mean": None, "max": None}
+        p50, p99 = np.percentile(ms, [50, 99])
+        return {"count": int(len(ms)), "p50": round(float(p50), 3), "p99": round(float(p99), 3),
+                "mean": round(float(ms.mean()), 3), "max": round(float(ms.max()), 3)}
+
+
+# ------------------------------------------------------------------------------------ policy side
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    """Tensor or array -> numpy (on the CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy() if str(getattr(x, "dtype", "")) == "torch.bfloat16" \
+            else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class PolicyRunner:
+    """Checks wire observations against the policy's inputs and runs it, one request at a time.
+
+    ``infer(obs)`` takes a decoded dict (see the module doc for the accepted shapes) and returns
+    ``{"actions": float32 (H, D_a) or (B, H, D_a)}`` in physical units. A lock serializes calls,
+    so the policy never runs concurrently even when called from several threads.
+    """
+
+    def __init__(self, policy: LoadedPolicy, seed: int | None = 0, latency_window: int = 1000,
+                 checkpoint: str | None = None):
+        """Serve ``policy``; ``seed`` seeds the sampling noise once (after :meth:`warmup`)."""
+        if not isinstance(policy, LoadedPolicy):
+            raise TypeError(f"PolicyRunner serves a LoadedPolicy, got {type(policy).__name__}")
+        self.policy = policy
+        self.inputs: PolicyInputs = policy.inputs()
+        self.seed = seed
+        self.checkpoint = checkpoint
+        self.infer_ms = LatencyStats(latency_window)
+        self.warmup_ms: float | None = None
+        self._lock = threading.Lock()
+        policy.reset(seed)
+
+    # ---------------------------------------------------------------- description
+
+    def expected_keys(self) -> dict[str, dict[str, Any]]:
+        """Per key the shape (one sample, without history) and dtype the policy reads."""
+        inp = self.inputs
+        keys = {image_key(c): {"shape": [*inp.image_size, 3], "dtype": "uint8"} for c in inp.cameras}
+        if inp.state_dim:
+            keys[STATE] = {"shape": [inp.state_dim], "dtype": "float32"}
+        keys[TASK] = {"shape": [], "dtype": "str"}
+        return keys
+
+    def metadata(self) -> dict[str, Any]:
+        """What a client needs to build observations and read actions."""
+        inp = self.inputs
+        return {"protocol": PROTOCOL, "policy": getattr(self.policy.policy, "name", type(self.policy.policy).__name__),
+                "checkpoint": os.path.basename(self.checkpoint or "") or None, "observation": self.expected_keys(),
+                "cameras": list(inp.cameras), "image_size": list(inp.image_size), "state_dim": inp.state_dim,
+                "action_dim": inp.action_dim, "horizon": inp.horizon, "n_obs_steps": inp.n_obs,
+                "actions": "float32 (H, D_a), physical units; (B, H, D_a) when task is a list",
+                "sampling": {k: v for k, v in self.policy.sampling.items()}, "seed": self.seed}
+
+    # ---------------------------------------------------------------- checks
+
+    def _array(self, obs: Mapping[str, Any], key: str, kind: str) -> np.ndarray:
+        """``obs[key]`` as an array, checked to be numeric (``kind`` 'image' needs uint8)."""
+        if key not in obs:
+            raise RequestError(f"missing key {key!r}; the policy reads {sorted(self.expected_keys())} "
+                               f"(got {sorted(obs)[:16]})")
+        v = obs[key]
+        if not isinstance(v, np.ndarray):
+            if kind == "image" or isinstance(v, (str, bytes, dict)):
+                raise RequestError(f"{key}: expected a numpy array, got {type(v).__name__}")
+            try:
+                v = np.asarray(v, np.float32)
+            except (TypeError, ValueError) as e:
+                raise RequestError(f"{key}: expected a numeric array, got {type(v).__name__}") from e
+        if kind == "image" and v.dtype != np.uint8:
+            h, w = self.inputs.image_size
+            raise RequestError(f"{key}: expected uint8 images ({h}, {w}, 3), got dtype {v.dtype}")
+        return v
+
+    def _shape_ok(self, key: str, v: np.ndarray, per_frame: tuple[int, ...], batch: int | None) -> np.ndarray:
+        """``v`` with a batch axis: (B, [n_obs,] *per_frame); raises naming the accepted shapes."""
+        n = self.inputs.n_obs
+        lead_b = () if batch is None else (batch,)
+        accepted = [(*lead_b, n, *per_frame)] + ([(*lead_b, *per_frame)] if n == 1 else [])
+        if tuple(v.shape) not in accepted:
+            what = "one sample" if batch is None else f"a batch of {batch} (len(task))"
+            raise RequestError(f"{key}: expected shape {' or '.join(str(a) for a in accepted[::-1])} for {what} "
+                               f"(policy cameras {list(self.inputs.cameras)}, image_size "
+                               f"{list(self.inputs.image_size)}, state_dim {self.inputs.state_dim}, n_obs_steps {n}), "
+                               f"got {tuple(v.shape)}")
+        return v if batch is not None else v[None]
+
+    def prepare(self, obs: Any) -> tuple[dict[str, Any], bool]:
+        """(flat batched policy input, whether the request was one sample); raises :class:`RequestError`."""
+        if not isinstance(obs, Mapping):
+            raise RequestError(f"expected a dict of observations, got {type(obs).__name__}")
+        task = obs.get(TASK)
+        if isinstance(task, str):
+            batch, tasks = None, [task]
+        elif isinstance(task, (list, tuple)) and task and all(isinstance(t, str) for t in task):
+            batch, tasks = len(task), list(task)
+        else:
+            raise RequestError(f"{TASK!r}: expected the instruction (a string) or a list of B strings, "
+                               f"got {type(task).__name__ if task is not None else 'nothing'}")
+        if any(not t.strip() for t in tasks):
+            raise RequestError(f"{TASK!r}: instructions must not be empty")
+        inp = self.inputs
+        flat: dict[str, Any] = {TASK: tasks}
+        for cam in inp.cameras:
+            k = image_key(cam)
+            flat[k] = self._shape_ok(k, self._array(obs, k, "image"), (*inp.image_size, 3), batch)
+        if inp.state_dim or STATE in obs:
+            s = self._array(obs, STATE, "state")
+            if s.dtype.kind not in "iuf":
+                raise RequestError(f"{STATE}: expected a float array, got dtype {s.dtype}")
+            s = self._shape_ok(STATE, s.astype(np.float32, copy=False), (inp.state_dim,), batch)
+            if not np.isfinite(s).all():
+                raise RequestError(f"{STATE}: contains NaN or infinite values")
+            flat[STATE] = s
+        else:
+            flat[STATE] = np.zeros((len(tasks), inp.n_obs, 0), np.float32)  # (B, n_obs, 0)
+        return flat, batch is None
+
+    # ---------------------------------------------------------------- inference
+
+    def infer(self, obs: Any) -> dict[str, Any]:
+        """Actions for a decoded observation dict (one policy call at a time)."""
+        flat, single = self.prepare(obs)
+        with self._lock:
+            t0 = time.perf_counter()
+            try:
+                chunk = self.policy.sample_actions(flat)
+            except (ContractError, PolicyAdapterError) as e:
+                raise RequestError(str(e)) from e
+            actions = _as_numpy(chunk.actions).astype(np.float32, copy=False)  # (B, H, D_a)
+            ms = (time.perf_counter() - t0) * 1e3
+        self.infer_ms.add(ms)
+        if actions.ndim != 3 or actions.shape[0] != len(flat[TASK]):
+            raise RuntimeError(f"policy returned actions of shape {actions.shape}, expected (B, H, D_a)")
+        return {"actions": actions[0] if single else actions, "server_timing": {"infer_ms": round(ms, 3)}}
+
+    def warmup(self) -> float:
+        """One inference on a fake observation (first calls are slow); the noise seed is then reset.
+
+        Returns its milliseconds."""
+        inp = self.inputs
+        spec = DatasetSpec.robot(cameras=inp.cameras, image_size=inp.image_size, state_dim=max(inp.state_dim, 1),
+                                 action_dim=inp.action_dim)
+        fake = fake_observation(spec, batch_size=1, n_obs=inp.n_obs)
+        obs = {image_key(c): v[0] for c, v in fake.images.items()}  # (n_obs, H, W, 3)
+        if inp.state_dim:
+            obs[STATE] = fake.state[0]  # (n_obs, D_s)
+        obs[TASK] = fake.task[0]
+        t0 = time.perf_counter()
+        flat, _ = self.prepare(obs)
+        with self._lock:
+            self.policy.sample_actions(flat)
+            self.policy.reset(self.seed)
+        self.warmup_ms = (time.perf_counter() - t0) * 1e3
+        return self.warmup_ms
+
+
+# ------------------------------------------------------------------------------------ network side
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname or "0.0.0.0"-like wildcard: treat as exposed
+
+
+def check_api_key(key: str | None, host: str) -> str | None:
+    """The key to enforce (or None on loopback without one); raises :class:`ServeError` when unusable."""
+    if key is None or key == "":
+        if not is_loopback(host):
+            raise ServeError(f"host {host!r} is not loopback: serving beyond this machine requires an API key; "
+                             f"set {API_KEY_ENV}=<at least {MIN_API_KEY_LEN} random characters> "
+                             "(e.g. `openssl rand -hex 24`) or bind host=127.0.0.1")
+        return None
+    key = str(key)
+    if len(key) < MIN_API_KEY_LEN:
+        raise ServeError(f"api_key: too short ({len(key)} characters); use at least {MIN_API_KEY_LEN} random characters")
+    if not all(33 <= ord(c) < 127 for c in key):
+        raise ServeError("api_key: use printable ASCII characters without spaces (it travels in an HTTP header)")
+    return key
+
+
+class PolicyServer:
+    """The websocket server around a :class:`PolicyRunner`.
+
+    ``start()`` serves from a background thread (returns once bound; ``port`` then holds the
+    real port, useful with ``port=0``); ``serve_forever()`` serves in the calling thread until
+    ``stop()`` or Ctrl-C. Usable as a context manager (start / stop).
+    """
+
+    def __init__(self, runner: PolicyRunner, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+                 max_message_bytes: int = 16 * 2**20, max_clients: int = 16):
+        """Serve ``runner`` on ``host:port``; see :func:`check_api_key` for the key rules."""
+        if not 0 <= int(port) < 65536:
+            raise ServeError(f"port: must be in [0, 65535], got {port}")
+        if max_message_bytes < 1024:
+            raise ServeError(f"max_message_mb: must allow at least 1 KiB, got {max_message_bytes} bytes")
+        if max_clients < 1:
+            raise ServeError(f"max_clients: must be >= 1, got {max_clients}")
+        self.runner, self.host, self.port = runner, host, int(port)
+        self._api_key = check_api_key(api_key, host)
+        self._expected_auth = None if self._api_key is None else f"Api-Key {self._api_key}".encode()
+        self.max_message_bytes, self.max_clients = int(max_message_bytes), int(max_clients)
+        self.latency = LatencyStats(runner.infer_ms.window)  # whole server-side time per request
+        self.counts = {"connections": 0, "requests": 0, "errors": 0, "rejected": 0}
+        self.clients = 0
+        self._started = time.time()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlastack-infer")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+
+    # ---------------------------------------------------------------- reports
+
+    @property
+    def requires_api_key(self) -> bool:
+        """Whether connections must present the API key."""
+        return self._api_key is not None
+
+    def health(self) -> dict[str, Any]:
+        """Status, counts and latency (ms, server-side: receipt of a request to its reply)."""
+        return {"status": "ok", "protocol": PROTOCOL,
+                "policy": getattr(self.runner.policy.policy, "name", None),
+                "uptime_s": round(time.time() - self._started, 1), "clients": self.clients, **self.counts,
+                "latency_ms": self.latency.summary(), "infer_ms": self.runner.infer_ms.summary(),
+                "requires_api_key": self.requires_api_key}
+
+    def metadata(self) -> dict[str, Any]:
+        """Sent to every client on connect: the policy's inputs and outputs plus current latency."""
+        return {**self.runner.metadata(), "max_message_bytes": self.max_message_bytes,
+                "latency_ms": self.latency.summary(), "infer_ms": self.runner.infer_ms.summary()}
+
+    # ---------------------------------------------------------------- websocket handlers
+
+    def _process_request(self, connection: Any, request: Any) -> Any:
+        """Opening handshake: health checks, API key, client limit (an HTTP response refuses)."""
+        path = request.path.split("?", 1)[0]
+        if path == HEALTH_PATH:
+            resp = connection.respond(http.HTTPStatus.OK, json.dumps(self.health()) + "\n")
+            del resp.headers["Content-Type"]
+            resp.headers["Content-Type"] = "application/json"
+            return resp
+        if self._expected_auth is not None:
+            given = request.headers.get_all("Authorization")
+            ok = len(given) == 1 and hmac.compare_digest(given[0].encode("utf-8", "replace"), self._expected_auth)
+            if not ok:
+                self.counts["rejected"] += 1
+                log.warning("refused a connection from %s: %s API key", connection.remote_address,
+                            "missing" if not given else "wrong")
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                          "missing or wrong API key (header 'Authorization: Api-Key <key>')\n")
+        if self.clients >= self.max_clients:
+            self.counts["rejected"] += 1
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"server busy: {self.clients} clients connected (max_clients={self.max_clients})\n")
+        return None
+
+    async def _handle(self, ws: Any) -> None:
+        """One client: metadata, then request -> reply until it disconnects."""
+        from websockets.exceptions import ConnectionClosed
+
+        loop = asyncio.get_running_loop()
+        self.clients += 1
+        self.counts["connections"] += 1
+        try:
+            await ws.send(packb(self.metadata()))
+            while True:
+                message = await ws.recv()
+                t0 = time.perf_counter()
+                self.counts["requests"] += 1
+                try:
+                    if isinstance(message, str):
+                        raise RequestError("expected a binary msgpack message, got a text frame")
+                    obs = unpackb(message)
+                    reply = await loop.run_in_executor(self._executor, self.runner.infer, obs)
+                except RequestError as e:
+                    self.counts["errors"] += 1
+                    await ws.send(f"bad request: {e}")
+                    continue
+                except Exception as e:  # the policy failed: report, keep serving
+                    self.counts["errors"] += 1
+                    log.error("inference failed:\n%s", traceback.format_exc())
+                    await ws.send(f"inference failed: {type(e).__name__}: {e}")
+                    continue
+                ms = (time.perf_counter() - t0) * 1e3
+                reply["server_timing"]["server_ms"] = round(ms, 3)
+                self.latency.add(ms)
+                await ws.send(packb(reply))
+        except ConnectionClosed as e:
+            code = getattr(e.sent, "code", None) or getattr(e.rcvd, "code", None)
+            if code == 1009:
+                self.counts["errors"] += 1
+                log.warning("closed a connection: message larger than %d bytes", self.max_message_bytes)
+        finally:
+            self.clients -= 1
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def _main(self, on_ready: Any = None) -> None:
+        """Bind, signal readiness (and call ``on_ready(self)``), serve until :meth:`stop`."""
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with serve(self._handle, self.host, self.port, process_request=self._process_request,
+                         compression=None, max_size=self.max_message_bytes, max_queue=4,
+                         logger=logging.getLogger("vlastack.serve.ws")) as server:
+            self.port = int(server.sockets[0].getsockname()[1])
+            self._ready.set()
+            if on_ready is not None:
+                on_ready(self)
+            await self._stop.wait()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # surfaced by start()
+            self._failure = e
+            self._ready.set()
+
+    def start(self, timeout: float = 30.0) -> "PolicyServer":
+        """Serve from a daemon thread; returns once the socket is bound (raises if binding failed)."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        self._thread = threading.Thread(target=self._run, name="vlastack-serve", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ServeError(f"server did not start within {timeout} s")
+        if self._failure is not None:
+            raise ServeError(f"cannot serve on {self.host}:{self.port}: {self._failure}") from self._failure
+        return self
+
+    def serve_forever(self, on_ready: Any = None) -> None:
+        """Serve in this thread until :meth:`stop` (from another thread) or KeyboardInterrupt."""
+        try:
+            asyncio.run(self._main(on_ready))
+        finally:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every connection and the socket; idempotent."""
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # loop already closed
+                pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> "PolicyServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------------------------------------ entry points
+
+
+@dataclass
+class ServeConfig:
+    """``vlastack serve`` settings (``configs/serve.yaml``)."""
+
+    checkpoint: str
+    device: str = "cpu"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    api_key_env: str | None = API_KEY_ENV
+    max_message_mb: float = 16.0
+    max_clients: int = 16
+    sampling: Mapping[str, Any] | None = None
+    seed: int | None = 0
+    warmup: bool = True
+    latency_window: int = 1000
+
+    def resolved_api_key(self) -> str | None:
+        """``api_key`` if set, else the environment variable ``api_key_env`` (None when neither)."""
+        if self.api_key not in (None, ""):
+            return str(self.api_key)
+        return os.environ.get(self.api_key_env) or None if self.api_key_env else None
+
+
+def build_server(cfg: ServeConfig) -> PolicyServer:
+    """Load the checkpoint, check the network settings and build (not start) the server."""
+    if not cfg.checkpoint or cfg.checkpoint == "???":
+        raise ServeError("checkpoint: required, e.g. checkpoint=runs/my_run/checkpoints/last")
+    key = check_api_key(cfg.resolved_api_key(), cfg.host)  # fail before the slow load
+    if cfg.max_message_mb <= 0:
+        raise ServeError(f"max_message_mb: must be > 0, got {cfg.max_message_mb}")
+    import torch
+
+    from vlastack.policies.base import load_policy
+
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ServeError(f"device: {cfg.device!r} requested but CUDA is not available; use device=cpu")
+    try:
+        path = resolve_checkpoint(cfg.checkpoint)
+    except FileNotFoundError as e:
+        raise ServeError(str(e)) from e
+    try:
+        policy = LoadedPolicy(load_policy(path, map_location=cfg.device), dict(cfg.sampling or {}))
+    except PolicyAdapterError as e:
+        raise ServeError(str(e)) from e
+    runner = PolicyRunner(policy, seed=cfg.seed, latency_window=cfg.latency_window, checkpoint=path)
+    if cfg.warmup:
+        runner.warmup()
+    return PolicyServer(runner, cfg.host, cfg.port, key, int(cfg.max_message_mb * 2**20), cfg.max_clients)
+
+
+def config_from_hydra(hcfg: Any) -> ServeConfig:
+    """A :class:`ServeConfig` from the composed Hydra config (unknown keys are an error)."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(hcfg, resolve=True)
+    if OmegaConf.is_missing(hcfg, "checkpoint"):
+        raise ServeError("checkpoint: required, e.g. `vlastack serve checkpoint=runs/my_run/checkpoints/last`")
+    names = set(ServeConfig.__dataclass_fields__)
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ServeError(f"unknown serve settings {unknown}; valid: {sorted(names)}")
+    if d.get("sampling") is not None and not isinstance(d["sampling"], dict):
+        raise ServeError(f"sampling: expected a mapping such as {{vision_steps: 8}}, got {d['sampling']!r}")
+    return ServeConfig(**d)
+
+
+_USAGE = """usage: vlastack serve checkpoint=PATH [host=127.0.0.1] [port=8000] [key=value ...]
+
+Serves the policy over the openpi websocket + msgpack-numpy protocol (drive it with
+openpi_client.websocket_client_policy.WebsocketClientPolicy); GET /healthz for status.
+A host other than loopback requires an API key: VLASTACK_API_KEY=... (see docs/serving.md).
+
+configuration (configs/serve.yaml):
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vlastack serve`` entry: compose the config, load the policy, serve until Ctrl-C."""
+    from vlastack.rollout.common import ConfigsNotFound, compose, is_config_error
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        from omegaconf import OmegaConf
+
+        print(_USAGE + OmegaConf.to_yaml(compose("serve", [])))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = config_from_hydra(compose("serve", argv))
+        server = build_server(cfg)
+    except (ServeError, ConfigsNotFound) as e:
+        print(f"vlastack serve: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if is_config_error(e):
+            print(f"vlastack serve: {e}", file=sys.stderr)
+            return 2
+        raise
+
+    def ready(srv: PolicyServer) -> None:
+        w = srv.runner.warmup_ms
+        print(f"serving {srv.runner.metadata()['policy']} ({srv.runner.checkpoint}) on ws://{srv.host}:{srv.port} "
+              f"- health: http://{srv.host}:{srv.port}{HEALTH_PATH} - api key "
+              f"{'required' if srv.requires_api_key else 'off (loopback)'}"
+              + (f" - warm-up inference {w:.0f} ms" if w is not None else ""), flush=True)
+
+    try:
+        server.serve_forever(on_ready=ready)
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+        return 0
+    except OSError as e:  # address in use, permission denied
+        print(f"vlastack serve: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+serve_main = main
+
+if __name__ == "__main__":
+    sys.exit(main())
