@@ -88,7 +88,8 @@ def test_openpi_client_gets_metadata_and_physical_actions(serve, checkpoint):
     obs = _obs(1)
     out = client.infer(obs)
     assert out["actions"].shape == (4, 3) and out["actions"].dtype == np.float32
-    assert out["server_timing"]["infer_ms"] > 0 and out["server_timing"]["server_ms"] >= out["server_timing"]["infer_ms"]
+    timing = out["server_timing"]
+    assert timing["infer_ms"] > 0 and timing["server_ms"] >= timing["infer_ms"]
     # the same numbers as the checkpoint run locally with the same seed: physical units, no double (un)normalising
     local = LoadedPolicy(load_policy(checkpoint))
     local.reset(7)

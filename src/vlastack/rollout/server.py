@@ -372,7 +372,8 @@ def check_api_key(key: str | None, host: str) -> str | None:
         return None
     key = str(key)
     if len(key) < MIN_API_KEY_LEN:
-        raise ServeError(f"api_key: too short ({len(key)} characters); use at least {MIN_API_KEY_LEN} random characters")
+        raise ServeError(f"api_key: too short ({len(key)} characters); "
+                         f"use at least {MIN_API_KEY_LEN} random characters")
     if not all(33 <= ord(c) < 127 for c in key):
         raise ServeError("api_key: use printable ASCII characters without spaces (it travels in an HTTP header)")
     return key
@@ -452,7 +453,8 @@ class PolicyServer:
         if self.clients >= self.max_clients:
             self.counts["rejected"] += 1
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                      f"server busy: {self.clients} clients connected (max_clients={self.max_clients})\n")
+                                      f"server busy: {self.clients} clients connected "
+                                      f"(max_clients={self.max_clients})\n")
         return None
 
     async def _handle(self, ws: Any) -> None:
