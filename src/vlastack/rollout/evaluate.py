@@ -225,6 +225,7 @@ class _Plan:
     sampling: dict[str, Any]
     device: str
     notes: list[str]
+    loaded: Any = None         # the policy loaded for the dry run (reused when workers=0)
 
     def settings(self) -> dict[str, Any]:
         """The settings that change results (compared on resume)."""
@@ -282,6 +283,7 @@ def plan(cfg: EvalConfig) -> _Plan:
     naming the problem and the valid choices.
     """
     notes: list[str] = []
+    loaded = None
     env_kwargs = dict(cfg.env_kwargs)
     if cfg.policy == "expert":
         checkpoint, name, inputs, sampling = None, "expert", None, {}
@@ -335,6 +337,7 @@ def plan(cfg: EvalConfig) -> _Plan:
             if problems:
                 raise EvalError(f"policy {name} ({checkpoint}) does not fit env {cfg.suite}/{task}: "
                                 + "; ".join(problems))
+            loaded = _dry_run(checkpoint, sampling, device, inputs, obs, seed)
         else:
             registry.make_expert(cfg.suite, task, env)  # the suite has an expert for it
         fps = float(spec.fps)
@@ -344,7 +347,33 @@ def plan(cfg: EvalConfig) -> _Plan:
     video_cameras = list(inputs.cameras) if inputs is not None else list(cameras)
     return _Plan(cfg=cfg, checkpoint=checkpoint, policy_name=name, inputs=inputs, cameras=list(cameras),
                  image_size=list(image_size), env_kwargs=env_kwargs, n_obs=n_obs, video_cameras=video_cameras,
-                 fps=fps, sampling=sampling, device=device, notes=notes)
+                 fps=fps, sampling=sampling, device=device, notes=notes, loaded=loaded)
+
+
+def _dry_run(checkpoint: str, sampling: dict[str, Any], device: str, inputs: PolicyInputs, obs: Mapping[str, Any],
+             seed: int):
+    """Load the checkpoint here and plan one chunk from the env's first observation (a clear error now,
+    not one per worker later); returns the loaded policy."""
+    from vlastack.policies.base import load_policy
+    from vlastack.rollout.episode import ObservationHistory, _chunk_actions
+    from vlastack.rollout.executors import check_chunk
+    from vlastack.rollout.policy_adapters import LoadedPolicy
+
+    try:
+        policy = LoadedPolicy(load_policy(checkpoint, map_location=device), sampling)
+    except Exception as e:  # noqa: BLE001 - any load failure is a bad checkpoint for the user
+        raise EvalError(f"checkpoint {checkpoint}: cannot load it ({type(e).__name__}: {e})") from e
+    history = ObservationHistory(inputs.n_obs, inputs.cameras)
+    try:
+        history.reset(obs)
+        policy.reset(seed)
+        chunk = check_chunk(_chunk_actions(policy.sample_actions(history.observation())))  # (H, D_a)
+    except Exception as e:  # noqa: BLE001 - e.g. sampling options the policy refuses
+        raise EvalError(f"policy {checkpoint}: sample_actions failed on the env's first observation with "
+                        f"sampling {sampling} ({type(e).__name__}: {e})") from e
+    if chunk.shape[1] != inputs.action_dim:
+        raise EvalError(f"policy {checkpoint}: chunks of {chunk.shape[1]}-D actions, its config says {inputs.action_dim}")
+    return policy
 
 
 # ---------------------------------------------------------------------------------- worker side
@@ -622,7 +651,9 @@ def _run(p: _Plan, out: Path, settings: dict, previous: list[dict], runs: list[d
             elif cfg.workers == 0:
                 saved = (_WORKER.copy(), _torch_threads())
                 try:
-                    _init_worker(spec)
+                    _init_worker({**spec, "kind": "preloaded"})
+                    if cfg.policy == "checkpoint":
+                        _WORKER["policy"] = p.loaded
                     while (job := next_job()) is not None:
                         handle(run_job(job))
                 finally:
@@ -630,6 +661,7 @@ def _run(p: _Plan, out: Path, settings: dict, previous: list[dict], runs: list[d
                     _WORKER.update(saved[0])
                     _set_torch_threads(saved[1])
             else:
+                p.loaded = None  # the workers load their own
                 run_pool(min(cfg.workers, len(queue)), run_job, next_job, handle, _crashed,
                          initializer=_init_worker, initargs=(spec,))
         except KeyboardInterrupt:
@@ -721,12 +753,13 @@ def plot_success(doc: Mapping[str, Any], path: str | os.PathLike) -> Path:
     names = list(s["per_task"]) + (["overall"] if len(s["per_task"]) > 1 else [])
     blocks = [s["per_task"][n] for n in s["per_task"]] + ([s["overall"]] if len(s["per_task"]) > 1 else [])
     rates = np.array([b["success_rate"] for b in blocks])  # (K,)
-    err = np.array([[r - b["ci_low"] for r, b in zip(rates, blocks)],
-                    [b["ci_high"] - r for r, b in zip(rates, blocks)]])  # (2, K)
+    lows, highs = np.array([b["ci_low"] for b in blocks]), np.array([b["ci_high"] for b in blocks])  # (K,)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * len(names) + 2), 3.6), dpi=110)
     colors = ["#4C72B0"] * len(s["per_task"]) + (["#555555"] if len(names) > len(s["per_task"]) else [])
     x = np.arange(len(names))
-    ax.bar(x, rates, color=colors, yerr=np.clip(err, 0, None), capsize=4, ecolor="black")
+    ax.bar(x, rates, color=colors)
+    ax.vlines(x, lows, highs, color="black", linewidth=1.2)  # the interval's whiskers, drawn by hand:
+    ax.hlines(np.r_[lows, highs], np.r_[x, x] - 0.12, np.r_[x, x] + 0.12, color="black", linewidth=1.2)  # caps
     for xi, b in zip(x, blocks):
         ax.text(xi, 1.02, f"{b['successes']}/{b['episodes']}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center",
@@ -786,13 +819,20 @@ def configs_dir() -> Path:
         raise EvalError(str(e)) from None
 
 
+#: open dictionaries: ``sampling.vision_steps=8`` adds a key there without Hydra's ``+``
+OPEN_KEYS = ("sampling.", "executor_options.", "env.kwargs.")
+
+
 def _split_policy(overrides: Sequence[str]) -> tuple[list[str], str | None]:
-    """Take ``policy=...`` out of the overrides: ``policy`` is also the training config group's name, so
-    Hydra would read it as a group choice; it is set on the composed config instead."""
+    """Take ``policy=...`` out of the overrides (``policy`` is also the training config group's name, so
+    Hydra would read it as a group choice; it is set on the composed config instead) and let keys of
+    the open dictionaries (:data:`OPEN_KEYS`) be added or changed without a ``+``."""
     rest, policy = [], None
     for o in overrides:
         if o.startswith("policy="):
             policy = o[len("policy="):].strip() or None
+        elif o.startswith(OPEN_KEYS) and "=" in o:
+            rest.append("++" + o)
         else:
             rest.append(o)
     return rest, policy
