@@ -1,0 +1,810 @@
+"""The fixed-rate controller: interpolation between timestamped policy actions, safety, watchdog, e-stop.
+
+Three layers:
+
+- :class:`ControllerCore` — pure logic driven by explicit times (so tests can drive it tick by
+  tick): timestamped targets arrive (``submit``) at 10-30 Hz and are turned into joint
+  waypoints (inverse kinematics in ``ee`` mode); every control tick (``tick``) interpolates the
+  joint trajectory linearly at the current time and passes the result through the
+  :class:`~.safety.SafetyFilter`. Targets whose time has passed on arrival are dropped; a new
+  target replaces every waypoint planned after it (Diffusion Policy's waypoint scheduling).
+  The watchdog holds position (zero velocity) when no action has arrived for ``watchdog_s``.
+  Faults (watchdog trips, invalid actions, tracking errors, driver faults) are counted;
+  ``max_faults`` of them within ``fault_window_s`` stop the controller: it holds and rejects
+  actions until :meth:`ControllerCore.reset`. The e-stop freezes the command at once and latches.
+- :func:`control_loop` — the servo loop around a core and an :class:`ArmDriver`: read the arm,
+  take queued actions and requests, tick, send the command, publish the state, sleep to the
+  next period. It runs in its own spawned process (:class:`ControlledRobot`, the default), or
+  in a thread for drivers that must live in the caller's process (fakes in tests); the path
+  from an action to the driver is the same either way and always goes through the filter.
+- :class:`ControlledRobot` — the :class:`~.base.Robot` the rollout loop uses: it holds only the
+  ends of the pipes to the controller (never the driver), reads the published state and the
+  cameras, and sends timestamped actions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import multiprocessing as mp
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from vlastack.real_robot.base import (
+    ACTION_MODES,
+    Camera,
+    RobotError,
+    StaleFrameError,
+    action_dim,
+    check_action_mode,
+    robot_spec,
+)
+from vlastack.real_robot.kinematics import Chain, matrix_to_rotvec, rotvec_to_matrix
+from vlastack.real_robot.safety import SafetyError, SafetyFilter, SafetyLimits
+from vlastack.types import STATE, TASK, TIMESTAMP, ContractError, DatasetSpec, image_key
+
+STATUSES = ("starting", "idle", "running", "holding", "stopped", "estop")
+COUNTERS = ("ticks", "accepted", "stale", "invalid", "rejected", "watchdog", "tracking", "driver_faults",
+            "ik_unreached", "rate_limited", "box_limited", "clipped", "overruns")
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class ControllerConfig:
+    """How the controller runs.
+
+    Args:
+        rate_hz: servo rate (100-500 Hz typical; UR takes 125 or 500, Franka up to 1000).
+        action_mode: ``ee`` (absolute TCP pose + gripper) or ``joint`` (absolute joints + gripper).
+        watchdog_s: hold position when no action has arrived for this long.
+        max_faults, fault_window_s: this many faults within the window stop the controller.
+        max_horizon_s: actions targeted further ahead than this are invalid.
+        max_waypoints: the trajectory keeps at most this many future waypoints.
+        ik_tol: IK residual (m + 0.3 rad) above which a target counts as not reached.
+        log_ticks: ticks kept in the controller's ring-buffer log.
+        connect_timeout_s: how long ``connect`` waits for the driver.
+    """
+
+    rate_hz: float = 200.0
+    action_mode: str = "ee"
+    watchdog_s: float = 0.25
+    max_faults: int = 3
+    fault_window_s: float = 10.0
+    max_horizon_s: float = 2.0
+    max_waypoints: int = 64
+    ik_tol: float = 0.01
+    log_ticks: int = 30_000
+    connect_timeout_s: float = 30.0
+
+    def __post_init__(self):
+        check_action_mode(self.action_mode)
+        if not (isinstance(self.rate_hz, (int, float)) and 1 <= self.rate_hz <= 2000):
+            raise ValueError(f"controller.rate_hz: expected 1..2000 Hz, got {self.rate_hz!r}")
+        for name in ("watchdog_s", "fault_window_s", "max_horizon_s", "ik_tol", "connect_timeout_s"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"controller.{name}: expected a positive number, got {v!r}")
+        if self.watchdog_s < 2.0 / self.rate_hz:
+            raise ValueError(f"controller.watchdog_s: {self.watchdog_s} s is shorter than two control periods "
+                             f"({2.0 / self.rate_hz:.4f} s)")
+        for name in ("max_faults", "max_waypoints", "log_ticks"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "max_waypoints" else 1):
+                raise ValueError(f"controller.{name}: expected a positive int, got {v!r}")
+
+    @property
+    def dt(self) -> float:
+        """Control period (s)."""
+        return 1.0 / self.rate_hz
+
+
+@dataclass
+class Command:
+    """One tick's output: joint command (n,), gripper command, the controller status."""
+
+    q: np.ndarray
+    gripper: float
+    status: str
+
+
+# ------------------------------------------------------------------------------------ core
+
+
+class ControllerCore:
+    """Interpolation, safety, watchdog, faults and e-stop, driven by explicit times (module docstring)."""
+
+    def __init__(self, config: ControllerConfig, limits: SafetyLimits, chain: Chain | None, q0, g0: float,
+                 now: float):
+        if config.action_mode == "ee" and chain is None:
+            raise SafetyError("action_mode 'ee' needs the arm's kinematic chain")
+        self.cfg, self.limits, self.chain = config, limits, chain
+        self.filter = SafetyFilter(limits, chain, config.dt)
+        self.n = limits.n
+        self.dim = action_dim(config.action_mode, self.n)
+        self.counters = {k: 0 for k in COUNTERS}
+        self.fault_log: deque = deque(maxlen=50)  # (time, message)
+        self._fault_times: deque = deque()
+        self.status = "starting"
+        self._anchor(np.asarray(q0, float), g0, now)
+
+    # -------------------------------------------------------------- state changes
+
+    def _anchor(self, q: np.ndarray, g: float, now: float) -> None:
+        self.limits.check_start(q, self.chain)
+        self.q_cmd = q.astype(float).copy()
+        self.g_cmd = float(np.clip(g if np.isfinite(g) else 0.0, -1, 1))
+        self.traj: list[tuple[float, np.ndarray, float]] = [(now, self.q_cmd.copy(), self.g_cmd)]
+        self.last_arrival: float | None = None
+        self._tracking_bad = False
+        self.status = "idle"
+
+    def fault(self, now: float, kind: str, message: str) -> None:
+        """Record a fault; ``max_faults`` within ``fault_window_s`` stop the controller."""
+        self.counters[kind] = self.counters.get(kind, 0) + 1
+        self.fault_log.append((now, f"{kind}: {message}"))
+        self._fault_times.append(now)
+        while self._fault_times and now - self._fault_times[0] > self.cfg.fault_window_s:
+            self._fault_times.popleft()
+        if len(self._fault_times) >= self.cfg.max_faults and self.status not in ("stopped", "estop"):
+            self.status = "stopped"
+            self.traj = [(now, self.q_cmd.copy(), self.g_cmd)]
+            self.fault_log.append((now, f"stopped after {len(self._fault_times)} faults in "
+                                        f"{self.cfg.fault_window_s:g} s; reset to resume"))
+
+    def estop(self, now: float, reason: str = "e-stop") -> None:
+        """Emergency stop: freeze the command now; latched until :meth:`reset`."""
+        if self.status != "estop":
+            self.fault_log.append((now, f"estop: {reason}"))
+        self.status = "estop"
+        self.traj = [(now, self.q_cmd.copy(), self.g_cmd)]
+
+    def hold(self, now: float) -> None:
+        """Drop the planned trajectory and hold the current command (not a fault)."""
+        self.traj = [(now, self.q_cmd.copy(), self.g_cmd)]
+        if self.status == "running":
+            self.status = "idle"
+
+    def reset(self, now: float, q_measured, g_measured: float) -> None:
+        """Leave ``stopped`` / ``estop``: re-anchor at the measured position (checked against the limits)."""
+        self._fault_times.clear()
+        self._anchor(np.asarray(q_measured, float), g_measured, now)
+
+    # -------------------------------------------------------------- actions
+
+    def _target(self, a: np.ndarray) -> tuple[np.ndarray, float]:
+        if self.cfg.action_mode == "joint":
+            return a[:self.n].copy(), float(a[self.n])
+        pos = a[:3]
+        box = self.limits.box
+        if box is not None:
+            pos = np.clip(pos, box[0], box[1])
+        q_seed = self.traj[-1][1]
+        q, err = self.chain.ik(pos, rotvec_to_matrix(a[3:6]), q_seed)
+        if err > self.cfg.ik_tol:
+            self.counters["ik_unreached"] += 1
+        return q, float(a[6])
+
+    def submit(self, now: float, t: float, action: Any) -> str:
+        """Take a target for time ``t``: returns accepted | stale | invalid | rejected (stopped / e-stop)."""
+        if self.status in ("stopped", "estop"):
+            self.counters["rejected"] += 1
+            return "rejected"
+        try:
+            a = np.asarray(action, float)
+            t = float(t)
+        except (TypeError, ValueError):
+            self.fault(now, "invalid", f"action of type {type(action).__name__} is not a vector")
+            return "invalid"
+        if a.shape != (self.dim,) or not np.all(np.isfinite(a)) or not math.isfinite(t):
+            what = f"shape {a.shape}, expected ({self.dim},)" if a.shape != (self.dim,) else "NaN/inf in action or time"
+            self.fault(now, "invalid", what)
+            return "invalid"
+        if t <= now:
+            self.counters["stale"] += 1
+            return "stale"
+        if t - now > self.cfg.max_horizon_s:
+            self.fault(now, "invalid", f"target {t - now:.3f} s ahead (max_horizon_s={self.cfg.max_horizon_s})")
+            return "invalid"
+        q_t, g_t = self._target(a)
+        keep = [p for p in self.traj if now < p[0] < t][-(self.cfg.max_waypoints - 2):]
+        self.traj = [(now, self.q_cmd.copy(), self.g_cmd), *keep, (t, q_t, g_t)]
+        self.last_arrival = now
+        if self.status in ("idle", "holding"):
+            self.status = "running"
+        self.counters["accepted"] += 1
+        return "accepted"
+
+    def _interp(self, now: float) -> tuple[np.ndarray, float]:
+        pts = self.traj
+        if now <= pts[0][0]:
+            return pts[0][1], pts[0][2]
+        for (t0, q0, g0), (t1, q1, g1) in zip(pts, pts[1:]):
+            if now <= t1:
+                s = (now - t0) / (t1 - t0)
+                return q0 + s * (q1 - q0), g0 + s * (g1 - g0)
+        return pts[-1][1], pts[-1][2]
+
+    # -------------------------------------------------------------- the tick
+
+    def tick(self, now: float, q_measured=None, driver_fault: str | None = None, driver_estop: bool = False) -> Command:
+        """The safe command for time ``now`` (see the module docstring)."""
+        c = self.counters
+        c["ticks"] += 1
+        if driver_estop and self.status != "estop":
+            self.estop(now, driver_fault or "the arm reports an emergency stop")
+        elif driver_fault:
+            self.fault(now, "driver_faults", driver_fault)
+        if self.status == "running" and self.last_arrival is not None and now - self.last_arrival > self.cfg.watchdog_s:
+            self.fault(now, "watchdog", f"no action for {now - self.last_arrival:.3f} s; holding")
+            if self.status == "running":
+                self.status = "holding"
+            self.traj = [(now, self.q_cmd.copy(), self.g_cmd)]
+        if self.status == "running":
+            q_des, g_des = self._interp(now)
+        else:
+            q_des, g_des = self.q_cmd, self.g_cmd
+        if self.status == "estop":
+            return Command(self.q_cmd.copy(), self.g_cmd, self.status)
+        res = self.filter.apply(self.q_cmd, self.g_cmd, q_des, g_des)
+        c["rate_limited"] += res.rate_limited
+        c["box_limited"] += res.box_limited
+        c["clipped"] += res.clipped
+        if res.invalid:  # cannot happen for accepted targets; defence in depth
+            self.fault(now, "invalid", "non-finite interpolated target")
+        self.q_cmd, self.g_cmd = res.q, res.gripper
+        if q_measured is not None:
+            err = np.abs(np.asarray(q_measured, float) - self.q_cmd)
+            bad = bool(np.any(~np.isfinite(err)) or np.max(err) > self.limits.tracking_tol)
+            if bad and not self._tracking_bad:
+                self.fault(now, "tracking", f"measured joints {np.round(np.nan_to_num(err, nan=np.inf), 3).tolist()} "
+                                            f"rad from the command (tracking_tol={self.limits.tracking_tol})")
+            self._tracking_bad = bad
+        return Command(self.q_cmd.copy(), self.g_cmd, self.status)
+
+
+# ------------------------------------------------------------------------------------ drivers
+
+
+@dataclass
+class ArmState:
+    """What a driver reads from the arm: joints (n,), velocities (n,), gripper in [-1, 1], time, faults."""
+
+    q: np.ndarray
+    dq: np.ndarray
+    gripper: float
+    t: float
+    fault: str | None = None
+    estop: bool = False
+
+
+@runtime_checkable
+class ArmDriver(Protocol):
+    """The hardware side of the controller; only the controller process ever holds one."""
+
+    n_joints: int
+
+    def connect(self) -> None:
+        """Open the connection to the arm."""
+
+    def read(self) -> ArmState:
+        """The arm's current state."""
+
+    def servo(self, q: np.ndarray, gripper: float, dt: float) -> None:
+        """Command joint positions ``q`` (n,) and the gripper for the next ``dt`` seconds."""
+
+    def estop(self) -> None:
+        """Stop the arm now (protective stop where the vendor has one)."""
+
+    def disconnect(self) -> None:
+        """Stop and release the connection (idempotent)."""
+
+
+@dataclass
+class DriverSpec:
+    """How the controller process builds its driver: ``target`` = ``"module:Class"`` called with ``kwargs``."""
+
+    target: str
+    kwargs: dict = field(default_factory=dict)
+
+    def build(self) -> ArmDriver:
+        """Import and construct the driver."""
+        mod, _, attr = self.target.partition(":")
+        if not attr:
+            raise ValueError(f"driver target {self.target!r}: expected 'module:Class'")
+        factory = getattr(importlib.import_module(mod), attr)
+        return factory(**self.kwargs)
+
+
+# ------------------------------------------------------------------------------------ shared state
+
+
+class StateLayout:
+    """Offsets of the controller's published state in a shared float64 array."""
+
+    def __init__(self, n: int):
+        self.n = n
+        names = [("seq", 1), ("t", 1), ("status", 1), ("last_arrival", 1), ("q", n), ("dq", n), ("gripper", 1),
+                 ("q_cmd", n), ("g_cmd", 1), ("ee", 6), ("counters", len(COUNTERS))]
+        self.slices: dict[str, slice] = {}
+        i = 0
+        for name, size in names:
+            self.slices[name] = slice(i, i + size)
+            i += size
+        self.size = i
+
+
+@dataclass
+class ControllerState:
+    """A snapshot of the controller: time, status, measured/commanded joints, TCP pose, counters."""
+
+    t: float
+    status: str
+    q: np.ndarray
+    dq: np.ndarray
+    gripper: float
+    q_cmd: np.ndarray
+    g_cmd: float
+    ee: np.ndarray  # (6,) measured TCP position + axis-angle
+    last_arrival: float | None
+    counters: dict[str, int]
+    seq: int
+
+    @classmethod
+    def read(cls, arr, layout: StateLayout) -> "ControllerState":
+        """Copy the shared array (under its lock) into a snapshot."""
+        with arr.get_lock():
+            v = np.frombuffer(arr.get_obj(), dtype=np.float64).copy()
+        s = layout.slices
+        la = float(v[s["last_arrival"]][0])
+        return cls(t=float(v[s["t"]][0]), status=STATUSES[int(v[s["status"]][0])], q=v[s["q"]].copy(),
+                   dq=v[s["dq"]].copy(), gripper=float(v[s["gripper"]][0]), q_cmd=v[s["q_cmd"]].copy(),
+                   g_cmd=float(v[s["g_cmd"]][0]), ee=v[s["ee"]].copy(), last_arrival=None if math.isnan(la) else la,
+                   counters={k: int(x) for k, x in zip(COUNTERS, v[s["counters"]])}, seq=int(v[s["seq"]][0]))
+
+    def state_vector(self) -> np.ndarray:
+        """The data contract's ``observation.state``: [q, gripper, ee position, ee axis-angle], float32."""
+        return np.concatenate([self.q, [self.gripper], self.ee]).astype(np.float32)
+
+
+class TickLog:
+    """Ring buffer of the last ``size`` ticks: time, status code, commanded and measured joints, gripper."""
+
+    def __init__(self, size: int, n: int):
+        self.t = np.zeros(size)
+        self.status = np.zeros(size, np.int8)
+        self.q_cmd = np.zeros((size, n))
+        self.q = np.zeros((size, n))
+        self.g_cmd = np.zeros(size)
+        self.count = 0
+
+    def add(self, t: float, status: str, q_cmd: np.ndarray, q: np.ndarray, g_cmd: float) -> None:
+        """Append one tick."""
+        i = self.count % len(self.t)
+        self.t[i], self.status[i], self.g_cmd[i] = t, STATUSES.index(status), g_cmd
+        self.q_cmd[i], self.q[i] = q_cmd, q
+        self.count += 1
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """The logged ticks in time order."""
+        size = len(self.t)
+        if self.count <= size:
+            idx = np.arange(self.count)
+        else:
+            idx = (np.arange(size) + self.count) % size
+        return {"t": self.t[idx].copy(), "status": self.status[idx].copy(), "q_cmd": self.q_cmd[idx].copy(),
+                "q": self.q[idx].copy(), "g_cmd": self.g_cmd[idx].copy()}
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+
+@dataclass
+class Channels:
+    """The controller's ends of its connections: actions in, requests/replies, shared state, events."""
+
+    actions: Any  # Connection: receives (t, action)
+    requests: Any  # Connection: receives (name, args), sends replies
+    state: Any  # mp.Array('d')
+    estop: Any  # Event
+    stop: Any  # Event
+
+
+def _publish(arr, layout: StateLayout, seq: int, now: float, core: ControllerCore, st: ArmState,
+             chain: Chain | None) -> None:
+    s = layout.slices
+    if chain is not None:
+        p, R = chain.fk(st.q)
+        ee = np.concatenate([p, matrix_to_rotvec(R)])
+    else:
+        ee = np.zeros(6)
+    with arr.get_lock():
+        v = np.frombuffer(arr.get_obj(), dtype=np.float64)
+        v[s["seq"]] = seq
+        v[s["t"]] = now
+        v[s["status"]] = STATUSES.index(core.status)
+        v[s["last_arrival"]] = np.nan if core.last_arrival is None else core.last_arrival
+        v[s["q"]] = st.q
+        v[s["dq"]] = st.dq
+        v[s["gripper"]] = st.gripper
+        v[s["q_cmd"]] = core.q_cmd
+        v[s["g_cmd"]] = core.g_cmd
+        v[s["ee"]] = ee
+        v[s["counters"]] = [core.counters[k] for k in COUNTERS]
+
+
+def _handle_request(name: str, args: tuple, core: ControllerCore, driver: ArmDriver, log: TickLog,
+                    ch: Channels, now: float) -> Any:
+    if name == "log":
+        return log.snapshot()
+    if name == "faults":
+        return list(core.fault_log)
+    if name == "hold":
+        core.hold(now)
+        return core.status
+    if name == "reset":
+        if ch.estop.is_set():
+            raise RobotError("reset: the e-stop is still engaged; clear it first")
+        st = driver.read()
+        if st.estop:
+            raise RobotError("reset: the arm still reports an emergency stop")
+        core.reset(now, st.q, st.gripper)
+        return core.status
+    raise RobotError(f"unknown controller request {name!r}; valid: log, faults, hold, reset")
+
+
+def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: SafetyLimits, chain: Chain | None,
+                 ch: Channels) -> None:
+    """Run the servo loop until ``ch.stop`` is set (module docstring). Replies ("ready", info) or
+    ("error", message) on the request connection once the driver is connected and checked."""
+    driver = None
+    try:
+        driver = driver_spec.build()
+        driver.connect()
+        st = driver.read()
+        core = ControllerCore(config, limits, chain, st.q, st.gripper, time.monotonic())
+    except BaseException as e:  # noqa: BLE001 - reported to the client, then the process ends
+        msg = f"{type(e).__name__}: {e}"
+        if not isinstance(e, (SafetyError, RobotError, ImportError, ValueError)):
+            msg += "\n" + traceback.format_exc(limit=4)
+        ch.requests.send(("error", msg))
+        if driver is not None:
+            try:
+                driver.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+        return
+    layout = StateLayout(limits.n)
+    log = TickLog(config.log_ticks, limits.n)
+    dt = config.dt
+    seq = 0
+    _publish(ch.state, layout, seq, time.monotonic(), core, st, chain)
+    ch.requests.send(("ready", {"n_joints": limits.n, "rate_hz": config.rate_hz, "q": st.q.tolist()}))
+    next_t = time.monotonic()
+    estopped = False
+    try:
+        while not ch.stop.is_set():
+            now = time.monotonic()
+            st = driver.read()
+            if ch.estop.is_set() and core.status != "estop":
+                core.estop(now, "e-stop requested")
+            if core.status == "estop" and not estopped:
+                driver.estop()
+                estopped = True
+            while ch.actions.poll():
+                try:
+                    t_target, action = ch.actions.recv()
+                except (EOFError, OSError):
+                    ch.stop.set()
+                    break
+                except Exception as e:  # noqa: BLE001 - an unpicklable or malformed message
+                    core.fault(now, "invalid", f"unreadable action message ({type(e).__name__})")
+                    continue
+                core.submit(now, t_target, action)
+            cmd = core.tick(now, st.q, st.fault, st.estop)
+            if cmd.status == "estop":
+                if not estopped:
+                    driver.estop()
+                    estopped = True
+            else:
+                estopped = False
+                driver.servo(cmd.q, cmd.gripper, dt)
+            seq += 1
+            log.add(now, cmd.status, cmd.q, st.q, cmd.gripper)
+            _publish(ch.state, layout, seq, now, core, st, chain)
+            while ch.requests.poll():
+                try:
+                    name, args = ch.requests.recv()
+                except (EOFError, OSError):
+                    ch.stop.set()
+                    break
+                try:
+                    ch.requests.send(("ok", _handle_request(name, args, core, driver, log, ch, now)))
+                except Exception as e:  # noqa: BLE001
+                    ch.requests.send(("error", f"{type(e).__name__}: {e}"))
+            next_t += dt
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -dt:  # more than a period late: count it and restart the schedule
+                core.counters["overruns"] += 1
+                next_t = time.monotonic()
+    finally:
+        try:
+            core.hold(time.monotonic())
+            driver.servo(core.q_cmd, core.g_cmd, dt) if core.status != "estop" else None
+        except Exception:  # noqa: BLE001
+            pass
+        driver.disconnect()
+
+
+def _process_main(driver_spec, config, limits, chain, ch) -> None:
+    """Entry point of the spawned controller process."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client, which stops us cleanly
+    control_loop(driver_spec, config, limits, chain, ch)
+
+
+# ------------------------------------------------------------------------------------ the robot
+
+
+class ControlledRobot:
+    """A :class:`~.base.Robot` whose arm is servoed by a controller process (module docstring).
+
+    Args:
+        driver: how the controller process builds the arm driver.
+        chain: the arm's kinematics (workspace box, ``ee`` actions, TCP pose in the state).
+        limits: the safety limits the controller enforces.
+        config: controller settings.
+        cameras: cameras read by :meth:`get_observation`.
+        instruction: the ``task`` put in observations (None: left out).
+        fps: the rate actions are meant to be sent at (default target time of an action: now + 1/fps).
+        max_frame_age_s: a camera frame older than this raises :class:`~.base.StaleFrameError`.
+        in_thread: run the control loop in a thread of this process instead of a spawned process
+            (drivers that must live here, e.g. fakes in tests); the action path is the same.
+    """
+
+    def __init__(self, driver: DriverSpec, chain: Chain | None, limits: SafetyLimits,
+                 config: ControllerConfig | None = None, cameras: Sequence[Camera] = (),
+                 instruction: str | None = None, fps: float = 10.0, max_frame_age_s: float = 1.0,
+                 in_thread: bool = False, name: str = "robot"):
+        self.driver_spec, self.chain, self.limits = driver, chain, limits
+        self.config = config or ControllerConfig()
+        if chain is not None and chain.n != limits.n:
+            raise SafetyError(f"{name}: limits for {limits.n} joints, chain {chain.name} has {chain.n}")
+        self.cameras = list(cameras)
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{name}: duplicate camera names {names}")
+        self.instruction = instruction
+        if not (isinstance(fps, (int, float)) and 0 < fps <= self.config.rate_hz):
+            raise ValueError(f"{name}: fps must be in (0, controller rate {self.config.rate_hz}], got {fps!r}")
+        self.fps = float(fps)
+        self.max_frame_age_s = float(max_frame_age_s)
+        self.in_thread = bool(in_thread)
+        self.name = name
+        self.n = limits.n
+        self.dim = action_dim(self.config.action_mode, self.n)
+        self._layout = StateLayout(self.n)
+        self._worker = None
+        self._send_lock = threading.Lock()
+        self._req_lock = threading.Lock()
+        self._last_index: dict[str, int] = {}
+        self.frozen_reads = 0  # camera reads that returned the same frame as the previous read
+
+    # -------------------------------------------------------------- description
+
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        """Joint names (from the chain, else j1..jn)."""
+        return self.chain.joint_names if self.chain is not None else tuple(f"j{i + 1}" for i in range(self.n))
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """The :class:`DatasetSpec` of this robot's observations and actions."""
+        return robot_spec(self.joint_names, self.config.action_mode,
+                          {c.name: tuple(c.shape[:2]) for c in self.cameras}, self.fps)
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the controller is running."""
+        return self._worker is not None
+
+    # -------------------------------------------------------------- lifecycle
+
+    def connect(self) -> None:
+        """Start the controller (process or thread), wait for its driver, open the cameras."""
+        if self._worker is not None:
+            return
+        ctx = mp.get_context("spawn")
+        a_recv, a_send = ctx.Pipe(duplex=False)
+        r_ours, r_theirs = ctx.Pipe(duplex=True)
+        state = ctx.Array("d", self._layout.size)
+        ch = Channels(actions=a_recv, requests=r_theirs, state=state, estop=ctx.Event(), stop=ctx.Event())
+        args = (self.driver_spec, self.config, self.limits, self.chain, ch)
+        if self.in_thread:
+            worker = threading.Thread(target=control_loop, args=args, name=f"{self.name}-controller", daemon=True)
+        else:
+            worker = ctx.Process(target=_process_main, args=args, name=f"{self.name}-controller", daemon=True)
+        worker.start()
+        self._ch, self._a_send, self._req, self._state = ch, a_send, r_ours, state
+        self._worker = worker
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        while not r_ours.poll(0.05):
+            if not worker.is_alive():
+                self._cleanup()
+                raise RobotError(f"{self.name}: the controller exited before connecting to the arm")
+            if time.monotonic() > deadline:
+                self.disconnect()
+                raise RobotError(f"{self.name}: the arm did not connect within {self.config.connect_timeout_s} s")
+        kind, info = r_ours.recv()
+        if kind != "ready":
+            self._join(5.0)
+            self._cleanup()
+            raise RobotError(f"{self.name}: cannot start the controller: {info}")
+        self.info = info
+        try:
+            for cam in self.cameras:
+                cam.connect()
+        except BaseException:
+            self.disconnect()
+            raise
+
+    def _join(self, timeout: float) -> None:
+        w = self._worker
+        w.join(timeout)
+        if w.is_alive() and hasattr(w, "terminate"):
+            w.terminate()
+            w.join(2.0)
+
+    def _cleanup(self) -> None:
+        for conn in (self._a_send, self._req, self._ch.actions, self._ch.requests):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self._worker = None
+
+    def disconnect(self) -> None:
+        """Hold, stop the controller (it hands the driver a last hold and disconnects), close cameras."""
+        if self._worker is None:
+            return
+        try:
+            self._ch.stop.set()
+            self._join(5.0)
+        finally:
+            self._cleanup()
+            for cam in self.cameras:
+                try:
+                    cam.disconnect()
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def __enter__(self) -> "ControlledRobot":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.disconnect()
+
+    def _require(self) -> None:
+        if self._worker is None:
+            raise RobotError(f"{self.name}: not connected; call connect() or use it as a context manager")
+        if not self._worker.is_alive():
+            code = getattr(self._worker, "exitcode", None)
+            raise RobotError(f"{self.name}: the controller stopped unexpectedly (exit code {code})")
+
+    # -------------------------------------------------------------- state and observations
+
+    def state(self) -> ControllerState:
+        """The controller's latest published state."""
+        self._require()
+        return ControllerState.read(self._state, self._layout)
+
+    @property
+    def status(self) -> str:
+        """starting | idle | running | holding | stopped | estop."""
+        return self.state().status
+
+    def read_cameras(self, now: float | None = None) -> dict[str, Any]:
+        """The newest frame of every camera; raises :class:`StaleFrameError` for one older than allowed."""
+        now = time.monotonic() if now is None else now
+        frames = {}
+        for cam in self.cameras:
+            f = cam.read()
+            if f.age(now) > self.max_frame_age_s:
+                raise StaleFrameError(f"{self.name}: camera {cam.name!r} frame is {f.age(now):.3f} s old "
+                                      f"(max_frame_age_s={self.max_frame_age_s}); frozen or disconnected")
+            if self._last_index.get(cam.name) == f.index:
+                self.frozen_reads += 1
+            self._last_index[cam.name] = f.index
+            frames[cam.name] = f
+        return frames
+
+    def get_observation(self) -> dict[str, Any]:
+        """Flat observation: state, camera images, ``timestamp`` (oldest source's capture time), task."""
+        st = self.state()
+        now = time.monotonic()
+        if now - st.t > max(0.5, 20 * self.config.dt):
+            raise RobotError(f"{self.name}: the controller has not published for {now - st.t:.3f} s")
+        frames = self.read_cameras(now)
+        obs: dict[str, Any] = {STATE: st.state_vector()}
+        for cam, f in frames.items():
+            obs[image_key(cam)] = f.image
+        obs[TIMESTAMP] = min([st.t] + [f.timestamp for f in frames.values()])
+        if self.instruction:
+            obs[TASK] = self.instruction
+        return obs
+
+    # -------------------------------------------------------------- commands
+
+    def send_action(self, action: np.ndarray, t: float | None = None) -> None:
+        """Queue ``action`` (``dim``,) as the target for monotonic time ``t`` (default: now + 1/fps).
+
+        Only the shape is checked here; everything else (NaN, limits, staleness) is the controller's."""
+        self._require()
+        a = np.asarray(action, np.float32)
+        if a.shape != (self.dim,):
+            raise ContractError(f"action: expected shape ({self.dim},) for action_mode "
+                                f"{self.config.action_mode!r} with {self.n} joints, got {a.shape}")
+        t = time.monotonic() + 1.0 / self.fps if t is None else float(t)
+        with self._send_lock:
+            self._a_send.send((t, a))
+
+    def request(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
+        """Ask the controller: ``log``, ``faults``, ``hold`` or ``reset``."""
+        self._require()
+        with self._req_lock:
+            self._req.send((name, args))
+            if not self._req.poll(timeout):
+                raise RobotError(f"{self.name}: the controller did not answer {name!r} within {timeout} s")
+            kind, payload = self._req.recv()
+        if kind != "ok":
+            raise RobotError(f"{self.name}: {payload}")
+        return payload
+
+    def estop(self) -> None:
+        """Emergency stop: the controller freezes the command within a tick and latches."""
+        self._require()
+        self._ch.estop.set()
+
+    def clear_estop(self) -> str:
+        """Release the e-stop and re-anchor at the measured position; returns the new status."""
+        self._ch.estop.clear()
+        return self.request("reset")
+
+    def reset_faults(self) -> str:
+        """Leave ``stopped`` after repeated faults (re-anchored at the measured position)."""
+        return self.request("reset")
+
+    def hold(self) -> str:
+        """Drop the planned trajectory and hold (not a fault)."""
+        return self.request("hold")
+
+    def log(self) -> dict[str, np.ndarray]:
+        """The controller's tick log (t, status, q_cmd, q, g_cmd), oldest first."""
+        return self.request("log")
+
+    def faults(self) -> list[tuple[float, str]]:
+        """The controller's recent faults and e-stops (time, message)."""
+        return self.request("faults")
+
+
+def tick_jitter(t: np.ndarray, rate_hz: float) -> dict[str, float]:
+    """Control-period jitter of logged tick times: p50 / p99 / max of |interval - period| in ms."""
+    d = np.abs(np.diff(np.asarray(t, float)) - 1.0 / rate_hz) * 1e3
+    if d.size == 0:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    return {"p50_ms": float(np.percentile(d, 50)), "p99_ms": float(np.percentile(d, 99)), "max_ms": float(d.max())}
+
+
+__all__ = ["ACTION_MODES", "ArmDriver", "ArmState", "Command", "ControlledRobot", "ControllerConfig", "ControllerCore",
+           "ControllerState", "DriverSpec", "STATUSES", "control_loop", "tick_jitter"]
