@@ -183,3 +183,17 @@ def test_dying_worker_is_recorded_and_resumed(tmp_path, monkeypatch):
     monkeypatch.delenv(E.FAULT_ENV)
     doc = E.evaluate(E.EvalConfig(**base))
     assert doc["complete"] and doc["runs"][-1]["episodes_run"] == 1
+
+
+def test_multirun_sweeps_and_compares(tmp_path, capsys):
+    out = tmp_path / "m"
+    rc = E.main(["-m", "policy=expert", "env=metaworld", "tasks=reach-v3", "episodes=1", "max_steps=60",
+                 "cameras=[corner]", "image_size=[24,24]", "workers=0", "videos=0", "progress=false",
+                 "executor=receding,ensemble", "n_action_steps=1,4", f"out={out}"])
+    assert rc == 0, capsys.readouterr().err
+    doc = json.loads((out / "multirun.json").read_text())
+    assert doc["swept"] == ["executor", "n_action_steps"] and len(doc["jobs"]) == 4
+    for i, job in enumerate(doc["jobs"]):
+        info = json.loads((out / str(i) / E.INFO_FILE).read_text())
+        assert info["settings"]["executor"] in job["overrides"][0] and job["episodes"] == 1
+    assert (out / "multirun.md").read_text().count("| receding |") == 2

@@ -890,15 +890,73 @@ default config:
 """
 
 
+def sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Hydra's multirun expansion: ``["sampling.vision_steps=2,4", "env=metaworld"]`` -> one override list per job."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def _multirun(argv: list[str]) -> int:
+    """``vlastack eval -m a=1,2 ...``: every job composed and checked first, then run one after another into
+    ``<out>/<job>/`` (unless ``out`` itself is swept); ``<out>/multirun.md`` and ``.json`` compare the jobs."""
+    jobs = sweep(argv)
+    swept = sorted({o.split("=", 1)[0] for job in jobs for o in job} - {o.split("=", 1)[0] for o in
+                   set.intersection(*[set(job) for job in jobs])})
+    out_swept = "out" in swept
+    root = None
+    runs: list[tuple[list[str], EvalConfig, Any]] = []
+    for i, job in enumerate(jobs):
+        hcfg = compose_config(job)
+        cfg = config_from_hydra(hcfg)
+        if not out_swept:
+            root = Path(cfg.out)
+            hcfg.out = cfg.out = str(root / str(i))
+        runs.append((job, cfg, hcfg))
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (job, cfg, hcfg) in enumerate(runs):
+        shown = [o for o in job if o.split("=", 1)[0] in swept]
+        print(f"\n== job {i}/{len(runs)}: {' '.join(shown) or '(no swept keys)'} -> {cfg.out}")
+        doc = evaluate(cfg, hydra_cfg=hcfg)
+        print_report(doc)
+        o = doc["summary"]["overall"]
+        rows.append({"job": i, "overrides": shown, "out": cfg.out, "successes": o["successes"],
+                     "episodes": o["episodes"], "success_rate": o["success_rate"], "ci_low": o["ci_low"],
+                     "ci_high": o["ci_high"], "episodes_per_s": doc["runs"][-1]["episodes_per_s"]})
+    if root is not None:
+        write_json_atomic(root / "multirun.json", {"argv": argv, "swept": swept, "jobs": rows})
+        lines = [f"# vlastack eval -m {' '.join(argv)}", "", "| job | " + " | ".join(swept) +
+                 " | success | 95% CI | successes / episodes |", "|---|" + "---|" * len(swept) + "---:|---:|---:|"]
+        for r in rows:
+            vals = dict(o.split("=", 1) for o in r["overrides"])
+            lines.append(f"| {r['job']} | " + " | ".join(vals.get(k, "") for k in swept) +
+                         f" | {_pct(r['success_rate'])} | [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] | "
+                         f"{r['successes']} / {r['episodes']} |")
+        (root / "multirun.md").write_text("\n".join(lines) + "\n")
+        print(f"\nmultirun: {len(rows)} jobs; comparison in {root / 'multirun.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``vlastack eval`` entry: compose the config, evaluate, print the table; 2 on bad input."""
+    """``vlastack eval`` entry: compose the config, evaluate, print the table; 2 on bad input, 1 on a failed run.
+
+    ``-m`` / ``--multirun`` sweeps comma-separated values (Hydra's syntax) over sequential jobs.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
         from omegaconf import OmegaConf
 
         print(_USAGE + OmegaConf.to_yaml(compose_config([])))
         return 0
+    multi = any(a in ("-m", "--multirun") for a in argv)
+    argv = [a for a in argv if a not in ("-m", "--multirun")]
     try:
+        if multi:
+            return _multirun(argv)
         hcfg = compose_config(argv)
         cfg = config_from_hydra(hcfg)
         doc = evaluate(cfg, hydra_cfg=hcfg)
