@@ -30,10 +30,15 @@ def quat_to_matrix(q) -> np.ndarray:
 def rotvec_to_matrix(v) -> np.ndarray:
     """Rodrigues: the rotation (3, 3) by angle |v| about v / |v|."""
     v = np.asarray(v, float)
-    th = float(np.linalg.norm(v))
-    if th < 1e-12:
+    big = float(np.max(np.abs(v)))
+    if not math.isfinite(big):
+        raise ValueError(f"rotation vector {v.tolist()} is not finite")
+    if big < 1e-12:
         return np.eye(3)
-    k = v / th
+    k = v / big
+    th = big * float(np.linalg.norm(k))  # no overflow for huge vectors
+    k = k / np.linalg.norm(k)
+    th = math.fmod(th, 2 * math.pi)
     K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])  # (3, 3) cross-product matrix
     return np.eye(3) + math.sin(th) * K + (1 - math.cos(th)) * (K @ K)
 
