@@ -9,7 +9,8 @@ store is opened or a model is built, never an hour into a run.
 The ``policy`` section is the policy's own config dataclass (``DUSTConfig``, ``DitaConfig``)
 with two extra keys, ``name`` and ``preset``: a null field means "the preset's value", except
 the data-contract fields ``cameras``, ``image_size``, ``state_dim`` and ``action_dim``, where
-null means "what the dataset holds" (see :func:`vlastack.train.builder.policy_config`).
+null means "what the dataset holds" (see :func:`vlastack.train.builder.policy_config`). Its
+fields are checked against the policy's dataclass by :func:`check_policy_fields`.
 """
 
 # no ``from __future__ import annotations``: OmegaConf reads these annotations at runtime
@@ -24,6 +25,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
 RESUME_MODES = ("auto", "always", "never")
+CACHE_MODES = ("auto", "on", "off")
 POLICY_META_KEYS = ("name", "preset")
 #: policy-config fields that default to the dataset's values when left null
 DATA_FIELDS = ("cameras", "image_size", "state_dim", "action_dim")
@@ -86,22 +88,8 @@ class EMAConfig:
 
 
 @dataclass
-class DistributedConfig:
-    """How ``torchrun`` launches are wrapped: DDP (default) or FSDP2 sharding of the transformer blocks."""
-
-    strategy: str = "ddp"
-    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
-    find_unused_parameters: bool = False
-
-    def __post_init__(self):
-        _check(self.strategy in STRATEGIES, "train.distributed.strategy",
-               f"{self.strategy!r} is not one of {STRATEGIES}")
-        _check(self.backend in BACKENDS, "train.distributed.backend", f"{self.backend!r} is not one of {BACKENDS}")
-
-
-@dataclass
 class SimEvalConfig:
-    """In-loop simulation evaluation through ``vlastack.rollout.evaluate`` (rank 0, on the checkpoint)."""
+    """In-loop simulation evaluation through ``vlastack eval`` (rank 0, on the latest checkpoint)."""
 
     every: int = 0  # steps between evaluations; 0: never
     overrides: List[str] = field(default_factory=list)  # eval overrides, e.g. [env=kitchen, "tasks=[OpenDrawer]"]
@@ -112,16 +100,19 @@ class SimEvalConfig:
 
 @dataclass
 class TrainConfig:
-    """The loop: batch, steps, budget, precision, logging, validation and checkpoint cadence."""
+    """The loop: batch, steps, budget, precision, distribution, logging, validation and checkpoints."""
 
     seed: int = 0
     batch_size: int = 64  # global: summed over ranks and accumulation steps
-    grad_accum: int = 1
-    max_steps: int = 20000
-    max_minutes: Optional[float] = None  # wall-clock budget (the schedule is fitted to it); null: none
-    stop_after_steps: Optional[int] = None  # end this invocation after N more steps; resume continues
+    grad_accum: int = 1  # micro-batches per optimizer step (on every rank)
+    steps: int = 20000  # optimizer steps of the whole run (the schedule's length)
+    max_minutes: Optional[float] = None  # wall-clock budget of the run: the schedule is fitted to it; null: none
+    stop_after_steps: Optional[int] = None  # end this invocation after N more steps (resume continues)
+    init_from: Optional[str] = None  # checkpoint to fine-tune from (weights; the normalizer is refitted)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     device: str = "auto"  # auto: cuda when available, else cpu
+    strategy: str = "ddp"  # under torchrun: ddp (replicate) or fsdp (FSDP2 shards the transformer blocks)
+    backend: str = "auto"  # process group: auto (nccl on CUDA, gloo on CPU), gloo or nccl
     log_every: int = 10
     val_every: int = 500  # 0: only at the end
     val_batches: int = 20
@@ -130,21 +121,23 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     sim_eval: SimEvalConfig = field(default_factory=SimEvalConfig)
 
     def __post_init__(self):
         _check(self.seed >= 0, "train.seed", f"must be >= 0, got {self.seed}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
-        _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
         _check(self.max_minutes is None or self.max_minutes > 0, "train.max_minutes",
                f"must be > 0 or null, got {self.max_minutes}")
         _check(self.stop_after_steps is None or self.stop_after_steps >= 1, "train.stop_after_steps",
                f"must be >= 1 or null, got {self.stop_after_steps}")
+        _check(self.init_from is None or bool(self.init_from), "train.init_from", "must be a checkpoint path or null")
         _check(self.precision in PRECISIONS, "train.precision", f"{self.precision!r} is not one of {PRECISIONS}")
         _check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "train.device",
                f"{self.device!r} is not auto, cpu, cuda or cuda:N")
+        _check(self.strategy in STRATEGIES, "train.strategy", f"{self.strategy!r} is not one of {STRATEGIES}")
+        _check(self.backend in BACKENDS, "train.backend", f"{self.backend!r} is not one of {BACKENDS}")
         for name in ("log_every", "val_batches", "keep_last"):
             _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("val_every", "ckpt_every"):
@@ -155,29 +148,36 @@ class TrainConfig:
 class DatasetConfig:
     """Which trajectory stores and episodes to train on, and how to read them."""
 
-    path: Any = MISSING  # a store, or a list of stores (multi-task across stores)
+    path: Optional[str] = None  # one store
+    paths: Optional[List[str]] = None  # several stores (multi-task); give path or paths
     val_fraction: float = 0.1  # held-out episodes per store, for the validation loss
-    use_feature_cache: bool = True  # frozen vision encoder: cache its features in the store once, train on them
-    cache_batch_size: int = 64
-    num_workers: int = 0  # DataLoader worker processes
+    cache_features: str = "auto"  # auto: frozen vision encoder -> build/read the store's feature cache; on; off
+    cache_batch_size: int = 64  # frames per encoder call while building the cache
+    num_workers: int = 0  # DataLoader-style worker processes reading batches ahead
     tasks: Optional[List[str]] = None  # keep only episodes whose task id or instruction is listed
     episodes_per_task: Optional[int] = None  # few-shot: the first k training episodes of every task
     require_action: bool = False  # drop video-only episodes
 
     def __post_init__(self):
-        paths = [self.path] if isinstance(self.path, str) else self.path
-        _check(isinstance(paths, (list, tuple)) and len(paths) > 0 and all(isinstance(p, str) and p for p in paths),
-               "dataset.path", f"expected a store path or a non-empty list of store paths, got {self.path!r}")
+        _check(self.path is None or self.paths is None, "dataset.path",
+               "give one store as dataset.path=<store> or several as dataset.paths=[<store>,...], not both")
+        if self.path is not None:
+            _check(isinstance(self.path, str) and bool(self.path), "dataset.path", f"empty store path {self.path!r}")
+        elif self.paths is not None:
+            _check(len(self.paths) > 0 and all(isinstance(p, str) and p for p in self.paths), "dataset.paths",
+                   f"expected a non-empty list of store paths, got {self.paths!r}")
         _check(0 <= self.val_fraction < 1, "dataset.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        _check(self.cache_features in CACHE_MODES, "dataset.cache_features",
+               f"{self.cache_features!r} is not one of {CACHE_MODES}")
         _check(self.cache_batch_size >= 1, "dataset.cache_batch_size", f"must be >= 1, got {self.cache_batch_size}")
         _check(self.num_workers >= 0, "dataset.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.episodes_per_task is None or self.episodes_per_task >= 1, "dataset.episodes_per_task",
                f"must be >= 1 or null, got {self.episodes_per_task}")
 
     @property
-    def paths(self) -> list[str]:
+    def store_paths(self) -> list[str]:
         """The store paths as a list."""
-        return [self.path] if isinstance(self.path, str) else list(self.path)
+        return [self.path] if self.path is not None else list(self.paths)
 
 
 @dataclass
@@ -188,13 +188,14 @@ class TrainAppConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run_dir: str = MISSING  # outputs: config.yaml, metrics.jsonl, tb/, checkpoints/
-    init_from: Optional[str] = None  # checkpoint to fine-tune from (weights; the normalizer is refitted)
-    resume: str = "auto"  # auto: continue run_dir/checkpoints/last when present; always: require it; never
-    progress: bool = True  # live progress bar (on a terminal)
+    resume: str = "auto"  # auto: continue run_dir/checkpoints/last when present; always: require it; never: start over
+    progress: bool = True  # live progress bar
 
     def __post_init__(self):
         _check(self.resume in RESUME_MODES, "resume", f"{self.resume!r} is not one of {RESUME_MODES}")
         _check(isinstance(self.run_dir, str) and bool(self.run_dir), "run_dir", "required, e.g. run_dir=runs/my_run")
+        _check(self.dataset.path is not None or self.dataset.paths is not None, "dataset.path",
+               "required: one store as dataset.path=<store> or several as dataset.paths=[<store>,...]")
         name = self.policy.get("name")
         _check(isinstance(name, str) and bool(name), "policy.name",
                "required; choose a policy group, e.g. policy=dust (configs/policy/)")
@@ -221,8 +222,8 @@ def from_hydra(cfg: Any) -> TrainAppConfig:
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) if "hydra" in cfg else cfg
-    schema = OmegaConf.structured(TrainAppConfig)
     try:
+        schema = OmegaConf.structured(TrainAppConfig)
         merged = OmegaConf.merge(schema, cfg)
         OmegaConf.resolve(merged)
         missing = sorted(OmegaConf.missing_keys(merged))
@@ -230,6 +231,8 @@ def from_hydra(cfg: Any) -> TrainAppConfig:
             raise TrainConfigError(f"{missing[0]}: required (missing: {missing}); e.g. vlastack train "
                                    "dataset.path=data/demos.zarr run_dir=runs/my_run")
         obj = OmegaConf.to_object(merged)
+    except TrainConfigError as e:
+        raise TrainConfigError(str(e).splitlines()[0]) from None
     except oe.ConfigKeyError as e:
         key = getattr(e, "full_key", None) or str(e)
         valid = _valid_keys(getattr(e, "object_type", None))
