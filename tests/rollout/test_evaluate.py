@@ -110,8 +110,11 @@ def test_tiny_dust_checkpoint_writes_every_output(tmp_path, capsys):
 def test_resume_skips_done_episodes(tmp_path):
     base = dict(policy="expert", tasks="reach-v3", seeds=[50], max_steps=120, workers=0, videos=0,
                 out=str(tmp_path / "r"), **MW)
-    first = E.evaluate(E.EvalConfig(episodes=2, **base))
-    assert first["runs"][-1]["episodes_run"] == 2
+    # the in-loop form (what training calls): a list of overrides
+    first = E.evaluate(["policy=expert", "env=metaworld", "tasks=reach-v3", "seeds=[50]", "max_steps=120",
+                        "workers=0", "videos=0", "episodes=2", "cameras=[corner]", "image_size=[24,24]",
+                        "progress=false", f"out={tmp_path / 'r'}"])
+    assert first["runs"][-1]["episodes_run"] == 2 and (tmp_path / "r" / E.CONFIG_FILE).exists()
     second = E.evaluate(E.EvalConfig(episodes=3, **base))
     assert second["runs"][-1]["episodes_run"] == 1 and len(second["runs"]) == 2
     assert second["episodes"][:2] == first["episodes"] and second["episodes"][2]["seed"] == 52

@@ -325,6 +325,7 @@ def plan(cfg: EvalConfig) -> _Plan:
         what = f" (the policy reads cameras {cameras} at {image_size})" if inputs is not None else ""
         raise EvalError(f"env ({cfg.suite}, {task}): {e}{what}") from e
     try:
+        env_kwargs = _with_env_defaults(env, env_kwargs)
         spec = env.spec
         env_cameras = list(spec.cameras)
         if inputs is not None:
@@ -348,6 +349,22 @@ def plan(cfg: EvalConfig) -> _Plan:
     return _Plan(cfg=cfg, checkpoint=checkpoint, policy_name=name, inputs=inputs, cameras=list(cameras),
                  image_size=list(image_size), env_kwargs=env_kwargs, n_obs=n_obs, video_cameras=video_cameras,
                  fps=fps, sampling=sampling, device=device, notes=notes, loaded=loaded)
+
+
+def _with_env_defaults(env: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` completed with the env class's own keyword defaults, so equal envs compare equal on resume
+    whether an option was given or left at its default."""
+    import inspect
+
+    base = getattr(env, "unwrapped", env)
+    try:
+        params = inspect.signature(type(base).__init__).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    skip = {"self", "task", "seed", "cameras", "image_size"}
+    defaults = {n: p.default for n, p in params.items() if n not in skip and p.default is not inspect.Parameter.empty
+                and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
+    return {**defaults, **kwargs}
 
 
 def _dry_run(checkpoint: str, sampling: dict[str, Any], device: str, inputs: PolicyInputs, obs: Mapping[str, Any],
@@ -460,7 +477,7 @@ def run_job(job: dict) -> dict[str, Any]:
         out.update(success=bool(res.success), steps=int(res.steps), reason=res.reason,
                    **{"return": round(tracked.total, 6)}, wall_s=round(res.wall_s, 4),
                    instruction=res.instruction, policy_calls=res.policy_calls,
-                   inference_s=round(res.inference_s, 4), video=None)
+                   inference_s=round(res.inference_s, 4), executor=res.executor, video=None)
         if recorder is not None:
             write_episode_video(job["video_path"], recorder, res.instruction, job["fps"])
             out["video"] = job["video_rel"]
@@ -548,9 +565,12 @@ def evaluate(cfg: EvalConfig | Mapping[str, Any] | Sequence[str], hydra_cfg: Any
     previous, runs = _load_previous(out, settings, cfg.overwrite)
     out.mkdir(exist_ok=True)
     if cfg.overwrite:
+        import shutil
+
         for name in (INFO_FILE, SUMMARY_FILE, PLOT_FILE):
             if (out / name).exists():
                 (out / name).unlink()
+        shutil.rmtree(out / "videos", ignore_errors=True)
     _write_config(out / CONFIG_FILE, cfg, hydra_cfg)
     return _run(p, out, settings, previous, runs)
 
