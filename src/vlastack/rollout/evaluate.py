@@ -101,6 +101,7 @@ class EvalConfig:
     workers: int = 2
     torch_threads: int = 1         # per worker
     max_errors: int = 3            # stop scheduling after this many episodes raised
+    check_policy: bool = True      # load the checkpoint here and plan one chunk before workers start
     # env (None: what the policy reads; the expert: the suite's defaults)
     cameras: Sequence[str] | None = None
     image_size: Sequence[int] | None = None
@@ -181,6 +182,9 @@ class EvalConfig:
             if len(self.image_size) != 2 or min(self.image_size) < 1:
                 raise EvalError(f"image_size: expected [height, width] of positive ints, got {self.image_size!r}")
         self.env_kwargs = dict(self.env_kwargs or {})
+        for key in ("overwrite", "check_policy", "progress"):
+            if not isinstance(getattr(self, key), bool):
+                raise EvalError(f"{key}: expected true or false, got {getattr(self, key)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -338,7 +342,8 @@ def plan(cfg: EvalConfig) -> _Plan:
             if problems:
                 raise EvalError(f"policy {name} ({checkpoint}) does not fit env {cfg.suite}/{task}: "
                                 + "; ".join(problems))
-            loaded = _dry_run(checkpoint, sampling, device, inputs, obs, seed)
+            if cfg.check_policy or cfg.workers == 0:
+                loaded = _dry_run(checkpoint, sampling, device, inputs, obs, seed)
         else:
             registry.make_expert(cfg.suite, task, env)  # the suite has an expert for it
         fps = float(spec.fps)
@@ -681,7 +686,12 @@ def _run(p: _Plan, out: Path, settings: dict, previous: list[dict], runs: list[d
                     _WORKER.update(saved[0])
                     _set_torch_threads(saved[1])
             else:
-                p.loaded = None  # the workers load their own
+                if p.loaded is not None:  # the workers load their own
+                    p.loaded = None
+                    if p.device.startswith("cuda"):
+                        import torch
+
+                        torch.cuda.empty_cache()
                 run_pool(min(cfg.workers, len(queue)), run_job, next_job, handle, _crashed,
                          initializer=_init_worker, initargs=(spec,))
         except KeyboardInterrupt:
@@ -891,6 +901,10 @@ def config_from_hydra(cfg: Any) -> EvalConfig:
     if unknown:
         raise EvalError(f"unknown eval keys {unknown}; valid keys: {sorted(known | {'env'})}")
     kw = {k: d[k] for k in known if k in d}
+    if kw.get("policy") == "expert":  # the expert reads nothing: the env group's cameras and size apply
+        for key in ("cameras", "image_size"):
+            if kw.get(key) is None and env.get(key) is not None:
+                kw[key] = env[key]
     return EvalConfig(suite=env.get("suite"), env_kwargs=env.get("kwargs") or {}, **kw)
 
 
