@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -145,7 +144,8 @@ class EvalConfig:
         for a, b in zip(ordered, ordered[1:]):
             if a + self.episodes > b:
                 raise EvalError(f"seeds: groups {a} and {b} overlap with episodes={self.episodes} "
-                                f"(group s uses seeds s .. s + episodes - 1); space them at least {self.episodes} apart")
+                                f"(group s uses seeds s .. s + episodes - 1); space them at least "
+                                f"{self.episodes} apart")
         self.seeds = seeds
         if self.max_steps is not None:
             _check_int(self.max_steps, "max_steps", 1, "step cap (or null: the env's horizon)")
@@ -164,7 +164,8 @@ class EvalConfig:
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise EvalError(f"device: expected auto, cpu or cuda[:i], got {self.device!r}")
         if not self.out or not isinstance(self.out, (str, os.PathLike)):
-            raise EvalError("out: required, the directory for eval_info.json, videos and the summary, e.g. out=runs/eval")
+            raise EvalError("out: required, the directory for eval_info.json, videos and the summary, "
+                            "e.g. out=runs/eval")
         self.out = os.fspath(self.out)
         _check_int(self.workers, "workers", 0, "worker processes (0 runs in this process)")
         _check_int(self.torch_threads, "torch_threads", 1, "torch threads per worker")
@@ -394,7 +395,8 @@ def _dry_run(checkpoint: str, sampling: dict[str, Any], device: str, inputs: Pol
         raise EvalError(f"policy {checkpoint}: sample_actions failed on the env's first observation with "
                         f"sampling {sampling} ({type(e).__name__}: {e})") from e
     if chunk.shape[1] != inputs.action_dim:
-        raise EvalError(f"policy {checkpoint}: chunks of {chunk.shape[1]}-D actions, its config says {inputs.action_dim}")
+        raise EvalError(f"policy {checkpoint}: chunks of {chunk.shape[1]}-D actions, its config says "
+                        f"{inputs.action_dim}")
     return policy
 
 
@@ -705,8 +707,8 @@ def _run(p: _Plan, out: Path, settings: dict, previous: list[dict], runs: list[d
     if errors:
         first = errors[0]
         tb = first.get("traceback", "")
-        raise EvalRunError(f"{len(errors)} episode(s) raised (the run stops after max_errors={cfg.max_errors}); the first, "
-                        f"{first['task']} seed {first['seed']}: {first['error']}\n{tb}".rstrip())
+        raise EvalRunError(f"{len(errors)} episode(s) raised (the run stops after max_errors={cfg.max_errors}); "
+                           f"the first, {first['task']} seed {first['seed']}: {first['error']}\n{tb}".rstrip())
     return doc
 
 
