@@ -92,7 +92,11 @@ def _merge_heads(x: Tensor) -> Tensor:
 
 
 def key_padding_bias(valid: Tensor | None) -> Tensor | None:
-    """Boolean key mask (B, S) True = attend -> SDPA-ready (B, 1, 1, S) bool mask (or None)."""
+    """Boolean key mask (B, S) True = attend -> SDPA-ready (B, 1, 1, S) bool mask (or None).
+
+    A float (B, S) additive mask (0 = attend, -inf = ignore) passes through the same way; callers
+    that reuse one mask for many attention calls precompute it so SDPA does not convert it each time.
+    """
     if valid is None:
         return None
     return valid[:, None, None, :]  # (B, 1, 1, S)
@@ -220,10 +224,13 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.ada = AdaLNZero(dim, 6)
 
-    def forward(self, x: Tensor, c: Tensor, context: Tensor | tuple[Tensor, Tensor] | None = None,
-                context_valid: Tensor | None = None) -> Tensor:
-        """x (B, L, D), c (B, D), context (B, S, C) or its cached (k, v) -> (B, L, D)."""
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c)  # 6 x (B, D)
+    def forward(self, x: Tensor, c: Tensor | None, context: Tensor | tuple[Tensor, Tensor] | None = None,
+                context_valid: Tensor | None = None, mod: Sequence[Tensor] | None = None) -> Tensor:
+        """x (B, L, D), c (B, D), context (B, S, C) or its cached (k, v) -> (B, L, D).
+
+        ``mod``: the six modulation vectors ``self.ada(c)`` precomputed (each (B or 1, D)); c is then unused.
+        """
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(c) if mod is None else mod  # 6 x (B, D)
         x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1))  # (B, L, D)
         if self.cross is not None:
             if context is None:
@@ -264,15 +271,21 @@ class MMDiTBlock(nn.Module):
     def forward(self, xs: Sequence[Tensor], cs: Sequence[Tensor],
                 contexts: Sequence[Tensor | tuple[Tensor, Tensor] | None] | None = None,
                 context_valid: Tensor | None = None,
-                need: Sequence[bool] | None = None) -> list[Tensor | None]:
+                need: Sequence[bool] | None = None,
+                mods: Sequence[Sequence[Tensor]] | None = None) -> list[Tensor | None]:
         """xs[i] (B, L_i, D), cs[i] (B, D), contexts[i] (B, S, C) or cached (k, v) for stream i.
 
-        Returns a list of (B, L_i, D), with None for streams where ``need[i]`` is False.
+        ``mods[i]``: stream i's six modulation vectors ``self.ada[i](cs[i])`` precomputed (each
+        (B or 1, D)); cs is then unused. Returns a list of (B, L_i, D), with None for streams where
+        ``need[i]`` is False.
         """
-        if len(xs) != self.n_streams or len(cs) != self.n_streams:
-            raise ValueError(f"MMDiT block built for {self.n_streams} streams, got {len(xs)} inputs, {len(cs)} conds")
+        conds = mods if mods is not None else cs
+        if len(xs) != self.n_streams or conds is None or len(conds) != self.n_streams:
+            raise ValueError(f"MMDiT block built for {self.n_streams} streams, got {len(xs)} inputs, "
+                             f"{None if conds is None else len(conds)} conds")
         need = [True] * self.n_streams if need is None else list(need)
-        mods = [ada(c) for ada, c in zip(self.ada, cs)]  # n x 6 x (B, D)
+        if mods is None:
+            mods = [ada(c) for ada, c in zip(self.ada, cs)]  # n x 6 x (B, D)
         qs, ks, vs = [], [], []
         for i, x in enumerate(xs):
             h = modulate(self.norm1[i](x), mods[i][0], mods[i][1])  # (B, L_i, D)
@@ -320,9 +333,9 @@ class FinalLayer(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        """x (B, L, D), c (B, D) -> (B, L, out_dim)."""
-        shift, scale = self.ada(c)  # 2 x (B, D)
+    def forward(self, x: Tensor, c: Tensor | None, mod: Sequence[Tensor] | None = None) -> Tensor:
+        """x (B, L, D), c (B, D) -> (B, L, out_dim); ``mod``: ``self.ada(c)`` precomputed (c then unused)."""
+        shift, scale = self.ada(c) if mod is None else mod  # 2 x (B, D)
         return self.head(modulate(self.norm(x), shift, scale))  # (B, L, out_dim)
 
 

@@ -12,6 +12,7 @@ encoder grid, S conditioning tokens, H action horizon, N_v future tokens, W widt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -144,47 +145,146 @@ class DUSTNetwork(nn.Module):
             out["vision"] = [b.cross.context_kv(ctx) for b in self.vision_blocks]
         return out
 
-    def forward(self, state: Tensor, a_t: Tensor, tau_a: Tensor, ctx: Tensor, ctx_valid: Tensor,
+    # ------------------------------------------------------------ pieces shared by training and sampling
+
+    def ada_layers(self, stream: int) -> list[nn.Module]:
+        """The adaLN-zero modules of one stream (0 action, 1 vision), in the order the tokens meet them."""
+        if stream == 0:
+            return [b.ada[0] for b in self.mmdit] + [b.ada for b in self.action_blocks] + [self.action_out.ada]
+        return [b.ada[1] for b in self.mmdit] + [b.ada for b in self.vision_blocks] + [self.vision_out.ada]
+
+    def modulations(self, c: Tensor, stream: int) -> list[Tensor]:
+        """Every adaLN modulation of a stream for conditioning vectors c (N, W): per layer (N, k, W).
+
+        One matmul per layer for all N rows, so the sampler computes the modulations of every
+        denoising step at once (reading each adaLN weight once per chunk instead of once per step).
+        """
+        hc = F.silu(c)  # (N, W)
+        return [F.linear(hc, a.linear.weight, a.linear.bias).view(c.shape[0], a.n, -1)  # (N, k, W)
+                for a in self.ada_layers(stream)]
+
+    def embed_action(self, state: Tensor, a_t: Tensor) -> Tensor:
+        """Action-stream tokens: state token + H action tokens with 1-D positions -> (B, 1+H, W)."""
+        return torch.cat([self.state_enc(state)[:, None], self.action_enc(a_t)], dim=1) + self.action_pos
+
+    def future_pos_embed(self) -> Tensor:
+        """2-D positions + camera embedding of the vision-stream tokens -> (N_v, W)."""
+        return self.future_pos + self.future_camera_embed.repeat_interleave(
+            self.n_future // self.future_camera_embed.shape[0], dim=0)  # (N_v, W)
+
+    def denoise(self, xa: Tensor, xo: Tensor | None, mods_a: list, mods_o: list | None, ctx: Tensor | dict,
+                ctx_valid: Tensor | None, need_action: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """The block stack on embedded tokens: xa (B, 1+H, W), xo (B, N_v, W) -> v_a (B, H, D_a) | None, v_o.
+
+        mods_a / mods_o: per adaLN layer (see :meth:`ada_layers`) its modulation vectors, each
+        (B or 1, W). ctx: the conditioning (B, S, W) or its keys/values from :meth:`context_kv`.
+        """
+        kv = ctx if isinstance(ctx, dict) else None
+        xs = [xa] + ([xo] if xo is not None else [])
+        n_mm = len(self.mmdit)
+        for i, blk in enumerate(self.mmdit):
+            ctxs = None
+            if self.ctx_per_mmdit:
+                ctxs = kv["mmdit"][i] if kv is not None else [ctx] * len(xs)
+            need = [False, True] if (not need_action and i == n_mm - 1) else None
+            mods = [mods_a[i]] + ([mods_o[i]] if xo is not None else [])
+            xs = blk(xs, None, ctxs, ctx_valid, need, mods=mods)  # [(B, 1+H, W) | None, (B, N_v, W)]
+        v_a = v_o = None
+        if need_action:
+            x = xs[0]
+            for j, blk in enumerate(self.action_blocks):
+                x = blk(x, None, kv["action"][j] if kv is not None else ctx, ctx_valid,
+                        mod=mods_a[n_mm + j])  # (B, 1+H, W)
+            v_a = self.action_out(x[:, 1:], None, mod=mods_a[-1])  # (B, H, D_a)
+        if xo is not None:
+            x = xs[1]
+            for j, blk in enumerate(self.vision_blocks):
+                x = blk(x, None, kv["vision"][j] if kv is not None else ctx, ctx_valid,
+                        mod=mods_o[n_mm + j])  # (B, N_v, W)
+            v_o = self.vision_out(x, None, mod=mods_o[-1])  # (B, N_v, C)
+        return v_a, v_o
+
+    def forward(self, state: Tensor, a_t: Tensor, tau_a: Tensor | None, ctx: Tensor, ctx_valid: Tensor,
                 o_t: Tensor | None = None, tau_o: Tensor | None = None, kv: dict[str, list] | None = None,
-                need_action: bool = True) -> tuple[Tensor | None, Tensor | None]:
+                need_action: bool = True, plan: "SamplingPlan | None" = None,
+                step: int = 0) -> tuple[Tensor | None, Tensor | None]:
         """Velocities of both streams.
 
         state (B, n_obs*D_s), a_t (B, H, D_a), tau_a (B,), ctx (B, S, W), ctx_valid (B, S),
         o_t (B, N_v, C), tau_o (B,); kv from :meth:`context_kv`. With ``need_action=False`` the
         action-only work (last MMDiT block's action outputs, action DiT blocks, decoder) is skipped
-        and v_a is None. Returns v_a (B, H, D_a) | None, v_o (B, N_v, C) | None.
+        and v_a is None. With a ``plan`` from :meth:`sampling_plan`, step ``step`` of it is run
+        (state, taus, ctx, ctx_valid and kv come from the plan). Returns v_a (B, H, D_a) | None, v_o (B, N_v, C) | None.
         """
+        if plan is not None:
+            return self.step(plan, step, a_t, o_t, need_action)
         dt = self.action_enc.weight.dtype  # float32, or bfloat16 after DUSTPolicy.for_inference
         state, a_t, ctx = state.to(dt), a_t.to(dt), ctx.to(dt)
-        o_t = o_t.to(dt) if o_t is not None else None
-        xa = torch.cat([self.state_enc(state)[:, None], self.action_enc(a_t)], dim=1) + self.action_pos  # (B, 1+H, W)
-        ca = self.t_embed_a(tau_a)  # (B, W)
-        xs, cs = [xa], [ca]
+        xa = self.embed_action(state, a_t)  # (B, 1+H, W)
+        mods_a = [m.unbind(1) for m in self.modulations(self.t_embed_a(tau_a), 0)]  # per layer k x (B, W)
+        xo = mods_o = None
         if self.world_model:
             if o_t is None or tau_o is None:
                 raise ValueError("the world-model stream needs o_t and tau_o")
-            xo = self.future_enc(o_t) + self.future_pos + self.future_camera_embed.repeat_interleave(
-                self.n_future // self.future_camera_embed.shape[0], dim=0)  # (B, N_v, W)
-            xs.append(xo), cs.append(self.t_embed_o(tau_o))  # (B, W)
-        last = len(self.mmdit) - 1
-        for i, blk in enumerate(self.mmdit):
-            ctxs = None
-            if self.ctx_per_mmdit:
-                ctxs = kv["mmdit"][i] if kv is not None else [ctx] * len(xs)
-            need = [False, True] if (not need_action and i == last) else None
-            xs = blk(xs, cs, ctxs, ctx_valid, need)  # [(B, 1+H, W) | None, (B, N_v, W)]
-        v_a = v_o = None
-        if need_action:
-            x = xs[0]
-            for j, blk in enumerate(self.action_blocks):
-                x = blk(x, ca, kv["action"][j] if kv is not None else ctx, ctx_valid)  # (B, 1+H, W)
-            v_a = self.action_out(x[:, 1:], ca)  # (B, H, D_a)
-        if self.world_model:
-            x = xs[1]
-            for j, blk in enumerate(self.vision_blocks):
-                x = blk(x, cs[1], kv["vision"][j] if kv is not None else ctx, ctx_valid)  # (B, N_v, W)
-            v_o = self.vision_out(x, cs[1])  # (B, N_v, C)
+            xo = self.future_enc(o_t.to(dt)) + self.future_pos_embed()  # (B, N_v, W)
+            mods_o = [m.unbind(1) for m in self.modulations(self.t_embed_o(tau_o), 1)]  # per layer k x (B, W)
+        v_a, v_o = self.denoise(xa, xo, mods_a, mods_o, kv if kv is not None else ctx, ctx_valid, need_action)
         return (v_a.float() if v_a is not None else None), (v_o.float() if v_o is not None else None)
+
+    # ------------------------------------------------------------ sampling: constants once per chunk
+
+    def sampling_plan(self, state: Tensor, ctx: Tensor, ctx_valid: Tensor, taus_a: list[float],
+                      taus_o: list[float] | None) -> "SamplingPlan":
+        """Everything constant across a chunk's denoising steps, computed once.
+
+        state (B, n_obs*D_s), ctx (B, S, W), ctx_valid (B, S); taus_a / taus_o: the noise level of
+        each step. Precomputes the cross-attention keys/values, the state token, the vision-stream
+        positions, an additive key mask, and every step's adaLN modulations (one matmul per layer
+        over the distinct noise levels).
+        """
+        dt, dev = self.action_enc.weight.dtype, ctx.device
+        ctx = ctx.to(dt)
+        mask = torch.zeros(ctx_valid.shape, dtype=dt, device=dev).masked_fill_(~ctx_valid.bool(), float("-inf"))
+
+        def per_step(taus: list[float], embed: nn.Module, stream: int) -> list[list[tuple[Tensor, ...]]]:
+            levels = sorted(set(taus))
+            c = embed(torch.tensor(levels, dtype=torch.float32, device=dev))  # (n_levels, W)
+            mods = [m.unsqueeze(2).unbind(0) for m in self.modulations(c, stream)]  # per layer n_levels x (k, 1, W)
+            rows = [[m[levels.index(t)].unbind(0) for m in mods] for t in levels]  # per level, per layer k x (1, W)
+            return [rows[levels.index(t)] for t in taus]
+
+        return SamplingPlan(
+            kv=self.context_kv(ctx), mask=mask,
+            state_tok=self.state_enc(state.to(dt))[:, None] + self.action_pos[:1],  # (B, 1, W)
+            action_pos=self.action_pos[1:],  # (H, W)
+            future_pos=self.future_pos_embed() if self.world_model else None,  # (N_v, W)
+            mods_a=per_step(taus_a, self.t_embed_a, 0),
+            mods_o=per_step(taus_o, self.t_embed_o, 1) if self.world_model and taus_o is not None else None,
+            dtype=dt)
+
+    def step(self, plan: "SamplingPlan", i: int, a_t: Tensor, o_t: Tensor | None,
+             need_action: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """Velocities at step ``i`` of a :meth:`sampling_plan`: a_t (B, H, D_a), o_t (B, N_v, C) -> v_a | None, v_o."""
+        dt = plan.dtype
+        xa = torch.cat([plan.state_tok, self.action_enc(a_t.to(dt)) + plan.action_pos], dim=1)  # (B, 1+H, W)
+        xo = self.future_enc(o_t.to(dt)) + plan.future_pos if o_t is not None else None  # (B, N_v, W)
+        v_a, v_o = self.denoise(xa, xo, plan.mods_a[i], plan.mods_o[i] if xo is not None else None, plan.kv,
+                                plan.mask, need_action)
+        return (v_a.float() if v_a is not None else None), (v_o.float() if v_o is not None else None)
+
+
+@dataclass
+class SamplingPlan:
+    """Per-chunk constants of the Euler sampler (see :meth:`DUSTNetwork.sampling_plan`)."""
+
+    kv: dict[str, list]  # cross-attention keys/values per block
+    mask: Tensor  # (B, S) additive key mask: 0 attend, -inf padding
+    state_tok: Tensor  # (B, 1, W) state token with its position
+    action_pos: Tensor  # (H, W) positions of the action tokens
+    future_pos: Tensor | None  # (N_v, W) positions + camera embedding of the vision tokens
+    mods_a: list  # per step, per action-stream adaLN layer: k x (1, W)
+    mods_o: list | None  # per step, per vision-stream adaLN layer: k x (1, W)
+    dtype: torch.dtype
 
 
 # ---------------------------------------------------------------- the policy
@@ -395,7 +495,7 @@ class DUSTPolicy(Policy):
 
     # ------------------------------------------------------------ sampling
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions(self, obs: Observation | Mapping[str, Any], num_action_steps: int | None = None,
                        num_vision_steps: int | None = None, generator: torch.Generator | None = None,
                        seed: int | None = None, skip_action_blocks: bool = True) -> ActionChunk:
@@ -407,6 +507,10 @@ class DUSTPolicy(Policy):
         measure the saving; the result is the same). ``seed`` (or ``generator``) makes chunks reproducible.
         ``extras``: ``future`` (B, N_v, C) predicted future features (normalised space, or None),
         ``num_network_calls``, ``num_action_updates``.
+
+        Runs under ``torch.inference_mode``; what does not change across the denoising steps
+        (cross-attention keys/values, every step's adaLN modulations, the state token, positions,
+        the key mask) is computed once per chunk (:meth:`DUSTNetwork.sampling_plan`).
         """
         cfg, dev = self.config, self.device
         data = obs.to_flat() if isinstance(obs, Observation) else obs
@@ -420,18 +524,18 @@ class DUSTPolicy(Policy):
         tasks = check_tasks(data.get(TASK), b)
         frames = self._camera_frames(data, {c: list(range(cfg.n_obs_steps)) for c in cfg.cameras}, b)
         ctx, ctx_valid = self._condition(frames, tasks)
-        kv = self.net.context_kv(ctx)
+        world = self.strategy.world_model
+        plan = self.net.sampling_plan(state, ctx, ctx_valid, [st.tau_a for st in steps],
+                                      [st.tau_o for st in steps] if world else None)
         if seed is not None:
             generator = torch.Generator(device=dev).manual_seed(int(seed))
         a = torch.randn(b, cfg.horizon, cfg.action_dim, generator=generator, device=dev)  # (B, H, D_a)
         o = torch.randn(b, cfg.num_future_tokens, self.feat_dim, generator=generator, device=dev) \
-            if self.strategy.world_model else None  # (B, N_v, C)
+            if world else None  # (B, N_v, C)
         calls = updates = 0
-        for st in steps:
-            tau_a = torch.full((b,), st.tau_a, device=dev)  # (B,)
-            tau_o = torch.full((b,), st.tau_o, device=dev) if o is not None else None
-            v_a, v_o = self.net(state, a, tau_a, ctx, ctx_valid, o, tau_o, kv=kv,
-                                need_action=st.advance or not skip_action_blocks)
+        for i, st in enumerate(steps):
+            v_a, v_o = self.net(state, a, None, ctx, ctx_valid, o, None, plan=plan, step=i,
+                                need_action=st.advance or not skip_action_blocks)  # (B, H, D_a) | None, (B, N_v, C)
             calls += 1
             if o is not None:
                 o = self.flow.euler_step(o, v_o, st.dt_o)  # (B, N_v, C)
