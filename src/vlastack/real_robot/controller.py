@@ -460,6 +460,13 @@ def _handle_request(name: str, args: tuple, core: ControllerCore, driver: ArmDri
     raise RobotError(f"unknown controller request {name!r}; valid: log, faults, hold, reset")
 
 
+def _safe_estop(driver: ArmDriver) -> None:
+    try:
+        driver.estop()
+    except Exception:  # noqa: BLE001 - the command is frozen regardless; nothing more to do here
+        traceback.print_exc()
+
+
 def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: SafetyLimits, chain: Chain | None,
                  ch: Channels) -> None:
     """Run the servo loop until ``ch.stop`` is set (module docstring). Replies ("ready", info) or
@@ -492,11 +499,15 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
     try:
         while not ch.stop.is_set():
             now = time.monotonic()
-            st = driver.read()
+            try:
+                st = driver.read()
+            except Exception as e:  # noqa: BLE001 - a driver error is a fault; repeated, they stop us
+                st = ArmState(q=core.q_cmd.copy(), dq=np.zeros(limits.n), gripper=core.g_cmd, t=now,
+                              fault=f"read failed: {type(e).__name__}: {e}")
             if ch.estop.is_set() and core.status != "estop":
                 core.estop(now, "e-stop requested")
             if core.status == "estop" and not estopped:
-                driver.estop()
+                _safe_estop(driver)
                 estopped = True
             while ch.actions.poll():
                 try:
@@ -511,11 +522,14 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
             cmd = core.tick(now, st.q, st.fault, st.estop)
             if cmd.status == "estop":
                 if not estopped:
-                    driver.estop()
+                    _safe_estop(driver)
                     estopped = True
             else:
                 estopped = False
-                driver.servo(cmd.q, cmd.gripper, dt)
+                try:
+                    driver.servo(cmd.q, cmd.gripper, dt)
+                except Exception as e:  # noqa: BLE001
+                    core.fault(now, "driver_faults", f"servo failed: {type(e).__name__}: {e}")
             seq += 1
             log.add(now, cmd.status, cmd.q, st.q, cmd.gripper)
             _publish(ch.state, layout, seq, now, core, st, chain)
@@ -539,10 +553,14 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
     finally:
         try:
             core.hold(time.monotonic())
-            driver.servo(core.q_cmd, core.g_cmd, dt) if core.status != "estop" else None
+            if core.status != "estop":
+                driver.servo(core.q_cmd, core.g_cmd, dt)
         except Exception:  # noqa: BLE001
             pass
-        driver.disconnect()
+        try:
+            driver.disconnect()
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
 
 
 def _process_main(driver_spec, config, limits, chain, ch) -> None:
