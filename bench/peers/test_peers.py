@@ -1,0 +1,124 @@
+"""Checks of the benchmark's own machinery (no LeRobot needed): run with
+
+    .venv/bin/python -m pytest -q bench/peers/test_peers.py
+
+- the wire format round-trips nested dicts of arrays of several dtypes and plain values;
+- the PyAV frame decoder that stands in for LeRobot's removed torchvision backend returns the
+  frames at the requested timestamps of a video written by our LeRobot v3 converter (each frame
+  carries its index as brightness, so an off-by-one shows);
+- ratios are taken per round (adjacent runs) and the median reported;
+- the LeRobot proxy is a registered vlastack policy whose checkpoint round-trips its config.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import wire  # noqa: E402
+
+
+def test_wire_round_trip():
+    msg = {"op": "chunk", "frames": [{"observation.state": np.arange(16, dtype=np.float32),
+                                       "observation.images.left": np.full((4, 5, 3), 7, np.uint8), "task": "open it"},
+                                      {"x": np.array([[1, 2], [3, 4]], np.int64), "flag": True, "none": None}],
+           "seed": np.int64(3)}
+    buf = io.BytesIO()
+    wire.write(buf, msg)
+    wire.write(buf, {"op": "close"})
+    buf.seek(0)
+    got = wire.read(buf)
+    assert got["op"] == "chunk" and got["seed"] == 3
+    f0, f1 = got["frames"]
+    np.testing.assert_array_equal(f0["observation.state"], np.arange(16, dtype=np.float32))
+    assert f0["observation.images.left"].dtype == np.uint8 and f0["observation.images.left"].shape == (4, 5, 3)
+    assert f0["task"] == "open it" and f1["flag"] is True and f1["none"] is None
+    np.testing.assert_array_equal(f1["x"], [[1, 2], [3, 4]])
+    assert wire.read(buf) == {"op": "close"}
+    with pytest.raises(EOFError):
+        wire.read(buf)
+
+
+def test_pyav_decoder_picks_the_requested_frames(tmp_path):
+    pytest.importorskip("av")
+    torch = pytest.importorskip("torch")
+    from lerobot_worker import decode_video_frames_pyav
+
+    from vlastack.datasets.lerobot import write_lerobot_v3
+    from vlastack.types import DatasetSpec
+
+    spec = DatasetSpec.robot(cameras=("left",), image_size=(32, 32), state_dim=2, action_dim=2, fps=10)
+    lengths = (12, 9)
+
+    def episodes():
+        base = 0
+        for length in lengths:
+            img = np.zeros((length, 32, 32, 3), np.uint8)
+            img[:] = (20 * (base + np.arange(length)) % 250)[:, None, None, None].astype(np.uint8) + 2
+            yield ({"observation.images.left": img, "observation.state": np.zeros((length, 2), np.float32),
+                    "action": np.zeros((length, 2), np.float32)}, "task", {})
+            base += length
+
+    root = write_lerobot_v3(tmp_path / "ds", spec, episodes(), len(lengths))
+    video = next((root / "videos").rglob("*.mp4"))
+    # second episode starts at 1.2 s in the shared file; ask for its frames 0, 3 and 8
+    frames = decode_video_frames_pyav(video, [1.2, 1.5, 2.0], tolerance_s=1e-4)
+    assert frames.shape == (3, 3, 32, 32) and frames.dtype == torch.float32
+    want = np.array([(20 * g % 250) + 2 for g in (12, 15, 20)], np.float64) / 255
+    got = frames.mean(dim=(1, 2, 3)).numpy()
+    assert np.abs(got - want).max() < 6 / 255, (got * 255, want * 255)
+    with pytest.raises(RuntimeError, match="not within"):
+        decode_video_frames_pyav(video, [1.23], tolerance_s=1e-4)
+
+
+def test_ratios_are_per_round_medians():
+    import run as peers
+
+    def res(sps, p50):
+        return {"params_trainable": 20e6, "params_total": 40e6, "train": {"update_sps": sps, "e2e_sps": sps / 2},
+                "train_cache": {"update_sps": 2 * sps, "e2e_sps": sps}, "rss_peak_train_mib": 1000.0,
+                "latency": {"1": {"p50_ms": p50, "p99_ms": p50 * 1.1}, "2": {"p50_ms": p50 / 2, "p99_ms": p50}}}
+
+    # round 1 is slow for both (a busy machine), round 2 fast: per-round ratios are 2.0 and 3.0
+    rounds = [{"dust": res(10.0, 40.0), "diffusion": res(5.0, 100.0)},
+              {"dust": res(30.0, 20.0), "diffusion": res(10.0, 100.0)}]
+    absolute, ratios = peers.summarize_speed(rounds, ["dust", "diffusion"])
+    r = ratios["dust/diffusion"]
+    assert r["train_update_sps"] == pytest.approx(2.5)
+    assert r["train_update_sps_cache"] == pytest.approx(5.0)
+    assert r["lat1_p50_ms"] == pytest.approx(0.3)
+    assert absolute["dust"]["train_update_sps"] == pytest.approx(20.0)
+    assert absolute["dust"]["train_update_sps_cache"] == pytest.approx(40.0)
+    # a failed run leaves the figure out rather than poisoning the median
+    rounds[1]["diffusion"] = {"error": "boom"}
+    _, ratios = peers.summarize_speed(rounds, ["dust", "diffusion"])
+    assert ratios["dust/diffusion"]["train_update_sps"] == pytest.approx(2.0)
+    table = peers.tables(*peers.summarize_speed(rounds, ["dust", "diffusion"]), None)
+    assert "DUST small / LeRobot Diffusion Policy" in table
+
+
+def test_proxy_checkpoint_round_trips(tmp_path):
+    pytest.importorskip("torch")
+    from lerobot_proxy import LeRobotProxyConfig, LeRobotProxyPolicy, write_proxy_checkpoint
+
+    from vlastack.policies.base import load_policy
+    from vlastack.rollout.policy_adapters import policy_inputs
+
+    cfg = LeRobotProxyConfig(checkpoint=str(tmp_path / "lerobot"), python=sys.executable, state_dim=16,
+                             n_obs_steps=2, horizon=8)
+    path = write_proxy_checkpoint(tmp_path / "proxy", cfg)
+    assert json.loads((path / "config.json").read_text())["policy"] == "lerobot"
+    p = load_policy(path)
+    assert isinstance(p, LeRobotProxyPolicy) and p.config == cfg
+    inputs = policy_inputs(p.config)
+    assert inputs.n_obs == 2 and inputs.state_dim == 16 and inputs.horizon == 8
+    with pytest.raises(ValueError, match="checkpoint and python"):
+        LeRobotProxyConfig()
