@@ -59,3 +59,42 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(tmp_path, s
         torch.testing.assert_close(a["ema"]["shadow"][k], b["ema"]["shadow"][k], atol=1e-5, rtol=1e-4)
     # (often bitwise equal: (g1 + g2) / 2 and g1 / 2 + g2 / 2 round alike). A rank that skipped the
     # all-reduce would follow its own chunk only and leave rank 0's weights away from the 1-process run.
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-5, rtol=1e-4, msg=f"model {k}")
+    for k in a["ema"]["shadow"]:
+        torch.testing.assert_close(a["ema"]["shadow"][k], b["ema"]["shadow"][k], atol=1e-5, rtol=1e-4)
+
+
+FSDP = ["train.grad_accum=1", "train.strategy=fsdp"]
+
+
+def test_fsdp_shards_the_blocks_and_matches_one_process(tmp_path, store):
+    """train.strategy=fsdp (FSDP2 on the transformer blocks) trains the same weights as one process."""
+    from vlastack.policies.base import make_policy
+    from vlastack.train.distributed import wrap_units
+
+    units = wrap_units(make_policy("dust", "tiny"))
+    assert units and all(any(p.requires_grad for p in u.parameters()) for u in units)
+    assert not any(isinstance(m, (torch.nn.ModuleList, torch.nn.ModuleDict)) for m in units)
+    train(from_hydra(compose("train", _overrides(store, tmp_path / "one", "train.grad_accum=2"))))
+    _spawn(2, _overrides(store, tmp_path / "two", *FSDP))
+    a = load_state(read_pointer(Path(tmp_path / "one", "checkpoints"), "last"))
+    b = load_state(read_pointer(Path(tmp_path / "two", "checkpoints"), "last"))
+    assert a["step"] == b["step"] == 3
+    _assert_same(a, b)
+
+
+@pytest.mark.slow
+def test_fsdp_resume_from_gathered_checkpoint(tmp_path, store):
+    """An FSDP run stopped and resumed (optimizer and EMA re-sharded) equals the uninterrupted 1-process run."""
+    train(from_hydra(compose("train", _overrides(store, tmp_path / "one", "train.grad_accum=2"))))
+    _spawn(2, _overrides(store, tmp_path / "two", *FSDP, "train.stop_after_steps=2"))
+    assert load_state(read_pointer(Path(tmp_path / "two", "checkpoints"), "last"))["step"] == 2
+    _spawn(2, _overrides(store, tmp_path / "two", *FSDP))
+    a = load_state(read_pointer(Path(tmp_path / "one", "checkpoints"), "last"))
+    b = load_state(read_pointer(Path(tmp_path / "two", "checkpoints"), "last"))
+    assert a["step"] == b["step"] == 3
+    _assert_same(a, b)

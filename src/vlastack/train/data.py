@@ -84,6 +84,10 @@ def merge_stats(stats: Sequence[Mapping[str, Mapping[str, Any]]], weights: Seque
         if len(parts) == 1:
             out[k] = {n: np.asarray(v, np.float64) for n, v in parts[0][0].items()}
             continue
+        shapes = {np.asarray(p["mean"]).shape for p, _ in parts}
+        if len(shapes) > 1:
+            raise TrainConfigError(f"dataset: {k!r} has different shapes across the stores {sorted(shapes)}; "
+                                   "multi-store training needs one layout")
         w = np.asarray([p[1] for p in parts], np.float64)
         w = w / w.sum()
         mean = sum(wi * np.asarray(p["mean"], np.float64) for (p, _), wi in zip(parts, w))

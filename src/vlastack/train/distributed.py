@@ -23,6 +23,9 @@ from vlastack.policies import layers
 #: the blocks FSDP2 shards one by one: the transformer blocks of DUST and Dita
 WRAP_UNIT_TYPES: tuple[type, ...] = tuple(getattr(layers, n) for n in ("TransformerBlock", "DiTBlock", "MMDiTBlock",
                                                                        "LlamaBlock") if hasattr(layers, n))
+#: submodules whose weights the network reads outside their block (DUST batches every adaLN modulation
+#: of a stream in one place): they stay with the root unit, which is gathered for the whole forward
+ROOT_HELD_TYPES: tuple[type, ...] = tuple(getattr(layers, n) for n in ("AdaLNZero",) if hasattr(layers, n))
 
 
 @dataclass
@@ -121,9 +124,23 @@ class LossModule(nn.Module):
         return self.policy.compute_loss(batch)
 
 
+def _split_held(m: nn.Module) -> list[nn.Module]:
+    """``m`` as shardable units: itself, or (when it holds a :data:`ROOT_HELD_TYPES` module) its other
+    children, recursively; the held modules and ``m``'s own parameters stay with the root."""
+    if not any(p.requires_grad for p in m.parameters()):
+        return []
+    container = isinstance(m, (nn.ModuleList, nn.ModuleDict))  # no forward of their own: wrap the items
+    if not container and not any(isinstance(x, ROOT_HELD_TYPES) for x in m.modules()):
+        return [m]
+    if isinstance(m, ROOT_HELD_TYPES):
+        return []
+    return [u for c in m.children() for u in _split_held(c)]
+
+
 def wrap_units(policy: nn.Module) -> list[nn.Module]:
-    """The transformer blocks FSDP2 shards as units: ``policy.fsdp_units()`` when defined, else every
-    trainable module of :data:`WRAP_UNIT_TYPES` (outermost only)."""
+    """The modules FSDP2 shards as units: ``policy.fsdp_units()`` when defined, else every trainable
+    transformer block of :data:`WRAP_UNIT_TYPES` (outermost only), minus the adaLN modulations the
+    network reads outside the blocks (those stay with the root)."""
     own = getattr(policy, "fsdp_units", None)
     if callable(own):
         return list(own())
@@ -133,7 +150,7 @@ def wrap_units(policy: nn.Module) -> list[nn.Module]:
         if id(m) in inside:
             continue
         if isinstance(m, WRAP_UNIT_TYPES) and any(p.requires_grad for p in m.parameters()):
-            units.append(m)
+            units.extend(_split_held(m))
             inside.update(id(x) for x in m.modules())
     return units
 

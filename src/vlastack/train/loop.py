@@ -249,6 +249,10 @@ class Trainer:
         else:
             self.optimizer.load_state_dict(st["optimizer"])
         self.schedule.load_state_dict(st["schedule"])
+        # the config decides the run's length (train.steps may be raised to extend a finished run); a
+        # wall-clock plan is kept as re-planned, within train.steps
+        self.schedule.replan(self.cfg.steps if self.cfg.max_minutes is None
+                             else min(self.schedule.total_steps, self.cfg.steps))
         if self.ema is not None and st.get("ema") is not None:
             if self.fsdp:
                 from torch.distributed.tensor import distribute_tensor
