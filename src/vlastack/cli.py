@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("vlastack.train", "main", "train a policy (Hydra)"),
     "eval": ("vlastack.rollout.evaluate", "main", "evaluate a policy in simulation (Hydra)"),
     "serve": ("vlastack.rollout.server", "main", "serve a policy over the openpi websocket protocol (Hydra)"),
-    "deploy": ("vlastack.real_robot.deploy", "main", "run a policy on a robot or its digital twin (Hydra)"),
+    "deploy": ("vlastack.rollout.deploy", "main", "run a policy on a robot or its digital twin (Hydra)"),
 }
 
 

@@ -1,0 +1,474 @@
+"""Deployment: run a policy on a robot (or its digital twin) through the safe controller.
+
+``vlastack deploy robot=twin checkpoint=RUN task="open the drawer"`` (Hydra overrides over
+``configs/deploy.yaml``; ``policy=scripted`` runs the twin's scripted drawer policy instead of a
+checkpoint). The loop is the one of simulation, :func:`~.episode.run_episode`, with
+:class:`RobotDeployEnv` adapting the robot: each step sends one timestamped action (target time
+= send time + ``lookahead_s``) to the controller process, which interpolates between them at
+its servo rate and enforces the safety limits; the chunk executor runs asynchronously by default
+(the next chunk is computed while the current one plays).
+
+Measured and printed at the end (and written to ``out`` as JSON):
+
+- observation-to-action latency: from the capture time of the observation a chunk was
+  planned from (its stalest source, camera or state) to the moment the chunk was ready, p50/p99;
+- loop jitter: |interval between consecutive actions sent - 1/fps|, p50/p99;
+- the controller's tick jitter (|tick interval - 1/rate_hz|, p50/p99) and its counters.
+
+It stops cleanly on Ctrl-C (the arm is held, the controller and the twin shut down, exit code
+130), on an e-stop (software: ``robot.estop()`` or ``kill -USR1 <pid>``; hardware: reported by
+the driver) or when the controller stops after repeated faults; the episode then ends with that
+reason. Episodes after the first begin with ``robot.reset_scene(seed)`` on the twin, or wait for
+the operator on real robots (``wait_for_operator``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from vlastack.real_robot.base import RobotError, StaleFrameError
+from vlastack.real_robot.controller import tick_jitter
+from vlastack.real_robot.registry import RobotConfigError, make_robot
+from vlastack.rollout.episode import run_episode
+from vlastack.rollout.executors import ExecutorError, make_executor
+from vlastack.rollout.policy_adapters import PolicyAdapterError, PolicyInputs, as_policy
+from vlastack.types import TIMESTAMP, Observation
+
+POLICIES = ("checkpoint", "scripted")
+
+
+class DeployError(ValueError):
+    """Bad deploy settings (policy, checkpoint, robot/policy mismatch); the message says what to change."""
+
+
+# ------------------------------------------------------------------------------------ the env adapter
+
+
+class RobotDeployEnv:
+    """A connected robot as the episode loop's env: timestamped actions, success from the twin, ends on e-stop.
+
+    ``lookahead_s``: each action is the controller's target for send time + this (default 1/fps).
+    """
+
+    def __init__(self, robot: Any, lookahead_s: float | None = None):
+        self.robot = robot
+        self.lookahead_s = float(lookahead_s) if lookahead_s else 1.0 / robot.fps
+        self.send_times: list[float] = []
+        self.last_capture: float | None = None
+        self.end_reason: str | None = None
+        self._last_obs: dict | None = None
+
+    def _success(self) -> bool:
+        fn = getattr(self.robot, "task_success", None)
+        return bool(fn()) if callable(fn) else False
+
+    def _observe(self) -> dict:
+        obs = self.robot.get_observation()
+        self.last_capture = float(obs.get(TIMESTAMP, time.monotonic()))
+        self._last_obs = obs
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """The robot's current observation (the scene is reset by :func:`deploy` between episodes)."""
+        self.send_times.clear()
+        self.end_reason = None
+        return self._observe(), {"success": self._success()}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        """Send one action; end the episode on e-stop, a stopped controller or a frozen camera."""
+        now = time.monotonic()
+        self.robot.send_action(np.asarray(action, np.float32), t=now + self.lookahead_s)
+        self.send_times.append(now)
+        status = self.robot.status
+        info: dict[str, Any] = {"success": False, "status": status}
+        if status in ("estop", "stopped"):
+            self.end_reason = "e-stop" if status == "estop" else "controller stopped after repeated faults"
+            return self._last_obs, 0.0, True, False, info
+        try:
+            obs = self._observe()
+        except StaleFrameError as e:
+            self.end_reason = f"camera frozen: {e}"
+            self.robot.hold()
+            return self._last_obs, 0.0, True, False, info
+        info["success"] = self._success()
+        return obs, 0.0, False, False, info
+
+
+class LatencyProbe:
+    """Wraps a chunk executor to time each chunk from its observation's capture to its arrival.
+
+    The env records the capture time of every observation; :meth:`act` ties it to the observation
+    object the executor receives, and the wrapped plan function reads it back when (in whichever
+    thread) that observation is planned from.
+    """
+
+    def __init__(self, executor: Any, env: RobotDeployEnv):
+        self.inner, self.env = executor, env
+        self.latencies: list[float] = []
+        self._captures: dict[int, tuple[Observation, float]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The wrapped executor's counters."""
+        return self.inner.stats
+
+    def describe(self) -> dict[str, Any]:
+        """The wrapped executor's description."""
+        return self.inner.describe()
+
+    def reset(self, plan: Callable[[Observation], np.ndarray]) -> None:
+        """Start an episode with a timed ``plan``."""
+        self.latencies = []
+        with self._lock:
+            self._captures.clear()
+
+        def timed(obs: Observation) -> np.ndarray:
+            with self._lock:
+                entry = self._captures.pop(id(obs), None)
+            chunk = plan(obs)
+            if entry is not None:
+                self.latencies.append(time.monotonic() - entry[1])
+            return chunk
+
+        self.inner.reset(timed)
+
+    def act(self, step: int, obs: Observation) -> np.ndarray:
+        """Record the observation's capture time, then let the executor act."""
+        with self._lock:
+            if len(self._captures) > 256:  # never planned from: forget the oldest
+                for k in list(self._captures)[:128]:
+                    del self._captures[k]
+            if self.env.last_capture is not None:
+                self._captures[id(obs)] = (obs, self.env.last_capture)  # obs kept alive so its id stays unique
+        return self.inner.act(step, obs)
+
+    def close(self) -> None:
+        """Close the wrapped executor."""
+        self.inner.close()
+
+
+def _percentiles(x: list[float] | np.ndarray, scale: float = 1e3) -> dict[str, float]:
+    a = np.asarray(x, float) * scale
+    if a.size == 0:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan"), "n": 0}
+    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
+            "max_ms": round(float(a.max()), 3), "n": int(a.size)}
+
+
+def timing_report(probe: LatencyProbe, env: RobotDeployEnv, robot: Any) -> dict[str, Any]:
+    """Latency and jitter figures of one episode (module docstring)."""
+    period = 1.0 / robot.fps
+    intervals = np.diff(np.asarray(env.send_times, float))
+    out = {"obs_to_action": _percentiles(probe.latencies),
+           "loop_jitter": _percentiles(np.abs(intervals - period)),
+           "loop_period_ms": round(float(intervals.mean() * 1e3), 3) if intervals.size else float("nan")}
+    try:
+        log = robot.log()
+        t = log["t"][log["t"] >= (env.send_times[0] if env.send_times else -np.inf)]
+        out["controller_jitter"] = {k: round(v, 3) for k, v in tick_jitter(t, robot.config.rate_hz).items()}
+        out["controller"] = robot.state().counters
+    except RobotError:
+        pass
+    task_state = getattr(robot, "task_state", None)
+    if callable(task_state):
+        ts = task_state()
+        out["twin"] = {k: ts[k] for k in ("rtf", "dropped_commands", "applied_commands", "frozen_frames", "slips")}
+    return out
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+@dataclass
+class DeployConfig:
+    """What to deploy where (see ``configs/deploy.yaml``)."""
+
+    robot: dict
+    policy: str = "checkpoint"
+    checkpoint: str | None = None
+    task: str | None = None
+    episodes: int = 1
+    max_steps: int = 400
+    seed: int = 0
+    device: str = "cpu"
+    executor: str = "async"
+    executor_options: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)
+    warmup: bool = True
+    scripted: dict = field(default_factory=dict)
+    lookahead_s: float | None = None
+    wait_for_operator: bool = False
+    out: str | None = None
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise DeployError(f"policy: unknown {self.policy!r}; valid choices: {list(POLICIES)}")
+        if self.policy == "checkpoint" and not self.checkpoint:
+            raise DeployError("checkpoint: required with policy=checkpoint (a checkpoint directory, a `last` "
+                              "pointer or a run directory); or use policy=scripted on the twin")
+        if self.policy == "scripted" and (self.robot or {}).get("type") != "twin":
+            raise DeployError(f"policy=scripted drives the digital twin only (robot=twin), not "
+                              f"robot.type={(self.robot or {}).get('type')!r}")
+        for name in ("episodes", "max_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DeployError(f"{name}: expected an int >= 1, got {v!r}")
+        if self.task is not None and not str(self.task).strip():
+            raise DeployError("task: an empty instruction; give the task, e.g. task=\"open the drawer\"")
+        if self.lookahead_s is not None and not 0 < float(self.lookahead_s) <= 2:
+            raise DeployError(f"lookahead_s: expected seconds in (0, 2] or null, got {self.lookahead_s!r}")
+
+
+def _resolve_twin_inputs(robot_cfg: dict, inputs: PolicyInputs | None) -> dict:
+    """``twin.cameras`` / ``twin.image_size`` = ``auto`` take the policy's inputs (or the defaults)."""
+    robot_cfg = json.loads(json.dumps(robot_cfg))
+    if robot_cfg.get("type") != "twin":
+        return robot_cfg
+    twin = robot_cfg.setdefault("twin", {})
+    if twin.get("cameras", "auto") == "auto":
+        twin["cameras"] = list(inputs.cameras) if inputs else ["front", "wrist"]
+    if twin.get("image_size", "auto") == "auto":
+        twin["image_size"] = list(inputs.image_size) if inputs else [64, 64]
+    return robot_cfg
+
+
+def _check_inputs(inputs: PolicyInputs, robot: Any) -> None:
+    spec = robot.spec
+    problems = []
+    missing = [c for c in inputs.cameras if c not in spec.cameras]
+    if missing:
+        problems.append(f"cameras {missing} missing (the robot has {spec.cameras})")
+    for cam in inputs.cameras:
+        if cam in spec.cameras and tuple(spec.features[f"observation.images.{cam}"].shape[:2]) != tuple(inputs.image_size):
+            problems.append(f"camera {cam!r} gives {spec.features[f'observation.images.{cam}'].shape[:2]}, "
+                            f"the policy reads {tuple(inputs.image_size)}")
+    if inputs.state_dim and inputs.state_dim != spec.state_dim:
+        problems.append(f"state dim {spec.state_dim}, the policy reads {inputs.state_dim}")
+    if inputs.action_dim != spec.action_dim:
+        problems.append(f"actions have {spec.action_dim} dims ({robot.config.action_mode} mode), the policy "
+                        f"predicts {inputs.action_dim}")
+    if problems:
+        raise DeployError("the policy does not fit this robot: " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------ the run
+
+
+def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
+           print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Connect, run ``cfg.episodes`` episodes, disconnect; returns the summary (module docstring).
+
+    ``on_connect(robot)`` runs once the robot is connected (tests use it to inject e-stops).
+    A KeyboardInterrupt is re-raised after the robot was held and disconnected; the partial
+    summary is then in ``deploy.last_summary``.
+    """
+    policy, inputs = None, None
+    if cfg.policy == "checkpoint":
+        try:
+            from vlastack.policies.base import load_policy
+            from vlastack.rollout.policy_adapters import LoadedPolicy, resolve_checkpoint
+
+            policy = LoadedPolicy(load_policy(resolve_checkpoint(cfg.checkpoint), map_location=cfg.device),
+                                  dict(cfg.sampling or {}))
+        except (FileNotFoundError, PolicyAdapterError) as e:
+            raise DeployError(str(e)) from None
+        inputs = policy.inputs()
+    robot = make_robot(_resolve_twin_inputs(dict(cfg.robot), inputs), instruction=cfg.task)
+    if inputs is not None:
+        _check_inputs(inputs, robot)
+    try:
+        executor = make_executor(cfg.executor, **dict(cfg.executor_options or {}))
+    except ExecutorError as e:
+        raise DeployError(str(e)) from None
+    summary: dict[str, Any] = {"robot": robot.name, "policy": cfg.policy, "checkpoint": cfg.checkpoint,
+                               "executor": executor.describe(), "fps": robot.fps,
+                               "rate_hz": robot.config.rate_hz, "episodes": []}
+    deploy.last_summary = summary
+    previous = signal.getsignal(signal.SIGUSR1) if threading.current_thread() is threading.main_thread() else None
+    robot.connect()
+    try:
+        if previous is not None:
+            signal.signal(signal.SIGUSR1, lambda *_: robot.estop())
+        if on_connect is not None:
+            on_connect(robot)
+        if cfg.policy == "scripted":
+            from vlastack.real_robot.twin import TwinScriptedPolicy
+
+            policy = TwinScriptedPolicy(robot, seed=cfg.seed, **dict(cfg.scripted or {}))
+        else:
+            policy = as_policy(policy)
+        instruction = cfg.task or robot.instruction
+        if not instruction:
+            raise DeployError("task: required for this robot (it has no task of its own), e.g. task=\"pick the cup\"")
+        robot.instruction = instruction
+        if cfg.warmup and cfg.policy == "checkpoint":
+            t0 = time.perf_counter()
+            obs = robot.get_observation()
+            from vlastack.rollout.episode import ObservationHistory
+
+            hist = ObservationHistory(inputs.n_obs, inputs.cameras)
+            hist.reset(obs, instruction)
+            policy.sample_actions(hist.observation())
+            summary["warmup_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+        for ep in range(cfg.episodes):
+            seed = cfg.seed + ep
+            if ep > 0:
+                if callable(getattr(robot, "reset_scene", None)):
+                    robot.reset_scene(seed)
+                elif cfg.wait_for_operator:
+                    input(f"episode {ep}: reset the scene, then press Enter (Ctrl-C stops) ")
+            env = RobotDeployEnv(robot, cfg.lookahead_s)
+            probe = LatencyProbe(executor, env)
+            res = run_episode(env, policy, probe, max_steps=cfg.max_steps, seed=seed,
+                              n_obs=inputs.n_obs if inputs else 1, cameras=list(inputs.cameras) if inputs else None,
+                              instruction=instruction, rate_hz=robot.fps)
+            if robot.status not in ("estop", "stopped"):
+                robot.hold()
+            doc = {**res.to_dict(), "reason": env.end_reason or res.reason, **timing_report(probe, env, robot)}
+            summary["episodes"].append(doc)
+            print_fn(format_episode(ep, doc))
+            if env.end_reason and env.end_reason.startswith(("e-stop", "controller stopped")):
+                break
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+        try:
+            robot.hold()
+        except RobotError:
+            pass
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGUSR1, previous)
+        robot.disconnect()
+        eps = summary["episodes"]
+        summary["success_rate"] = (sum(e["success"] for e in eps) / len(eps)) if eps else None
+        if cfg.out:
+            Path(cfg.out).write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+deploy.last_summary = None
+
+
+def format_episode(index: int, doc: Mapping[str, Any]) -> str:
+    """One episode's result and timing figures as printed lines."""
+    lat, jit = doc.get("obs_to_action", {}), doc.get("loop_jitter", {})
+    lines = [f"episode {index}: {'SUCCESS' if doc['success'] else 'no success'} ({doc['reason']}) in {doc['steps']} "
+             f"steps, {doc['wall_s']:.2f} s, {doc['policy_calls']} policy calls",
+             f"  observation-to-action latency: p50 {lat.get('p50_ms', float('nan')):.1f} ms, "
+             f"p99 {lat.get('p99_ms', float('nan')):.1f} ms (n={lat.get('n', 0)})",
+             f"  action loop jitter: p50 {jit.get('p50_ms', float('nan')):.2f} ms, p99 {jit.get('p99_ms', float('nan')):.2f} ms "
+             f"(period {doc.get('loop_period_ms', float('nan')):.1f} ms)"]
+    cj = doc.get("controller_jitter")
+    if cj:
+        lines.append(f"  controller tick jitter: p50 {cj['p50_ms']:.3f} ms, p99 {cj['p99_ms']:.3f} ms, "
+                     f"max {cj['max_ms']:.3f} ms")
+    c = doc.get("controller")
+    if c:
+        lines.append(f"  controller: {c['ticks']} ticks, {c['accepted']} actions, {c['stale']} stale dropped, "
+                     f"{c['watchdog']} watchdog, {c['invalid']} invalid, {c['rate_limited']} rate-limited ticks")
+    tw = doc.get("twin")
+    if tw:
+        lines.append(f"  twin: real-time factor {tw['rtf']:.2f}, {tw['dropped_commands']} commands dropped, "
+                     f"{tw['frozen_frames']} frames frozen")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+_USAGE = """usage: vlastack deploy [overrides...]
+  vlastack deploy robot=twin policy=scripted task="open the drawer"
+  vlastack deploy robot=twin checkpoint=runs/dust_small/checkpoints/last task="open the drawer"
+  vlastack deploy robot=twin policy=scripted robot.twin.cmd_latency_s=0.05 robot.twin.cmd_jitter_s=0.03
+  vlastack deploy robot=ur robot.host=192.168.1.10 checkpoint=... task="pick up the cup"
+Ctrl-C stops cleanly (the arm holds); kill -USR1 <pid> is a software e-stop.
+
+configuration:
+"""
+
+
+#: open dictionaries: ``scripted.infer_delay_s=0.05`` adds a key there without Hydra's ``+``
+OPEN_KEYS = ("sampling.", "executor_options.", "scripted.")
+
+
+def compose_config(overrides: list[str]):
+    """The composed Hydra config of ``configs/deploy.yaml`` with ``overrides``.
+
+    ``policy=...`` is taken out before composing and set after: ``policy`` is also the name of the
+    training configs' group, which Hydra would otherwise try to select (as ``vlastack eval`` does).
+    """
+    from omegaconf import open_dict
+
+    from vlastack.rollout.common import compose
+
+    rest, policy = [], None
+    for o in overrides:
+        if o.startswith("policy="):
+            policy = o[len("policy="):].strip()
+        elif o.startswith(OPEN_KEYS) and "=" in o:
+            rest.append("++" + o)  # open dictionaries: keys added without Hydra's "+"
+        else:
+            rest.append(o)
+    cfg = compose("deploy", rest)
+    if policy is not None:
+        with open_dict(cfg):
+            cfg.policy = policy
+    return cfg
+
+
+def config_from_hydra(hcfg) -> DeployConfig:
+    """A :class:`DeployConfig` from the composed config."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(hcfg, resolve=True)
+    known = set(DeployConfig.__dataclass_fields__)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise DeployError(f"unknown keys {unknown}; valid: {sorted(known)}")
+    return DeployConfig(**d)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vlastack deploy`` entry: compose, deploy, print the figures; 130 on Ctrl-C, 2 on bad settings."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from vlastack.rollout.common import ConfigsNotFound, is_config_error
+
+    if any(a in ("-h", "--help", "help") for a in argv):
+        from omegaconf import OmegaConf
+
+        print(_USAGE + OmegaConf.to_yaml(compose_config([])))
+        return 0
+    try:
+        cfg = config_from_hydra(compose_config(argv))
+    except (DeployError, ConfigsNotFound) as e:
+        print(f"vlastack deploy: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # Hydra's override errors
+        if is_config_error(e):
+            print(f"vlastack deploy: {e}", file=sys.stderr)
+            return 2
+        raise
+    try:
+        summary = deploy(cfg)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the arm was held and the controller stopped cleanly", file=sys.stderr)
+        return 130
+    except (DeployError, RobotConfigError, RobotError, ValueError) as e:
+        print(f"vlastack deploy: {e}", file=sys.stderr)
+        return 2
+    rate = summary["success_rate"]
+    print(f"success: {sum(e['success'] for e in summary['episodes'])}/{len(summary['episodes'])}"
+          + (f" ({rate:.0%})" if rate is not None else ""))
+    return 0 if summary["episodes"] and not any(e["reason"].startswith(("e-stop", "controller stopped"))
+                                                for e in summary["episodes"]) else 1
