@@ -100,6 +100,8 @@ def test_config_composition_and_bad_settings(capsys):
     assert main(["policy=scripted", "robot=franka"]) == 2
     assert "twin only" in capsys.readouterr().err
     assert main(["robot=nosuch"]) == 2
+    assert main(["robot=ur", "checkpoint=x"]) == 2
+    assert "robot.host: required" in capsys.readouterr().err
     assert cli.COMMANDS["deploy"][0] == "vlastack.rollout.deploy"
 
 

@@ -434,12 +434,16 @@ def config_from_hydra(hcfg) -> DeployConfig:
     """A :class:`DeployConfig` from the composed config."""
     from omegaconf import OmegaConf
 
-    d = OmegaConf.to_container(hcfg, resolve=True)
+    d = OmegaConf.to_container(hcfg, resolve=True)  # a missing value ("???") stays a placeholder here
     known = set(DeployConfig.__dataclass_fields__)
     unknown = sorted(set(d) - known)
     if unknown:
         raise DeployError(f"unknown keys {unknown}; valid: {sorted(known)}")
-    return DeployConfig(**d)
+    cfg = DeployConfig(**d)  # its own checks first (e.g. which policies drive which robots)
+    missing = sorted(OmegaConf.missing_keys(hcfg))
+    if missing:
+        raise DeployError(f"{missing[0]}: required, e.g. vlastack deploy robot=ur robot.host=192.168.1.10 ...")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ def setup(device: str = "auto", backend: str = "auto") -> DistInfo:
             from .config import TrainConfigError
 
             raise TrainConfigError(f"train.device: {device!r} but CUDA is not available; use device=cpu or auto")
-        dev = torch.device(device if ":" in device or world == 1 else f"cuda:{local}")
+        dev = torch.device(device if ":" in device else f"cuda:{local}")  # set_device needs an index
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
