@@ -19,7 +19,13 @@ import time
 def run_task(args) -> dict:
     """Run ``episodes`` seeded episodes of one task's expert; return counts and failures."""
     task, episodes, seed0 = args
+    import logging
+
+    import robosuite  # noqa: F401  (sets its logger's level on import; quieten it after)
+
     from vlastack.envs.kitchen import TASKS, make_expert, make_kitchen_env
+
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)  # per-reset controller chatter
 
     env = make_kitchen_env(task, cameras=())
     expert = make_expert(env)

@@ -214,7 +214,7 @@ class SingleCabinet(Fixture):
 
     xml_file = "cabinet_single.xml"
     label = "cabinet"
-    footprint = (0.34, 0.36, 0.40)
+    footprint = (0.34, 0.36, 0.46)
     front_x = 0.0
     tint_materials = ("body_mat", "door_mat")
     doors = (HingeDoor("door", "door", "handle", -1.0),)
@@ -285,7 +285,7 @@ class Microwave(Fixture):
 
     xml_file = "microwave.xml"
     label = "microwave"
-    footprint = (0.38, 0.52, 0.36)
+    footprint = (0.38, 0.52, 0.42)
     front_x = -0.03
     tint_materials = ("body_mat", "door_mat")
     doors = (HingeDoor("door", "door", "handle", -1.0),)

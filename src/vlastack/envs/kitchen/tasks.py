@@ -298,6 +298,7 @@ class TurnOffMicrowave(_MicrowaveButtonTask):
 # ----------------------------------------------------------------------------- pick and place
 SMALL = ("can", "lemon", "bread", "cube", "ball")  # short enough to carry into a cabinet or microwave
 ALL_OBJECTS = ("can", "bottle", "milk", "lemon", "bread", "cube", "ball")
+MUG_MAX_YAW = 0.5  # rad: a mug's handle stays pointing roughly away from the robot
 
 
 def _upright(obj) -> bool:
@@ -308,11 +309,13 @@ class Region:
     """Where an object starts or should end up: sampling, the expert's drop point, a predicate.
 
     ``enclosed`` regions (cabinet, microwave) are reached through their front opening, below
-    ``ceiling`` (a world height); the others from above.
+    ``ceiling`` (a world height); the others from above. Objects start at a yaw drawn
+    uniformly within ``max_yaw`` radians (a mug's handle within ``MUG_MAX_YAW``).
     """
 
     noun = ""
     enclosed = False
+    max_yaw = np.pi / 4
 
     def surface(self, scene) -> float:
         """World height of the surface objects rest on."""
@@ -376,15 +379,16 @@ class CounterRegion(Region):
 
 
 class SinkRegion(Region):
-    """The sink's basin."""
+    """The sink's basin. Objects start in its front half, away from the faucet's nozzle, and
+    turned less than elsewhere: a hand turned far would catch the front wall's rim."""
 
-    noun = "sink"
+    noun, max_yaw = "sink", 0.35
 
     def surface(self, scene):
         return scene.main_fixture.pos[2] + 0.02
 
     def sample(self, scene, rng):
-        return scene.main_fixture.pos[:2] + [rng.uniform(-0.13, -0.04), rng.uniform(-0.14, 0.1)]
+        return scene.main_fixture.pos[:2] + [rng.uniform(-0.13, -0.08), rng.uniform(-0.14, 0.1)]
 
     def drop(self, scene):
         return scene.main_fixture.pos[:2] + [-0.09, -0.1]
@@ -404,10 +408,10 @@ class CabinetRegion(Region):
         return scene.main_fixture.pos[2] + 0.03
 
     def sample(self, scene, rng):
-        return scene.main_fixture.pos[:2] + [rng.uniform(-0.1, -0.06), rng.uniform(-0.09, 0.03)]
+        return scene.main_fixture.pos[:2] + [rng.uniform(-0.13, -0.1), rng.uniform(-0.06, 0.04)]
 
     def drop(self, scene):
-        return scene.main_fixture.pos[:2] + [-0.08, -0.05]
+        return scene.main_fixture.pos[:2] + [-0.115, -0.02]
 
     def contains(self, scene, obj):
         lx, ly = _local(scene, obj.pos[:2])
@@ -418,7 +422,7 @@ class CabinetRegion(Region):
         return scene.main_fixture.pos[0] - 0.17
 
     def ceiling(self, scene):
-        return scene.main_fixture.pos[2] + 0.38
+        return scene.main_fixture.pos[2] + 0.44
 
 
 class MicrowaveRegion(Region):
@@ -430,10 +434,10 @@ class MicrowaveRegion(Region):
         return scene.main_fixture.pos[2] + 0.026
 
     def sample(self, scene, rng):
-        return scene.main_fixture.pos[:2] + [rng.uniform(-0.11, -0.07), rng.uniform(0.03, 0.12)]
+        return scene.main_fixture.pos[:2] + [rng.uniform(-0.14, -0.11), rng.uniform(0.03, 0.12)]
 
     def drop(self, scene):
-        return scene.main_fixture.pos[:2] + [-0.09, 0.06]
+        return scene.main_fixture.pos[:2] + [-0.125, 0.06]
 
     def contains(self, scene, obj):
         lx, ly = _local(scene, obj.pos[:2])
@@ -444,7 +448,7 @@ class MicrowaveRegion(Region):
         return scene.main_fixture.pos[0] - 0.19
 
     def ceiling(self, scene):
-        return scene.main_fixture.pos[2] + 0.34
+        return scene.main_fixture.pos[2] + 0.40
 
 
 class BurnerRegion(Region):
@@ -513,7 +517,8 @@ class _PnPTask(KitchenTask):
             words.update(burner_id=burner, burner=burner.replace("_", " "))
         obj = scene.objects[_pick(rng, self.object_categories)]
         colour = obj.set_colour(rng)
-        yaw = rng.uniform(-0.5, 0.5) if obj.category.name == "mug" else rng.uniform(-np.pi / 4, np.pi / 4)
+        max_yaw = min(MUG_MAX_YAW, self.source.max_yaw) if obj.category.name == "mug" else self.source.max_yaw
+        yaw = rng.uniform(-max_yaw, max_yaw)
         obj.place(self.source.sample(scene, rng), self.source.surface(scene), yaw)
         scene.active_object = obj
         words["obj"] = f"{colour} {obj.category.noun}" if colour else obj.category.noun
