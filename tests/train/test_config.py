@@ -62,6 +62,7 @@ def test_policy_yaml_lists_exactly_the_config_fields():
     ("train.batch_size=0", "train.batch_size: must be >= 1"),
     ("train.precision=fp8", "train.precision: 'fp8' is not one of"),
     ("train.strategy=zero3", "train.strategy"),
+    ("train.threads=0", "train.threads: must be >= 1"),
     ("dataset.cache_features=maybe", "dataset.cache_features"),
     ("resume=sometimes", "resume"),
     ("train.optim.betas=[0.9]", "train.optim.betas"),

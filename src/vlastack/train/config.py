@@ -113,6 +113,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     strategy: str = "ddp"  # under torchrun: ddp (replicate) or fsdp (FSDP2 shards the transformer blocks)
     backend: str = "auto"  # process group: auto (nccl on CUDA, gloo on CPU), gloo or nccl
+    threads: Optional[int] = None  # torch intra-op CPU threads per process; null: torch's default (all cores)
     log_every: int = 10
     val_every: int = 500  # 0: only at the end
     val_batches: int = 20
@@ -138,6 +139,7 @@ class TrainConfig:
                f"{self.device!r} is not auto, cpu, cuda or cuda:N")
         _check(self.strategy in STRATEGIES, "train.strategy", f"{self.strategy!r} is not one of {STRATEGIES}")
         _check(self.backend in BACKENDS, "train.backend", f"{self.backend!r} is not one of {BACKENDS}")
+        _check(self.threads is None or self.threads >= 1, "train.threads", f"must be >= 1 or null, got {self.threads}")
         for name in ("log_every", "val_batches", "keep_last"):
             _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("val_every", "ckpt_every"):

@@ -154,6 +154,9 @@ class Trainer:
     def setup(self) -> None:
         """Open the data, build (or restore) the policy, optimizer, EMA, schedule and outputs."""
         app, cfg, info = self.app, self.cfg, self.info
+        if cfg.threads is not None:
+            # on a shared CPU, one thread per process avoids OpenMP threads spinning against other work
+            torch.set_num_threads(cfg.threads)
         self.autocast_dtype = self._precision()
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
