@@ -118,7 +118,7 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     try:
-        stdout, stderr = proc.communicate(timeout=30)
+        stdout, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise

@@ -2,7 +2,7 @@
 commanded motion leave the limits; watchdog, stale drops, faults, e-stop, start checks (pure, tick by tick)."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vlastack.real_robot.controller import ControllerConfig, ControllerCore
@@ -90,6 +90,7 @@ def _run_core(mode, stream, chain=PANDA):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(action_streams(7))
+@example([(0, 0.5, [0.0, 0.0, 0.0, 0.0, 1e308, 1.49e308, 0.0])])  # finite rotation vector, overflowing angle
 def test_no_ee_action_stream_leaves_the_limits(stream):
     _run_core("ee", stream)
 

@@ -330,7 +330,7 @@ def test_cli_serves_until_interrupted(checkpoint):
         client = WebsocketClientPolicy("127.0.0.1", int(m.group(1)), api_key=KEY)
         assert client.infer(_obs(0))["actions"].shape == (4, 3)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 0
+        assert proc.wait(120) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

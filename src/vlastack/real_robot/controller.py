@@ -213,7 +213,11 @@ class ControllerCore:
         if t - now > self.cfg.max_horizon_s:
             self.fault(now, "invalid", f"target {t - now:.3f} s ahead (max_horizon_s={self.cfg.max_horizon_s})")
             return "invalid"
-        q_t, g_t = self._target(a)
+        try:
+            q_t, g_t = self._target(a)
+        except ValueError as e:  # e.g. a rotation vector whose angle overflows
+            self.fault(now, "invalid", str(e))
+            return "invalid"
         keep = [p for p in self.traj if now < p[0] < t][-(self.cfg.max_waypoints - 2):]
         self.traj = [(now, self.q_cmd.copy(), self.g_cmd), *keep, (t, q_t, g_t)]
         self.last_arrival = now

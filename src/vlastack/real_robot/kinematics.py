@@ -36,7 +36,9 @@ def rotvec_to_matrix(v) -> np.ndarray:
     if big < 1e-12:
         return np.eye(3)
     k = v / big
-    th = big * float(np.linalg.norm(k))  # no overflow for huge vectors
+    th = big * float(np.linalg.norm(k))  # no overflow unless |v| itself exceeds the float range
+    if not math.isfinite(th):
+        raise ValueError(f"rotation vector {v.tolist()}: its angle overflows")
     k = k / np.linalg.norm(k)
     th = math.fmod(th, 2 * math.pi)
     K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])  # (3, 3) cross-product matrix
