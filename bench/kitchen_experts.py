@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import time
 
 
@@ -62,6 +63,11 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     a = p.parse_args()
     tasks = a.tasks or list_tasks()
+    unknown = [t for t in tasks if t not in list_tasks()]
+    if unknown:
+        p.error(f"unknown task(s) {unknown}; valid: {', '.join(list_tasks())}")
+    if a.episodes < 1 or a.workers < 1:
+        p.error("--episodes and --workers must be >= 1")
     jobs = [(t, a.episodes, a.seed0) for t in tasks]
     rows = []
     ctx = mp.get_context("spawn")
@@ -71,7 +77,8 @@ def main() -> None:
             fails = ", ".join(f"{s}:{ph}" for s, ph in row["failures"][:8])
             print(f"  done {row['task']:<24} {row['success']}/{row['episodes']}  ({row['seconds']:.0f} s)"
                   + (f"  failed seeds: {fails}" if fails else ""), flush=True)
-    rows.sort(key=lambda r: (tasks.index(r["task"])))
+    order = list_tasks()  # print in the suite's order, whatever order the tasks ran in
+    rows.sort(key=lambda r: order.index(r["task"]) if r["task"] in order else len(order))
     print()
     print(f"| {'task':<24} | {'group':<14} | success | rate   | mean steps |")
     print(f"|{'-' * 26}|{'-' * 16}|---------|--------|------------|")
@@ -82,8 +89,10 @@ def main() -> None:
     print(f"overall: {total[0]}/{total[1]} = {100 * total[0] / max(total[1], 1):.1f}%; "
           f"tasks at >= 90%: {sum(r['success'] >= 0.9 * r['episodes'] for r in rows)}/{len(rows)}")
     if a.json:
-        with open(a.json, "w") as f:
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(rows, f, indent=1)
+        os.replace(tmp, a.json)
 
 
 if __name__ == "__main__":

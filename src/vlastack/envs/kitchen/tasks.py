@@ -501,7 +501,7 @@ class MugSpotRegion(Region):
 class _PnPTask(KitchenTask):
     """Pick the episode's object from ``source`` and place it in ``target``."""
 
-    group, horizon = "pick_and_place", 300
+    group, horizon = "pick_and_place", 400
     source: ClassVar[Region]
     target: ClassVar[Region]
     door_open: ClassVar[bool] = False  # start with the fixture's doors open
@@ -622,7 +622,7 @@ class PnPStoveToCounter(_PnPTask):
 class CoffeeSetupMug(_PnPTask):
     """Mug from the counter to under the coffee machine's nozzle."""
 
-    name, group, fixture, anchor_y, horizon = "CoffeeSetupMug", "coffee", "coffee_machine", 0.12, 300
+    name, group, fixture, anchor_y, horizon = "CoffeeSetupMug", "coffee", "coffee_machine", 0.12, 400
     object_categories = ("mug",)
     source, target = CounterRegion(), MugSpotRegion()
     templates = ("pick the mug from the counter and place it under the coffee machine dispenser",
@@ -633,7 +633,7 @@ class CoffeeSetupMug(_PnPTask):
 class CoffeeServeMug(_PnPTask):
     """Mug from under the coffee machine's nozzle to the counter."""
 
-    name, group, fixture, anchor_y, horizon = "CoffeeServeMug", "coffee", "coffee_machine", 0.12, 300
+    name, group, fixture, anchor_y, horizon = "CoffeeServeMug", "coffee", "coffee_machine", 0.12, 400
     object_categories = ("mug",)
     source, target = MugSpotRegion(), CounterRegion()
     templates = ("pick the mug from under the coffee machine dispenser and place it on the counter",
