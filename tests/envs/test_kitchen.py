@@ -164,6 +164,30 @@ def test_bad_actions(drawer_env):
     drawer_env.step(np.zeros(7))  # a bad action does not end the episode
 
 
+def test_arm_render_modes(drawer_env):
+    """External cameras draw the arm's low-poly hulls (or its detailed meshes); the wrist camera neither."""
+    from vlastack.envs.kitchen.scene import ARM_GROUP, ARM_HULL_GROUP
+
+    drawer_env.reset(seed=0)
+    scene = drawer_env.scene
+    groups = scene.sim.model._model.geom_group
+
+    def seen(camera):
+        ids = np.unique(scene.render_image(camera, SIZE, SIZE, segmentation=True))
+        return set(groups[ids[ids >= 0]].tolist())
+
+    assert scene.arm_render == "hulls"
+    assert ARM_HULL_GROUP in seen("left") and ARM_GROUP not in seen("left")
+    assert not {ARM_GROUP, ARM_HULL_GROUP} & seen("wrist")
+    scene.arm_render = "meshes"
+    try:
+        assert ARM_GROUP in seen("left") and ARM_HULL_GROUP not in seen("left")
+    finally:
+        scene.arm_render = "hulls"
+    with pytest.raises(ValueError, match="unknown arm_render 'wire'.*hulls, meshes"):
+        KitchenEnv("OpenDrawer", cameras=(), arm_render="wire")
+
+
 def test_bad_names():
     with pytest.raises(ValueError, match="unknown kitchen task 'OpenFridge'.*OpenDrawer"):
         KitchenEnv("OpenFridge")

@@ -38,6 +38,12 @@ SCENE_CAMERAS = {
 }
 CAMERA_NAMES = {"left": "kitchen_left", "right": "kitchen_right", "wrist": "robot0_eye_in_hand"}
 ARM_GROUP = 4  # geom group of the arm's visual meshes (hidden from the wrist camera)
+ARM_HULL_GROUP = 5  # geom group of the arm links' collision meshes, drawn in their place by default
+ARM_HULL_RGBA = (0.88, 0.88, 0.86, 1.0)
+# how the arm's links are drawn in the external cameras: "hulls" (their collision meshes,
+# ~14k triangles, about 2x cheaper per camera on a CPU renderer) or "meshes" (the detailed
+# visual meshes, ~127k triangles). The gripper always keeps its visual meshes.
+ARM_RENDER_MODES = ("hulls", "meshes")
 # arm start: grip site near (-0.18, 0, 1.22), fingers down, tucked above and behind the fixtures
 INIT_QPOS = (0.0, -0.71, 0.0, -2.79, 0.0, 2.08, np.pi / 4)
 ARM_JITTER = 0.04  # rad, uniform per joint at reset
@@ -104,8 +110,11 @@ def build_scene_class():
     class _KitchenScene(ManipulationEnv):
         """A robosuite env for one kitchen task (see the module docstring)."""
 
-        def __init__(self, task, render_size=(128, 128), use_renderer=True, horizon=500):
+        def __init__(self, task, render_size=(128, 128), use_renderer=True, horizon=500, arm_render="hulls"):
+            if arm_render not in ARM_RENDER_MODES:
+                raise ValueError(f"unknown arm_render {arm_render!r}; valid: {', '.join(ARM_RENDER_MODES)}")
             self.task = task
+            self.arm_render = arm_render
             self.render_size = tuple(render_size)
             self.episode_rng = np.random.default_rng(0)
             self.fixtures: dict[str, Fixture] = {}
@@ -176,6 +185,13 @@ def build_scene_class():
                           if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or "").startswith("robot0_")
                           and m.geom_group[g] == 1]
             m.geom_group[arm_visual] = ARM_GROUP
+            # their collision meshes (group 0, hidden by robosuite) get a group and a colour of
+            # their own, so the external cameras can draw them instead (see ARM_RENDER_MODES)
+            arm_hulls = [g for g in self.robot_geoms
+                         if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, m.geom_bodyid[g]) or "").startswith("robot0_")
+                         and m.geom_group[g] == 0]
+            m.geom_group[arm_hulls] = ARM_HULL_GROUP
+            m.geom_rgba[arm_hulls] = ARM_HULL_RGBA
 
         def _setup_observables(self):
             # observations are assembled by the gymnasium wrapper straight from the sim
@@ -270,7 +286,9 @@ def build_scene_class():
             """An upright uint8 (H, W, 3) image from one of :data:`CAMERA_NAMES`; with
             ``segmentation`` an int32 (H, W) map of geom ids instead (-1: background)."""
             ctx = self.sim._render_context_offscreen
-            ctx.vopt.geomgroup[ARM_GROUP] = 0 if camera == "wrist" else 1
+            external = camera != "wrist"
+            ctx.vopt.geomgroup[ARM_GROUP] = int(external and self.arm_render == "meshes")
+            ctx.vopt.geomgroup[ARM_HULL_GROUP] = int(external and self.arm_render == "hulls")
             img = self.sim.render(camera_name=CAMERA_NAMES[camera], width=width, height=height,
                                   segmentation=segmentation)
             if segmentation:
