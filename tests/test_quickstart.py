@@ -1,0 +1,76 @@
+"""The quickstart's report: figures come from eval_info.json / metrics.jsonl / summary.json, never made up."""
+import json
+from pathlib import Path
+
+import pytest
+
+from vlastack import quickstart as qs
+from vlastack.rollout.stats import wilson_interval
+
+
+def _fake_run(out: Path, successes: int, episodes: int, resumed: bool = False) -> None:
+    (out / "train").mkdir(parents=True)
+    (out / "eval").mkdir()
+    recs = [{"step": s, "split": "train", "loss": 3.0 / s, "lr": 1e-4} for s in range(5, 105, 5)]
+    recs += [{"step": 50, "split": "val", "loss": 0.5}, {"step": 100, "split": "val", "loss": 0.25}]
+    if resumed:  # a resumed run appends its steps again: the later record wins
+        recs += [{"step": 100, "split": "val", "loss": 0.2}]
+    (out / "train" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    (out / "train" / "summary.json").write_text(json.dumps(
+        {"step": 100, "ended_by": "max_minutes", "samples_per_s": 12.5, "elapsed_s": 420.0,
+         "train_loss": 0.03, "val_loss": 0.2, "feature_encoder": "efficientnet_lite0"}))
+    eps = [{"task": "OpenDrawer", "seed": 100000 + k, "success": k < successes, "steps": 60 + k,
+            "video": "videos/OpenDrawer/seed_100000.mp4" if k == 0 else None} for k in range(episodes)]
+    low, high = wilson_interval(successes, episodes)
+    overall = {"successes": successes, "episodes": episodes, "success_rate": successes / episodes,
+               "ci_low": low, "ci_high": high, "mean_steps": sum(e["steps"] for e in eps) / episodes}
+    (out / "eval" / "eval_info.json").write_text(json.dumps(
+        {"complete": True, "summary": {"overall": overall, "per_task": {"OpenDrawer": overall}}, "episodes": eps}))
+
+
+def _stages():
+    return [qs.Stage("collect demos", ["collect", "task=OpenDrawer", "cameras=[left,wrist]"], 0, 200.0),
+            qs.Stage("train DUST small", ["train", "experiment=quickstart"], 0, 430.0),
+            qs.Stage("evaluate", ["eval", "tasks=[OpenDrawer]"], 0, 125.0)]
+
+
+def test_report_has_success_interval_curve_video_times_and_commands(tmp_path):
+    _fake_run(tmp_path, successes=17, episodes=20)
+    text = qs.write_report(tmp_path, "OpenDrawer", _stages())
+    assert (tmp_path / "report.md").read_text() == text
+    # 17/20: Wilson 95% interval 64.0% - 94.8%
+    assert "**Success: 17/20 = 85%** (95% Wilson interval 64%-95%)" in text
+    assert "seeds 100000-100019" in text
+    png = tmp_path / qs.LOSS_PNG
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"![training loss]({qs.LOSS_PNG})" in text
+    assert "(eval/videos/OpenDrawer/seed_100000.mp4)" in text and "seed 100000: success in 60 steps" in text
+    assert "| collect demos | 3.3 min | 0 |" in text and "| **total** | **12.6 min** | |" in text
+    assert "vlastack collect task=OpenDrawer 'cameras=[left,wrist]'" in text
+    assert "100 optimizer steps (max_minutes), 12.5 samples/s" in text
+
+
+def test_report_without_eval_or_training_says_so(tmp_path):
+    text = qs.write_report(tmp_path, "OpenDrawer", _stages()[:1])
+    assert "No evaluation result" in text and "No training metrics" in text
+    assert "Success:" not in text and not (tmp_path / qs.LOSS_PNG).exists()
+
+
+def test_read_metrics_last_record_wins_and_bad_lines_fail(tmp_path):
+    _fake_run(tmp_path, 1, 2, resumed=True)
+    curves = qs.read_metrics(tmp_path / "train" / "metrics.jsonl")
+    assert curves["val"] == [(50, 0.5), (100, 0.2)]
+    assert [s for s, _ in curves["train"]] == list(range(5, 105, 5))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1, "split": "train", "loss": 1.0}\nnot json\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        qs.read_metrics(bad)
+
+
+def test_stage_commands_use_the_experiment_and_the_budget(tmp_path):
+    cmds = dict(qs.stage_commands(tmp_path, "CloseDrawer", 30, ["left", "wrist"], 10, 6.0))
+    assert f"out={tmp_path / 'demos.zarr'}" in cmds["collect demos"] and "episodes=30" in cmds["collect demos"]
+    assert "experiment=quickstart" in cmds["train DUST small"] and "train.max_minutes=6" in cmds["train DUST small"]
+    assert "tasks=[CloseDrawer]" in cmds["evaluate"] and "episodes=10" in cmds["evaluate"]
+    assert not any(a.startswith("train.max_minutes") for a in
+                   dict(qs.stage_commands(tmp_path, "CloseDrawer", 30, ["left"], 10, None))["train DUST small"])
