@@ -1,7 +1,8 @@
 """Policy speed: parameters, training throughput and sample_actions latency, per policy entry.
 
-    python bench/policy_speed.py                          # every entry (dust-small, dust-paper)
+    python bench/policy_speed.py                          # every entry (tiny, small, bf16, paper)
     python bench/policy_speed.py --entries dust-small     # one entry
+    python bench/policy_speed.py --device cpu --entries dust-tiny,dust-small,dust-small-bf16,dita-tiny,dita-small
     python bench/policy_speed.py --json out.json          # also write the figures as JSON
 
 For each entry in ``ENTRIES`` it prints: trainable / total / denoiser parameters; training
@@ -12,7 +13,13 @@ threads (and CUDA when present); for entries with a ``no_skip`` switch, the late
 skipping and the ratio no-skip / skip. Another policy (Dita) is added by appending an
 :class:`Entry` with its own sampling points.
 
-Timings on a shared machine swing with the load; the load average is printed with the figures.
+Timings on a shared machine swing with the load; the load average is printed with the figures,
+and each timing comes with the process-CPU time it took (for a 1-thread run close to what an
+unloaded machine would give). Unless ``OMP_WAIT_POLICY`` is already set, this script sets it to
+``PASSIVE`` before torch loads: on an oversubscribed machine, OpenMP threads that spin at every
+barrier wait for a partner the scheduler has parked, and a 2-thread DUST small chunk measured
+6.8 s that way instead of about 0.3 s. ``OMP_WAIT_POLICY=ACTIVE python bench/policy_speed.py``
+measures the spinning default (faster on an idle machine).
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP (see the docstring)
 
-from vlastack.policies.base import Policy, feature_key, make_policy
-from vlastack.types import ACTION, STATE, DatasetSpec, fake_batch, fake_observation, image_key
+import torch  # noqa: E402
+
+from vlastack.policies.base import Policy, feature_key, make_policy  # noqa: E402
+from vlastack.types import ACTION, STATE, DatasetSpec, fake_batch, fake_observation, image_key  # noqa: E402
 
 
 # ---------------------------------------------------------------- entries
@@ -102,6 +111,10 @@ def _dust_points(n_os=(4, 16, 32, 64)):
 
 
 ENTRIES: list[Entry] = [
+    Entry("dust-tiny", "dust", "tiny", train_batch=16, train_steps=10, sampling=_dust_points(),
+          point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
+          no_skip={"skip_action_blocks": False}, repeats=15,
+          notes="the test preset: tiny random encoders, 32x32 images, width 32"),
     Entry("dust-small", "dust", "small", train_batch=16, train_steps=5, sampling=_dust_points(),
           point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
           no_skip={"skip_action_blocks": False}, repeats=9,
@@ -117,6 +130,9 @@ ENTRIES: list[Entry] = [
           notes="single timed run per point, no warm-up; training step is forward + backward only "
                 "on the CPU (AdamW state for this size does not fit in 24 GiB; the CUDA pass includes AdamW)"),
     # Dita: the ratio is chunk latency without / with the prefix key/value cache (target >= 2x at small)
+    Entry("dita-tiny", "dita", "tiny", train_batch=16, train_steps=10, sampling=[{"num_inference_steps": 10}],
+          point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
+          no_skip_name="no-cache", repeats=15, notes="the test preset: tiny random encoders, 32x32 images, width 32"),
     Entry("dita-small", "dita", "small", train_batch=16, train_steps=5, sampling=[{"num_inference_steps": 10}],
           point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
           no_skip_name="no-cache", repeats=7),
@@ -149,8 +165,12 @@ def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1,
 
 
 def train_throughput(policy: Policy, batch: dict[str, Any], steps: int, optimizer: bool,
-                     device: str = "cpu") -> float:
-    """Samples per second of forward + backward (+ AdamW step) on ``batch``; bf16 autocast on CUDA."""
+                     device: str = "cpu") -> tuple[float, float]:
+    """Samples per wall-clock second and per process-CPU second of forward + backward (+ AdamW step).
+
+    bf16 autocast on CUDA. With n threads on an idle machine the wall-clock rate is at most n
+    times the CPU-second rate; on a loaded one the CPU-second rate is the steadier figure.
+    """
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4) if optimizer else None
@@ -169,14 +189,14 @@ def train_throughput(policy: Policy, batch: dict[str, Any], steps: int, optimize
     step()  # warm-up
     if cuda:
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     if cuda:
         torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     del opt
-    return b * steps / dt
+    return b * steps / dt, b * steps / max(dc, 1e-9)
 
 
 def load() -> str:
@@ -216,17 +236,22 @@ def run_entry(e: Entry, device: str = "cpu", threads_train: int = 2, train_batch
         if device != "cpu":
             batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         optimizer = e.optimizer or device != "cpu"  # the CPU-only limit is host memory, not the GPU's
-        out["train_images_sps"] = train_throughput(policy, batch, e.train_steps, optimizer, device)
+        out["train_images_sps"], out["train_images_sps_cpu"] = train_throughput(policy, batch, e.train_steps,
+                                                                                optimizer, device)
         cb = cached_batch(policy, batch)
-        out["train_cache_sps"] = train_throughput(policy, cb, e.train_steps, optimizer, device) \
-            if cb is not None else None
+        out["train_cache_sps"], out["train_cache_sps_cpu"] = \
+            train_throughput(policy, cb, e.train_steps, optimizer, device) if cb is not None else (None, None)
         what = ("fwd+bwd+AdamW" if optimizer else "fwd+bwd") + (", bf16 autocast" if device != "cpu" else "")
         where = f"{threads_train} threads" if device == "cpu" else device
         out["train_batch"] = n_batch
-        print(f"training ({what}, batch {n_batch}, {where}): images "
-              f"{out['train_images_sps']:.1f} samples/s, feature cache "
-              + (f"{out['train_cache_sps']:.1f} samples/s" if out["train_cache_sps"] is not None else "n/a"),
-              flush=True)
+
+        def rate(key: str) -> str:
+            if out[key] is None:
+                return "n/a"
+            return f"{out[key]:.1f} samples/s" + (f" ({out[key + '_cpu']:.1f} per CPU-second)" if device == "cpu"
+                                                  else "")
+        print(f"training ({what}, batch {n_batch}, {where}): images {rate('train_images_sps')}, "
+              f"feature cache {rate('train_cache_sps')}", flush=True)
         policy.zero_grad(set_to_none=True)
         del batch, cb
 
@@ -245,12 +270,14 @@ def run_entry(e: Entry, device: str = "cpu", threads_train: int = 2, train_batch
             ms, cpu_ms = _median_ms(lambda: policy.sample_actions(obs, seed=0, **kw), e.repeats, e.warmup, sync)
             row = {"device": dev, "threads": n_threads, "point": e.point_label(kw), "ms": ms, "cpu_ms": cpu_ms}
             if e.no_skip is not None and (e.no_skip_at is None or i in e.no_skip_at):
-                ms_full, _ = _median_ms(lambda: policy.sample_actions(obs, seed=0, **kw, **e.no_skip), e.repeats,
-                                        e.warmup, sync)
-                row.update(ms_no_skip=ms_full, ratio_no_skip_over_skip=ms_full / ms)
+                ms_full, cpu_full = _median_ms(lambda: policy.sample_actions(obs, seed=0, **kw, **e.no_skip),
+                                               e.repeats, e.warmup, sync)
+                row.update(ms_no_skip=ms_full, ratio_no_skip_over_skip=ms_full / ms, cpu_ms_no_skip=cpu_full,
+                           cpu_ratio_no_skip_over_skip=cpu_full / max(cpu_ms, 1e-9))
             out["latency"].append(row)
             where = f"{n_threads} thread{'s' if n_threads > 1 else ''}" if n_threads else dev
-            extra = f"   {e.no_skip_name} {row['ms_no_skip']:8.1f} ms  ratio {row['ratio_no_skip_over_skip']:.2f}x" \
+            extra = f"   {e.no_skip_name} {row['ms_no_skip']:8.1f} ms (cpu {row['cpu_ms_no_skip']:8.1f} ms)  ratio " \
+                    f"{row['ratio_no_skip_over_skip']:.2f}x (cpu {row['cpu_ratio_no_skip_over_skip']:.2f}x)" \
                 if "ms_no_skip" in row else ""
             print(f"sample_actions [{where}] {row['point']:<16} {ms:8.1f} ms (cpu {cpu_ms:8.1f} ms){extra}", flush=True)
     if e.target is not None:
@@ -284,7 +311,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     unknown = [s for s in chosen if s not in by_label]
     if unknown:
         raise SystemExit(f"unknown entries {unknown}; choose from {sorted(by_label)}")
-    print(f"torch {torch.__version__}, {load()}, cuda {'yes' if torch.cuda.is_available() else 'no'}")
+    print(f"torch {torch.__version__}, {load()}, cuda {'yes' if torch.cuda.is_available() else 'no'}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device")
     cuda = torch.cuda.is_available() and not args.no_cuda and args.device != "cpu"

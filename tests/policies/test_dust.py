@@ -213,6 +213,40 @@ def test_seeded_chunks_are_reproducible():
     assert not torch.equal(a, p.sample_actions(obs, seed=8).actions)
 
 
+def test_modulation_cache_follows_the_weights():
+    """Per-step adaLN modulations are kept across chunks, and dropped when the weights change."""
+    p = _policy()
+    obs = fake_observation(_spec(p.config), batch_size=2)
+    cache = p.net._mod_cache
+    a1 = p.sample_actions(obs, seed=1).actions
+    n = len(cache.entries)
+    assert n == 2  # one schedule, two streams
+    assert torch.equal(a1, p.sample_actions(obs, seed=1).actions) and len(cache.entries) == n  # served from it
+    p.sample_actions(obs, num_action_steps=2, num_vision_steps=4, seed=1)
+    assert len(cache.entries) == n + 2  # a new schedule adds entries
+    # an optimizer step changes the weights in place: the next chunk must use the new ones
+    _train(p, _batch(p.config), steps=2)
+    a2 = p.sample_actions(obs, seed=1).actions
+    cache.clear()
+    assert torch.equal(a2, p.sample_actions(obs, seed=1).actions) and not torch.equal(a1, a2)
+    # load_state_dict (in place) and a dtype move (new parameters) also invalidate
+    q = _policy(seed=5)
+    q.sample_actions(obs, seed=1)
+    q.load_state_dict(p.state_dict())
+    assert torch.equal(q.sample_actions(obs, seed=1).actions, a2)
+    q.for_inference(torch.bfloat16)
+    b16 = q.sample_actions(obs, seed=1).actions
+    q.net._mod_cache.clear()
+    assert torch.equal(b16, q.sample_actions(obs, seed=1).actions)
+    # copies start empty; gradients on means no caching
+    import copy
+    assert len(copy.deepcopy(p).net._mod_cache.entries) == 0
+    cache.clear()
+    with torch.enable_grad():
+        p.net.step_modulations([0.0, 0.5], 0)
+    assert len(cache.entries) == 0
+
+
 def test_bfloat16_inference_is_close_to_float32():
     p = _policy()
     _train(p, _batch(p.config), steps=5)

@@ -118,6 +118,22 @@ def test_dit_block_cross_attention_uses_context():
         blk(x, c)
 
 
+def test_fused_modulation_and_gate_match_the_formula():
+    """norm_modulate (one layer_norm when the modulation is shared by the batch) and gated_add."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(16, elementwise_affine=False, eps=1e-6)
+    x = torch.randn(3, 5, 16)
+    for rows in (1, 3):  # shared (sampling) and per-sample (training) modulations
+        shift, scale, gate = torch.randn(rows, 16), torch.randn(rows, 16), torch.randn(rows, 16)
+        ref = norm(x) * (1 + scale[:, None]) + shift[:, None]
+        assert torch.allclose(L.norm_modulate(norm, x, shift, scale), ref, atol=1e-5)
+        assert torch.allclose(L.gated_add(x, gate, ref), x + gate[:, None] * ref, atol=1e-6)
+    # the shared path keeps gradients for the modulation (batch-1 training)
+    shift, scale = torch.randn(1, 16, requires_grad=True), torch.randn(1, 16, requires_grad=True)
+    L.norm_modulate(norm, x, shift, scale).square().sum().backward()
+    assert shift.grad is not None and scale.grad is not None and scale.grad.abs().sum() > 0
+
+
 def test_mmdit_single_stream_equals_dit_block():
     torch.manual_seed(0)
     mm = _randomize(L.MMDiTBlock(16, 4, n_streams=1))

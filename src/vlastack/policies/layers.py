@@ -81,6 +81,23 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+def norm_modulate(norm: nn.LayerNorm, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """``modulate(norm(x), shift, scale)`` for a LayerNorm without affine: x (B, L, D) -> (B, L, D).
+
+    When the modulation is shared by the whole batch (shift/scale (1, D), as in sampling, where
+    every sample is at the same noise level) it is one ``layer_norm`` call with weight 1 + scale
+    and bias shift instead of four element-wise passes.
+    """
+    if shift.shape[0] == 1 and scale.shape[0] == 1 and norm.weight is None:
+        return F.layer_norm(x, norm.normalized_shape, 1 + scale[0], shift[0], norm.eps)  # (B, L, D)
+    return modulate(norm(x), shift, scale)
+
+
+def gated_add(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
+    """Gated residual ``x + gate * y`` in one pass: x, y (B, L, D), gate (B or 1, D) -> (B, L, D)."""
+    return torch.addcmul(x, gate[:, None], y)
+
+
 def _split_heads(x: Tensor, heads: int) -> Tensor:
     b, n, d = x.shape
     return x.view(b, n, heads, d // heads).transpose(1, 2)  # (B, nh, L, hd)
@@ -231,12 +248,12 @@ class DiTBlock(nn.Module):
         ``mod``: the six modulation vectors ``self.ada(c)`` precomputed (each (B or 1, D)); c is then unused.
         """
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(c) if mod is None else mod  # 6 x (B, D)
-        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1))  # (B, L, D)
+        x = gated_add(x, g1, self.attn(norm_modulate(self.norm1, x, sh1, sc1)))  # (B, L, D)
         if self.cross is not None:
             if context is None:
                 raise ValueError("this DiT block cross-attends: pass a conditioning context")
             x = x + self.cross(self.norm_cross(x), context, context_valid)  # (B, L, D)
-        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))  # (B, L, D)
+        return gated_add(x, g2, self.mlp(norm_modulate(self.norm2, x, sh2, sc2)))  # (B, L, D)
 
 
 class MMDiTBlock(nn.Module):
@@ -288,7 +305,7 @@ class MMDiTBlock(nn.Module):
             mods = [ada(c) for ada, c in zip(self.ada, cs)]  # n x 6 x (B, D)
         qs, ks, vs = [], [], []
         for i, x in enumerate(xs):
-            h = modulate(self.norm1[i](x), mods[i][0], mods[i][1])  # (B, L_i, D)
+            h = norm_modulate(self.norm1[i], x, mods[i][0], mods[i][1])  # (B, L_i, D)
             q, k, v = self.qkv[i](h).chunk(3, dim=-1)  # 3 x (B, L_i, D)
             qs.append(q), ks.append(k), vs.append(v)
         lens = [x.shape[1] for x in xs]
@@ -306,13 +323,13 @@ class MMDiTBlock(nn.Module):
                 out.append(None)
                 continue
             sh1, sc1, g1, sh2, sc2, g2 = mods[i]
-            x = x + g1[:, None] * self.proj[i](att[i])  # (B, L_i, D)
+            x = gated_add(x, g1, self.proj[i](att[i]))  # (B, L_i, D)
             if self.cross is not None:
                 ctx = contexts[i] if contexts is not None else None
                 if ctx is None:
                     raise ValueError(f"this MMDiT block cross-attends: pass a context for stream {i}")
                 x = x + self.cross[i](self.norm_cross[i](x), ctx, context_valid)  # (B, L_i, D)
-            x = x + g2[:, None] * self.mlp[i](modulate(self.norm2[i](x), sh2, sc2))  # (B, L_i, D)
+            x = gated_add(x, g2, self.mlp[i](norm_modulate(self.norm2[i], x, sh2, sc2)))  # (B, L_i, D)
             out.append(x)
         return out
 
@@ -336,7 +353,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor | None, mod: Sequence[Tensor] | None = None) -> Tensor:
         """x (B, L, D), c (B, D) -> (B, L, out_dim); ``mod``: ``self.ada(c)`` precomputed (c then unused)."""
         shift, scale = self.ada(c) if mod is None else mod  # 2 x (B, D)
-        return self.head(modulate(self.norm(x), shift, scale))  # (B, L, out_dim)
+        return self.head(norm_modulate(self.norm, x, shift, scale))  # (B, L, out_dim)
 
 
 def mlp_stack(in_dim: int, hidden: int, out_dim: int, layers: int, act: type[nn.Module] = nn.SiLU) -> nn.Sequential:

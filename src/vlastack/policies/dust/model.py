@@ -135,6 +135,7 @@ class DUSTNetwork(nn.Module):
             nn.init.zeros_(self.vision_out.head[-1].weight), nn.init.zeros_(self.vision_out.head[-1].bias)
         self.n_future = self.future_pos.shape[0] if self.world_model else 0
         self.ctx_per_mmdit = cfg.mmdit_cross_attention
+        self._mod_cache = ModulationCache()  # per-step adaLN modulations across chunks (not in the state dict)
 
     def context_kv(self, ctx: Tensor) -> dict[str, list]:
         """Keys/values of the conditioning for every cross-attention (reused across denoising steps)."""
@@ -246,21 +247,40 @@ class DUSTNetwork(nn.Module):
         ctx = ctx.to(dt)
         mask = torch.zeros(ctx_valid.shape, dtype=dt, device=dev).masked_fill_(~ctx_valid.bool(), float("-inf"))
 
-        def per_step(taus: list[float], embed: nn.Module, stream: int) -> list[list[tuple[Tensor, ...]]]:
-            levels = sorted(set(taus))
-            c = embed(torch.tensor(levels, dtype=torch.float32, device=dev))  # (n_levels, W)
-            mods = [m.unsqueeze(2).unbind(0) for m in self.modulations(c, stream)]  # per layer n_levels x (k, 1, W)
-            rows = [[m[levels.index(t)].unbind(0) for m in mods] for t in levels]  # per level, per layer k x (1, W)
-            return [rows[levels.index(t)] for t in taus]
-
         return SamplingPlan(
             kv=self.context_kv(ctx), mask=mask,
             state_tok=self.state_enc(state.to(dt))[:, None] + self.action_pos[:1],  # (B, 1, W)
             action_pos=self.action_pos[1:],  # (H, W)
             future_pos=self.future_pos_embed() if self.world_model else None,  # (N_v, W)
-            mods_a=per_step(taus_a, self.t_embed_a, 0),
-            mods_o=per_step(taus_o, self.t_embed_o, 1) if self.world_model and taus_o is not None else None,
+            mods_a=self.step_modulations(taus_a, 0),
+            mods_o=self.step_modulations(taus_o, 1) if self.world_model and taus_o is not None else None,
             dtype=dt)
+
+    def step_modulations(self, taus: list[float], stream: int) -> list[list[tuple[Tensor, ...]]]:
+        """Every adaLN modulation of one stream at each step's noise level: per step, per layer k x (1, W).
+
+        They depend only on the noise levels and the weights, not on the observation, so without
+        gradients they are kept across chunks (:class:`ModulationCache`) and recomputed only when a
+        schedule is new or the timestep-embedding / adaLN weights changed.
+        """
+        embed = self.t_embed_a if stream == 0 else self.t_embed_o
+        dev = self.action_enc.weight.device
+        cache = not torch.is_grad_enabled()
+        if cache:
+            params = list(embed.parameters()) + [t for a in self.ada_layers(stream) for t in a.linear.parameters()]
+            key = (stream, tuple(float(t) for t in taus), self.action_enc.weight.dtype, dev,
+                   torch.is_inference_mode_enabled())
+            hit = self._mod_cache.get(key, params)
+            if hit is not None:
+                return hit
+        levels = sorted(set(taus))
+        c = embed(torch.tensor(levels, dtype=torch.float32, device=dev))  # (n_levels, W)
+        mods = [m.unsqueeze(2).unbind(0) for m in self.modulations(c, stream)]  # per layer n_levels x (k, 1, W)
+        rows = [[m[i].unbind(0) for m in mods] for i in range(len(levels))]  # per level, per layer k x (1, W)
+        out = [rows[levels.index(t)] for t in taus]
+        if cache:
+            self._mod_cache.put(key, params, out)
+        return out
 
     def step(self, plan: "SamplingPlan", i: int, a_t: Tensor, o_t: Tensor | None,
              need_action: bool = True) -> tuple[Tensor | None, Tensor | None]:
@@ -271,6 +291,47 @@ class DUSTNetwork(nn.Module):
         v_a, v_o = self.denoise(xa, xo, plan.mods_a[i], plan.mods_o[i] if xo is not None else None, plan.kv,
                                 plan.mask, need_action)
         return (v_a.float() if v_a is not None else None), (v_o.float() if v_o is not None else None)
+
+
+class ModulationCache:
+    """Recent schedules' per-step adaLN modulations, each valid while its weights are unchanged.
+
+    An entry keeps the parameter tensors it was computed from and their version counters: an
+    optimizer step or ``load_state_dict`` (in-place, new versions) or a dtype / device move (new
+    parameter objects) invalidates it. Copies and pickles of a module start with an empty cache.
+    """
+
+    def __init__(self, max_entries: int = 8):
+        self.max_entries = max_entries
+        self.entries: dict[tuple, tuple[list[Tensor], tuple[int, ...], Any]] = {}
+
+    def get(self, key: tuple, params: list[Tensor]) -> Any | None:
+        """The value stored under ``key`` if it came from exactly these ``params`` at their current versions."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        held, versions, value = entry
+        if len(held) == len(params) and all(a is b for a, b in zip(held, params)) \
+                and versions == tuple(p._version for p in params):
+            return value
+        del self.entries[key]
+        return None
+
+    def put(self, key: tuple, params: list[Tensor], value: Any) -> None:
+        """Store ``value`` computed from ``params`` (the oldest entry goes when full)."""
+        if key not in self.entries and len(self.entries) >= self.max_entries:
+            self.entries.pop(next(iter(self.entries)))
+        self.entries[key] = (list(params), tuple(p._version for p in params), value)
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self.entries.clear()
+
+    def __deepcopy__(self, memo) -> "ModulationCache":
+        return ModulationCache(self.max_entries)
+
+    def __getstate__(self) -> dict:
+        return {"max_entries": self.max_entries, "entries": {}}
 
 
 @dataclass
