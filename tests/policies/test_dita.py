@@ -193,13 +193,37 @@ def test_prefix_cache_equals_uncached_computation():
 
 def test_prefix_cache_runs_the_prefix_once():
     p = _policy()
-    calls = {"blocks": 0}
-    p.net.blocks[0].register_forward_hook(lambda m, i, o: calls.__setitem__("blocks", calls["blocks"] + 1))
-    p.sample_actions(_obs(p.config), seed=0)
-    assert calls["blocks"] == 1 + p.config.num_inference_steps  # one prefix pass + one per DDIM step
-    calls["blocks"] = 0
-    p.sample_actions(_obs(p.config), seed=0, use_prefix_cache=False)
-    assert calls["blocks"] == p.config.num_inference_steps
+    cfg = p.config
+    lengths: list[int] = []  # tokens each pass of the first block sees
+    p.net.blocks[0].register_forward_hook(lambda m, i, o: lengths.append(i[0].shape[1]))
+    obs = _obs(cfg)
+    with torch.no_grad():
+        n_prefix = p.encode_prefix(obs.to_flat())[0].shape[1]
+    suffix = 1 + cfg.horizon  # timestep token + action tokens
+    p.sample_actions(obs, seed=0)
+    # the first DDIM step runs the whole sequence (and keeps the prefix's keys/values), the rest the suffix only
+    assert lengths == [n_prefix + suffix] + [suffix] * (cfg.num_inference_steps - 1)
+    lengths.clear()
+    p.sample_actions(obs, seed=0, use_prefix_cache=False)
+    assert lengths == [n_prefix + suffix] * cfg.num_inference_steps
+
+
+def test_forward_with_cache_matches_the_separate_prefix_pass():
+    p = _randomized(_train(_policy(), _batch(_policy().config), steps=3), seed=4)
+    cfg = p.config
+    obs = _obs(cfg, b=2).to_flat()
+    obs["task"] = ["open the drawer", "pick the red apple from the counter and place it in the sink"]
+    x, t = torch.randn(2, cfg.horizon, cfg.action_dim), torch.tensor([10, 80])
+    with torch.no_grad():
+        prefix, valid = p.encode_prefix(obs)
+        eps, cache = p.net.forward_with_cache(prefix, valid, x, t)
+        ref = p.net.prefix_cache(prefix, valid)
+        assert torch.allclose(eps, p.net(prefix, valid, x, t), atol=1e-5)
+        assert torch.equal(cache.valid, ref.valid) and torch.equal(cache.length, ref.length)
+        for (k, v), (rk, rv) in zip(cache.kv, ref.kv):
+            assert k.shape == rk.shape and torch.allclose(k, rk, atol=1e-5) and torch.allclose(v, rv, atol=1e-5)
+        x2 = torch.randn_like(x)
+        assert torch.allclose(p.net.denoise(x2, t, cache), p.net(prefix, valid, x2, t), atol=1e-5)
 
 
 def test_seeded_chunks_are_reproducible():

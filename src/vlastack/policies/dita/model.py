@@ -158,6 +158,26 @@ class DitaTransformer(nn.Module):
             x, _ = blk(x, rope, mask)  # (B, P+1+H, W)
         return self._readout(x[:, prefix.shape[1]:])  # (B, H, D_a)
 
+    def forward_with_cache(self, prefix: Tensor, prefix_valid: Tensor, x_t: Tensor,
+                           t: Tensor) -> tuple[Tensor, PrefixCache]:
+        """The uncached pass that also keeps the prefix's keys/values: (B, H, D_a) and a :class:`PrefixCache`.
+
+        Under the causal mask the prefix rows of a full pass are exactly what :meth:`prefix_cache`
+        computes, so a sampler's first step runs the whole sequence once and every later step
+        reuses its prefix keys/values, instead of a separate prefix pass before the first step.
+        """
+        s = self._suffix(x_t, t)  # (B, 1+H, W)
+        x = torch.cat([prefix, s], dim=1)  # (B, P+1+H, W)
+        pv = prefix_valid.bool()
+        valid = torch.cat([pv, torch.ones(s.shape[:2], dtype=torch.bool, device=s.device)], dim=1)
+        rope, mask = self.rope(_positions(valid)), causal_mask(valid, x.shape[1])  # (B, 1, P+1+H, P+1+H)
+        n_p = prefix.shape[1]
+        kv: list[tuple[Tensor, Tensor]] = []
+        for blk in self.blocks:
+            x, (k, v) = blk(x, rope, mask)  # (B, P+1+H, W), each (B, nh, P+1+H, hd)
+            kv.append((k[:, :, :n_p], v[:, :, :n_p]))  # (B, nh, P, hd)
+        return self._readout(x[:, n_p:]), PrefixCache(kv, pv, pv.long().sum(dim=1))
+
     def prefix_cache(self, prefix: Tensor, prefix_valid: Tensor) -> PrefixCache:
         """Run the prefix alone (B, P, W) and keep every layer's keys/values (the last layer's only)."""
         valid = prefix_valid.bool()
@@ -363,7 +383,8 @@ class DitaPolicy(Policy):
                        generator: torch.Generator | None = None, seed: int | None = None) -> ActionChunk:
         """DDIM sampling of a chunk (B, horizon - n_past_actions, D_a) in physical units.
 
-        The prefix's keys/values are computed once and reused by every DDIM step unless
+        The prefix's keys/values are computed once, by the first DDIM step's pass over the whole
+        sequence, and reused by every later step, which runs only the 1 + H suffix tokens, unless
         ``use_prefix_cache`` is False (then the whole sequence runs at every step; same result).
         ``seed`` (or ``generator``) makes chunks reproducible. ``extras``: ``past_actions``
         (B, n_past, D_a), ``num_network_calls``, ``prefix_cache``.
@@ -379,10 +400,14 @@ class DitaPolicy(Policy):
             generator = torch.Generator(device=dev).manual_seed(int(seed))
         noise = torch.randn(b, cfg.horizon, cfg.action_dim, generator=generator, device=dev)  # (B, H, D_a)
         if use_prefix_cache:
-            cache = self.net.prefix_cache(prefix, valid)
+            kept: list[PrefixCache] = []  # filled by the first step's full pass
 
             def model_fn(x: Tensor, t: Tensor) -> Tensor:
-                return self.net.denoise(x, t, cache)  # (B, H, D_a)
+                if not kept:
+                    eps, cache = self.net.forward_with_cache(prefix, valid, x, t)  # (B, H, D_a)
+                    kept.append(cache)
+                    return eps
+                return self.net.denoise(x, t, kept[0])  # (B, H, D_a)
         else:
             def model_fn(x: Tensor, t: Tensor) -> Tensor:
                 return self.net(prefix, valid, x, t)  # (B, H, D_a)
