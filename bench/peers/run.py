@@ -324,8 +324,11 @@ def evaluate_one(name: str, checkpoint: str, out: Path, a) -> dict[str, Any]:
     return {"overall": s["overall"], "per_task": s["per_task"], "eval_s": time.perf_counter() - t0}
 
 
-def success_all(policies: list[str], lr_py: Path, store: Path, lerobot: Path, a) -> dict[str, dict]:
-    """Train each policy for the same budget (one at a time, all cores), then evaluate each."""
+def success_all(policies: list[str], lr_py: Path, store: Path, lerobot: Path, a, on_each=None) -> dict[str, dict]:
+    """Train each policy for the same budget (one at a time, all cores), then evaluate each.
+
+    ``on_each(results_so_far)`` is called after every policy (to save progress).
+    """
     out: dict[str, dict] = {}
     base = ROOT / "runs" / "peers"
     for name in policies:
@@ -339,6 +342,8 @@ def success_all(policies: list[str], lr_py: Path, store: Path, lerobot: Path, a)
         except Exception as e:  # noqa: BLE001 - report and go on with the others
             log(f"{name}: success part failed: {e}")
             out[name] = {"error": f"{type(e).__name__}: {e}"[-2000:]}
+        if on_each is not None:
+            on_each(out)
     return out
 
 
@@ -414,6 +419,37 @@ def targets(ratios: dict, success: dict | None) -> list[str]:
     return out
 
 
+QUICK = {"tasks": ["OpenDrawer"], "budget_min": 5.0, "eval_episodes": 10, "rounds": 2, "repeats": 20, "steps": 4}
+QUICK_NOTE = ("one easy task (OpenDrawer), 5 min of training per policy, 10 evaluation episodes, 2 speed rounds of "
+              "4 timed steps and 20 chunks per latency figure")
+SMOKE = {"tasks": ["OpenDrawer"], "budget_min": 1.0, "eval_episodes": 2, "rounds": 1, "repeats": 5, "steps": 2}
+SMOKE_NOTE = "OpenDrawer, 1 min of training, 2 episodes, 1 round, 2 steps, 5 chunks (checks the plumbing only)"
+FULL = {"budget_min": 10.0, "eval_episodes": 10}
+
+
+def apply_presets(a: argparse.Namespace, argv: list[str]) -> None:
+    """Fill in ``--quick`` / ``--smoke`` / default budgets; options given on the command line win."""
+    if a.quick and a.smoke:
+        raise SystemExit("--quick and --smoke exclude each other")
+    given = {x.split("=")[0].lstrip("-").replace("-", "_") for x in argv if x.startswith("--")}
+    given |= {"budget_min"} if "budget_minutes" in given else set()
+    preset = QUICK if a.quick else SMOKE if a.smoke else FULL
+    for k, v in preset.items():
+        if k not in given or getattr(a, k) is None:
+            setattr(a, k, v)
+    a.preset_name = "quick" if a.quick else "smoke" if a.smoke else "full"
+    if a.budget_min <= 0 or a.eval_episodes < 1 or a.rounds < 1 or a.repeats < 1 or a.steps < 1:
+        raise SystemExit(f"budgets must be positive: --budget-minutes {a.budget_min}, --eval-episodes "
+                         f"{a.eval_episodes}, --rounds {a.rounds}, --repeats {a.repeats}, --steps {a.steps}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def git_rev() -> str:
     """HEAD's short hash, with '+dirty' when the working tree has changes."""
     try:
@@ -425,9 +461,9 @@ def git_rev() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the comparison and write the report."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the ``--quick`` / ``--smoke`` presets filled in (explicit options win)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--venv", type=Path, default=HERE / ".venv", help="LeRobot side venv (built when missing)")
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "peers", help="cache of the store and LeRobot copy")
@@ -441,18 +477,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed measurements")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-success", action="store_true")
-    ap.add_argument("--budget-min", type=float, default=10.0, help="wall-clock training budget per policy")
+    ap.add_argument("--budget-minutes", "--budget-min", dest="budget_min", type=float, default=None,
+                    help="wall-clock training budget per policy (default 10; --quick: 5)")
     ap.add_argument("--success-batch", type=int, default=32)
-    ap.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per task")
+    ap.add_argument("--eval-episodes", type=int, default=None, help="evaluation episodes per task (default 10)")
     ap.add_argument("--n-action-steps", type=int, default=8, help="actions executed per chunk (all policies)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, few repeats, 1-minute budget, 2 episodes")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"a run that fits a shared 2-core machine in about an hour: {QUICK_NOTE}")
+    ap.add_argument("--smoke", action="store_true", help=f"a smoke run of every part: {SMOKE_NOTE}")
     ap.add_argument("--out", type=Path, default=HERE / "results.md")
     a = ap.parse_args(argv)
-    if a.quick:
-        a.rounds, a.repeats, a.steps, a.budget_min, a.eval_episodes = 1, 5, 2, 1.0, 2
+    apply_presets(a, argv if argv is not None else sys.argv[1:])
     unknown = [p for p in a.policies if p not in THEIRS and p not in OURS]
     if unknown:
         ap.error(f"--policies: unknown {unknown}; choose from {sorted(THEIRS) + sorted(OURS)}")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison and write the report."""
+    a = parse_args(argv)
     command = shlex.join([".venv/bin/python", "bench/peers/run.py", *(argv if argv is not None else sys.argv[1:])])
     global LOG_DIR
     LOG_DIR = a.data / "logs"
@@ -462,14 +506,24 @@ def main(argv: list[str] | None = None) -> int:
 
     rounds: list = []
     absolute, ratios = {}, {}
+    partial = a.out.with_suffix(".partial.json")  # what is done so far, in case the run is cut short
     if not a.skip_speed:
         rounds = measure_all(a.policies, lr_py, store, lerobot, a)
         absolute, ratios = summarize_speed(rounds, a.policies)
-    success = None if a.skip_success else success_all(a.policies, lr_py, store, lerobot, a)
+        write_atomic(partial, json.dumps({"command": command, "rounds": rounds}, indent=1, default=str))
+    success = None if a.skip_success else success_all(a.policies, lr_py, store, lerobot, a,
+                                                      on_each=lambda s: write_atomic(partial, json.dumps(
+                                                          {"command": command, "rounds": rounds, "success": s},
+                                                          indent=1, default=str)))
 
     errors = {p: r["error"] for rr in rounds for p, r in rr.items() if "error" in r}
     table = tables(absolute, ratios, success)
     goals = targets(ratios, success)
+    budget = (f"Budget ({a.preset_name} run): tasks {','.join(a.tasks)}; {a.budget_min:g} min of training per "
+              f"policy, {a.eval_episodes} evaluation episodes per task; {a.rounds} speed round(s) of {a.steps} timed "
+              f"training steps and {a.repeats} chunks per latency figure.")
+    print(budget)
+    print()
     print(table)
     print()
     for g in goals:
@@ -485,12 +539,14 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at the end {load_avg()}. Tasks {a.tasks}, {a.episodes} demos each, 3 cameras 128x128; "
         f"speed: batch {a.batch}, {a.steps} timed steps, {a.repeats} chunks per latency figure, {a.rounds} interleaved "
         f"round(s); success: {a.budget_min:g} min of training each (batch {a.success_batch}), "
-        f"{a.eval_episodes} episodes per task, {a.n_action_steps} actions executed per chunk.", ""]
-    (a.out).write_text("\n".join(header + [table, ""] + [f"- {g}" for g in goals] +
-                                 [f"- {p}: FAILED: {e.splitlines()[0]}" for p, e in errors.items()]) + "\n")
-    a.out.with_suffix(".json").write_text(json.dumps({"command": command, "rounds": rounds, "absolute": absolute,
-                                                      "ratios": ratios, "success": success, "targets": goals},
-                                                     indent=1, default=str))
+        f"{a.eval_episodes} episodes per task, {a.n_action_steps} actions executed per chunk.", "", budget, ""]
+    write_atomic(a.out, "\n".join(header + [table, ""] + [f"- {g}" for g in goals] +
+                                  [f"- {p}: FAILED: {e.splitlines()[0]}" for p, e in errors.items()]) + "\n")
+    write_atomic(a.out.with_suffix(".json"), json.dumps(
+        {"command": command, "preset": a.preset_name, "budget_min": a.budget_min, "tasks": a.tasks,
+         "eval_episodes": a.eval_episodes, "rounds": rounds, "absolute": absolute, "ratios": ratios,
+         "success": success, "targets": goals}, indent=1, default=str))
+    partial.unlink(missing_ok=True)
     log(f"wrote {a.out} and {a.out.with_suffix('.json')}")
     return 0
 

@@ -8,6 +8,7 @@
   carries its index as brightness, so an off-by-one shows);
 - ratios are taken per round (adjacent runs) and the median reported;
 - the LeRobot proxy is a registered vlastack policy whose checkpoint round-trips its config.
+- ``--quick`` / ``--smoke`` fill in budgets that options given on the command line override.
 """
 
 from __future__ import annotations
@@ -122,3 +123,21 @@ def test_proxy_checkpoint_round_trips(tmp_path):
     assert inputs.n_obs == 2 and inputs.state_dim == 16 and inputs.horizon == 8
     with pytest.raises(ValueError, match="checkpoint and python"):
         LeRobotProxyConfig()
+
+
+def test_presets_fill_budgets_and_explicit_options_win():
+    import run as peers
+
+    a = peers.parse_args(["--quick"])
+    assert (a.tasks, a.budget_min, a.eval_episodes, a.rounds) == (["OpenDrawer"], 5.0, 10, 2)
+    a = peers.parse_args(["--quick", "--budget-minutes", "8", "--eval-episodes=4", "--tasks", "CloseDrawer"])
+    assert (a.tasks, a.budget_min, a.eval_episodes, a.rounds) == (["CloseDrawer"], 8.0, 4, 2)
+    a = peers.parse_args(["--budget-min", "3"])  # the old spelling still works
+    assert (a.budget_min, a.eval_episodes, a.tasks) == (3.0, 10, ["OpenDrawer", "CloseDrawer"])
+    assert peers.parse_args(["--smoke"]).budget_min == 1.0
+    with pytest.raises(SystemExit):
+        peers.parse_args(["--quick", "--smoke"])
+    with pytest.raises(SystemExit):
+        peers.parse_args(["--budget-minutes", "0"])
+    with pytest.raises(SystemExit):
+        peers.parse_args(["--policies", "dust,pi0"])
