@@ -10,8 +10,11 @@ samples per second with images (encoder in the step) and with the feature cache 
 ``features.<encoder>.observation.images.<cam>``, no image encoding); ``sample_actions`` latency
 (batch 1, image encoding included, median of repeats) for each sampling point on 1 and 2 CPU
 threads (and CUDA when present); for entries with a ``no_skip`` switch, the latency without
-skipping and the ratio no-skip / skip. Another policy (Dita) is added by appending an
-:class:`Entry` with its own sampling points.
+skipping and the ratio no-skip / skip (Dita: without / with the prefix key/value cache); for
+entries with a ``breakdown``, the process-CPU time of each part of a chunk on 1 thread (DUST:
+image encoding, instruction, conditioning stack, sampling plan, one network step with and without
+the action blocks; Dita: prefix encoding, the first full pass, a cached and an uncached step).
+Another policy is added by appending an :class:`Entry` with its own sampling points.
 
 Timings on a shared machine swing with the load; the load average is printed with the figures,
 and each timing comes with the process-CPU time it took (for a 1-thread run close to what an
@@ -103,7 +106,46 @@ class Entry:
     warmup: int = 1
     target: tuple[dict[str, Any], int, float] | None = None  # (sampling kwargs, threads, ms) to check
     prepare: Callable[[Policy], Policy] | None = None  # applied before the latency pass (e.g. bf16 cast)
+    breakdown: Callable[[Policy, Any], list[tuple[str, Callable[[], Any]]]] | None = None  # chunk parts to time
     notes: str = ""
+
+
+def dust_parts(policy, obs) -> list[tuple[str, Callable[[], Any]]]:
+    """The pieces of one DUST chunk (N_A = N_o = 4), each a callable, in the order sampling runs them."""
+    data, cfg, net = obs.to_flat(), policy.config, policy.net
+    want = {c: list(range(cfg.n_obs_steps)) for c in cfg.cameras}
+    frames = policy._camera_frames(data, want, 1)
+    tasks = list(data["task"])
+    ctx, valid = policy._condition(frames, tasks)
+    state = policy._state(data)
+    steps = policy.strategy.schedule(4, 4)
+    taus_a, taus_o = [st.tau_a for st in steps], [st.tau_o for st in steps]
+    plan = net.sampling_plan(state, ctx, valid, taus_a, taus_o)
+    a = torch.randn(1, cfg.horizon, cfg.action_dim)  # (1, H, D_a)
+    o = torch.randn(1, cfg.num_future_tokens, policy.feat_dim)  # (1, N_v, C)
+
+    def plan_uncached():
+        net._mod_cache.clear()
+        return net.sampling_plan(state, ctx, valid, taus_a, taus_o)
+    return [("encode images", lambda: policy._camera_frames(data, want, 1)),
+            ("instruction tokens", lambda: policy.text(tasks)),
+            ("conditioning stack", lambda: policy._condition(frames, tasks)),
+            ("plan (modulations cached)", lambda: net.sampling_plan(state, ctx, valid, taus_a, taus_o)),
+            ("plan (modulations recomputed)", plan_uncached),
+            ("network step, both streams", lambda: net.step(plan, 0, a, o, True)),
+            ("network step, vision only", lambda: net.step(plan, 0, a, o, False))]
+
+
+def dita_parts(policy, obs) -> list[tuple[str, Callable[[], Any]]]:
+    """The pieces of one Dita chunk: prefix encoding, the first (full) pass, a cached step, an uncached step."""
+    data, cfg, net = obs.to_flat(), policy.config, policy.net
+    prefix, valid = policy.encode_prefix(data)  # (1, P, W), (1, P)
+    x, t = torch.randn(1, cfg.horizon, cfg.action_dim), torch.tensor([500])
+    _, cache = net.forward_with_cache(prefix, valid, x, t)
+    return [("prefix: images, Q-Former, text", lambda: policy.encode_prefix(data)),
+            ("first step, full pass keeping prefix K/V", lambda: net.forward_with_cache(prefix, valid, x, t)),
+            ("cached step (suffix only)", lambda: net.denoise(x, t, cache)),
+            ("uncached step (whole sequence)", lambda: net(prefix, valid, x, t))]
 
 
 def _dust_points(n_os=(4, 16, 32, 64)):
@@ -117,11 +159,12 @@ ENTRIES: list[Entry] = [
           notes="the test preset: tiny random encoders, 32x32 images, width 32"),
     Entry("dust-small", "dust", "small", train_batch=16, train_steps=5, sampling=_dust_points(),
           point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
-          no_skip={"skip_action_blocks": False}, repeats=9,
+          no_skip={"skip_action_blocks": False}, repeats=9, breakdown=dust_parts,
           target=({"num_action_steps": 4, "num_vision_steps": 4}, 2, 50.0)),
     Entry("dust-small-bf16", "dust", "small", train=False, sampling=_dust_points((4, 16)),
           point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
           no_skip={"skip_action_blocks": False}, repeats=9, prepare=lambda p: p.for_inference(torch.bfloat16),
+          breakdown=dust_parts,
           target=({"num_action_steps": 4, "num_vision_steps": 4}, 2, 50.0),
           notes="sampling with the conditioning stack and denoiser in bfloat16 (DUSTPolicy.for_inference)"),
     Entry("dust-paper", "dust", "paper", train_batch=1, train_steps=2, optimizer=False, sampling=_dust_points(),
@@ -135,7 +178,7 @@ ENTRIES: list[Entry] = [
           no_skip_name="no-cache", repeats=15, notes="the test preset: tiny random encoders, 32x32 images, width 32"),
     Entry("dita-small", "dita", "small", train_batch=16, train_steps=5, sampling=[{"num_inference_steps": 10}],
           point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
-          no_skip_name="no-cache", repeats=7),
+          no_skip_name="no-cache", repeats=7, breakdown=dita_parts),
     Entry("dita-paper", "dita", "paper", train_batch=2, train_steps=2, sampling=[{"num_inference_steps": 10}],
           point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
           no_skip_name="no-cache", repeats=1, notes="vision backbone trainable (0.1x lr): no feature-cache pass"),
@@ -280,6 +323,14 @@ def run_entry(e: Entry, device: str = "cpu", threads_train: int = 2, train_batch
                     f"{row['ratio_no_skip_over_skip']:.2f}x (cpu {row['cpu_ratio_no_skip_over_skip']:.2f}x)" \
                 if "ms_no_skip" in row else ""
             print(f"sample_actions [{where}] {row['point']:<16} {ms:8.1f} ms (cpu {cpu_ms:8.1f} ms){extra}", flush=True)
+    if e.breakdown is not None and device == "cpu":
+        torch.set_num_threads(1)
+        out["breakdown_cpu_ms"] = {}
+        with torch.inference_mode():
+            for name, fn in e.breakdown(policy, obs):
+                out["breakdown_cpu_ms"][name] = _median_ms(fn, e.repeats, 2)[1]
+        print("parts of a chunk [1 thread, process-CPU ms]: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in out["breakdown_cpu_ms"].items()), flush=True)
     if e.target is not None:
         kw, n_threads, limit = e.target
         hit = [r for r in out["latency"] if r["threads"] == n_threads and r["point"] == e.point_label(kw)]
