@@ -5,9 +5,11 @@ can rerun by hand; the report lists them):
 
 1. ``collect``: scripted-expert demos of the default kitchen task (cached: a rerun tops up);
 2. ``inspect``: a summary of the store;
-3. ``train``: DUST ``small`` with ``configs/experiment/quickstart.yaml`` (CPU loop, one thread,
-   a wall-clock budget, frozen EfficientNet features cached in the store once);
-4. ``eval``: held-out seeds in simulation (episodes resume), mp4 of the first episode;
+3. ``train``: DUST ``small`` (trimmed to 2 MMDiT + 1 stream block) with
+   ``configs/experiment/quickstart.yaml`` (CPU loop, one thread, an 8-minute budget, frozen
+   EfficientNet features cached in the store once);
+4. ``eval``: held-out seeds in simulation (episodes resume), whole 16-action chunks, mp4 of the
+   first episode;
 5. ``runs/quickstart/report.md``: success rate with its 95% Wilson interval, the loss curve
    (``train_loss.png``), a link to the first video, the wall time of every stage, the commands.
 
@@ -39,6 +41,7 @@ DEFAULT_TASK = "OpenDrawer"
 DEFAULT_DEMOS = 40
 DEFAULT_CAMERAS = ("left", "wrist")
 DEFAULT_EVAL_EPISODES = 20
+N_ACTION_STEPS = 16  # run whole 16-action chunks: 7/10 vs 4/10 with 8 of 16 on the same checkpoint
 LOSS_PNG = "train_loss.png"
 REPORT = "report.md"
 
@@ -71,7 +74,8 @@ def stage_commands(out: Path, task: str, demos: int, cameras: Sequence[str], eva
         ("inspect store", ["inspect", str(store)]),
         ("train DUST small", train),
         ("evaluate", ["eval", f"checkpoint={train_dir / 'checkpoints' / 'last'}", "env=kitchen", f"tasks=[{task}]",
-                      f"episodes={eval_episodes}", "videos=1", f"out={out / 'eval'}"]),
+                      f"episodes={eval_episodes}", f"n_action_steps={N_ACTION_STEPS}", "videos=1",
+                      f"out={out / 'eval'}"]),
     ]
 
 
