@@ -443,6 +443,20 @@ def apply_presets(a: argparse.Namespace, argv: list[str]) -> None:
                          f"{a.eval_episodes}, --rounds {a.rounds}, --repeats {a.repeats}, --steps {a.steps}")
 
 
+def load_rounds(path: Path, policies: list[str]) -> tuple[list[dict[str, dict]], str]:
+    """(speed rounds, the command that measured them) from a run's ``results.json`` or progress file."""
+    if not path.exists():
+        raise SystemExit(f"--speed-from {path}: no such file (is the speed run finished?)")
+    doc = json.loads(path.read_text())
+    rounds = doc.get("rounds")
+    if not isinstance(rounds, list) or not rounds:
+        raise SystemExit(f"--speed-from {path}: holds no speed rounds")
+    missing = [p for p in policies if not any(p in r for r in rounds)]
+    if missing:
+        raise SystemExit(f"--speed-from {path}: no measurement of {missing}")
+    return rounds, str(doc.get("command", "unknown"))
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -476,6 +490,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed measurements")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--speed-from", type=Path, default=None,
+                    help="take the speed rounds from another run's results.json / progress file instead of measuring "
+                         "(read after the success part, so that run may still be going)")
     ap.add_argument("--skip-success", action="store_true")
     ap.add_argument("--budget-minutes", "--budget-min", dest="budget_min", type=float, default=None,
                     help="wall-clock training budget per policy (default 10; --quick: 5)")
@@ -486,6 +503,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"a run that fits a shared 2-core machine in about an hour: {QUICK_NOTE}")
     ap.add_argument("--smoke", action="store_true", help=f"a smoke run of every part: {SMOKE_NOTE}")
     ap.add_argument("--out", type=Path, default=HERE / "results.md")
+    ap.add_argument("--speed-wait-min", type=float, default=30.0, help="how long to wait for --speed-from's file")
+    ap.add_argument("--note", default="", help="a sentence for the report's header (e.g. how the machine was shared)")
     a = ap.parse_args(argv)
     apply_presets(a, argv if argv is not None else sys.argv[1:])
     unknown = [p for p in a.policies if p not in THEIRS and p not in OURS]
@@ -506,8 +525,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rounds: list = []
     absolute, ratios = {}, {}
-    partial = a.out.with_suffix(".partial.json")  # what is done so far, in case the run is cut short
-    if not a.skip_speed:
+    partial = a.data / f"{a.out.stem}.partial.json"  # what is done so far, in case the run is cut short
+    speed_command = command
+    if not a.skip_speed and a.speed_from is None:
         rounds = measure_all(a.policies, lr_py, store, lerobot, a)
         absolute, ratios = summarize_speed(rounds, a.policies)
         write_atomic(partial, json.dumps({"command": command, "rounds": rounds}, indent=1, default=str))
@@ -515,6 +535,13 @@ def main(argv: list[str] | None = None) -> int:
                                                       on_each=lambda s: write_atomic(partial, json.dumps(
                                                           {"command": command, "rounds": rounds, "success": s},
                                                           indent=1, default=str)))
+    if a.speed_from is not None:
+        deadline = time.time() + 60 * a.speed_wait_min
+        while not a.speed_from.exists() and time.time() < deadline:
+            log(f"waiting for {a.speed_from} (the speed run is still measuring)")
+            time.sleep(30)
+        rounds, speed_command = load_rounds(a.speed_from, a.policies)
+        absolute, ratios = summarize_speed(rounds, a.policies)
 
     errors = {p: r["error"] for rr in rounds for p, r in rr.items() if "error" in r}
     table = tables(absolute, ratios, success)
@@ -523,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
               f"policy, {a.eval_episodes} evaluation episodes per task; {a.rounds} speed round(s) of {a.steps} timed "
               f"training steps and {a.repeats} chunks per latency figure.")
     print(budget)
+    if speed_command != command:
+        print(f"Speed rounds read from {a.speed_from}, measured by: {speed_command}")
     print()
     print(table)
     print()
@@ -540,10 +569,14 @@ def main(argv: list[str] | None = None) -> int:
         f"speed: batch {a.batch}, {a.steps} timed steps, {a.repeats} chunks per latency figure, {a.rounds} interleaved "
         f"round(s); success: {a.budget_min:g} min of training each (batch {a.success_batch}), "
         f"{a.eval_episodes} episodes per task, {a.n_action_steps} actions executed per chunk.", "", budget, ""]
+    if speed_command != command:
+        header += [f"Speed rounds read from `{a.speed_from}`, measured by `{speed_command}`.", ""]
+    if a.note:
+        header += [a.note, ""]
     write_atomic(a.out, "\n".join(header + [table, ""] + [f"- {g}" for g in goals] +
                                   [f"- {p}: FAILED: {e.splitlines()[0]}" for p, e in errors.items()]) + "\n")
     write_atomic(a.out.with_suffix(".json"), json.dumps(
-        {"command": command, "preset": a.preset_name, "budget_min": a.budget_min, "tasks": a.tasks,
+        {"command": command, "speed_command": speed_command, "preset": a.preset_name, "budget_min": a.budget_min, "tasks": a.tasks,
          "eval_episodes": a.eval_episodes, "rounds": rounds, "absolute": absolute, "ratios": ratios,
          "success": success, "targets": goals}, indent=1, default=str))
     partial.unlink(missing_ok=True)

@@ -141,3 +141,19 @@ def test_presets_fill_budgets_and_explicit_options_win():
         peers.parse_args(["--budget-minutes", "0"])
     with pytest.raises(SystemExit):
         peers.parse_args(["--policies", "dust,pi0"])
+
+
+def test_speed_rounds_from_another_run(tmp_path):
+    import run as peers
+
+    path = tmp_path / "results.partial.json"
+    with pytest.raises(SystemExit, match="no such file"):
+        peers.load_rounds(path, ["dust"])
+    path.write_text(json.dumps({"command": "run.py --quick", "rounds": [{"dust": {"params_trainable": 1}}]}))
+    rounds, cmd = peers.load_rounds(path, ["dust"])
+    assert cmd == "run.py --quick" and rounds[0]["dust"]["params_trainable"] == 1
+    with pytest.raises(SystemExit, match="no measurement of"):
+        peers.load_rounds(path, ["dust", "act"])
+    path.write_text(json.dumps({"command": "x", "success": {}}))
+    with pytest.raises(SystemExit, match="holds no speed rounds"):
+        peers.load_rounds(path, ["dust"])
