@@ -299,6 +299,7 @@ class ModulationCache:
     An entry keeps the parameter tensors it was computed from and their version counters: an
     optimizer step or ``load_state_dict`` (in-place, new versions) or a dtype / device move (new
     parameter objects) invalidates it. Copies and pickles of a module start with an empty cache.
+    Writes through ``param.data`` bypass version counters: call :meth:`clear` after such a write.
     """
 
     def __init__(self, max_entries: int = 8):
