@@ -166,7 +166,8 @@ ENTRIES: list[Entry] = [
           no_skip={"skip_action_blocks": False}, repeats=9, prepare=lambda p: p.for_inference(torch.bfloat16),
           breakdown=dust_parts,
           target=({"num_action_steps": 4, "num_vision_steps": 4}, 2, 50.0),
-          notes="sampling with the conditioning stack and denoiser in bfloat16 (DUSTPolicy.for_inference)"),
+          notes="sampling with the conditioning stack and denoiser in bfloat16, Linear weights prepacked for "
+                "oneDNN (DUSTPolicy.for_inference)"),
     Entry("dust-paper", "dust", "paper", train_batch=1, train_steps=2, optimizer=False, sampling=_dust_points(),
           point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
           no_skip={"skip_action_blocks": False}, no_skip_at=(1,), repeats=1, warmup=0,

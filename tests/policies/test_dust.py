@@ -252,11 +252,24 @@ def test_bfloat16_inference_is_close_to_float32():
     _train(p, _batch(p.config), steps=5)
     obs = fake_observation(_spec(p.config), batch_size=2)
     ref = p.sample_actions(obs, seed=2).actions
+    keys, sd32 = list(p.state_dict()), {k: v.clone() for k, v in p.state_dict().items()}
     p.for_inference(torch.bfloat16)
     assert p.net.action_enc.weight.dtype == torch.bfloat16 and p.normalizer.affine["action"].scale.dtype == torch.float32
+    assert list(p.state_dict()) == keys  # prepacked linears keep the checkpoint layout
     out = p.sample_actions(obs, seed=2)
     assert out.actions.dtype == torch.float32 and torch.isfinite(out.actions).all()
     assert (out.actions - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+    q = _policy()  # same weights, bfloat16 without prepacking: the same chunk
+    q.load_state_dict({k: v.float() for k, v in p.state_dict().items()})
+    q.for_inference(torch.bfloat16, prepack=False)
+    assert type(q.net.action_enc) is torch.nn.Linear
+    assert torch.allclose(q.sample_actions(obs, seed=2).actions, out.actions, atol=1e-2)
+    # float32 with prepacking only: the float32 chunk
+    r = _policy()
+    r.load_state_dict(sd32)
+    r.for_inference(torch.float32)
+    assert r.net.action_enc.weight.dtype == torch.float32
+    assert torch.allclose(r.sample_actions(obs, seed=2).actions, ref, atol=1e-4)
 
 
 @pytest.mark.parametrize("strategy", ["dit_single", "mmdit_joint"])

@@ -134,6 +134,39 @@ def test_fused_modulation_and_gate_match_the_formula():
     assert shift.grad is not None and scale.grad is not None and scale.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_linear_matches_linear_and_follows_weight_changes(dtype):
+    import copy
+    import pickle
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 16)).to(dtype)
+    ref = copy.deepcopy(m)
+    n = L.prepack_linears(m)
+    if not torch.backends.mkldnn.is_available():
+        assert n == 0
+        return
+    assert n == 2 and isinstance(m[0], L.PrepackedLinear) and isinstance(m[0], torch.nn.Linear)
+    assert list(m.state_dict()) == list(ref.state_dict())
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    x = torch.randn(3, 5, 32, dtype=dtype)
+    with torch.inference_mode():
+        assert torch.allclose(m(x).float(), ref(x).float(), atol=tol)
+        assert m[0].__dict__["_pack"].packed is not None  # the packed path ran
+        assert torch.allclose(m(x[:, 1:]).float(), ref(x[:, 1:]).float(), atol=tol)  # non-contiguous input
+    with torch.no_grad():  # in-place change (new version), then .data swaps through .to()
+        m[0].weight.mul_(-2.0), ref[0].weight.mul_(-2.0)
+        assert torch.allclose(m(x).float(), ref(x).float(), atol=tol)
+        m.to(torch.float64).to(dtype), ref.to(torch.float64).to(dtype)
+        m[2].weight.add_(1.0), ref[2].weight.add_(1.0)
+        assert torch.allclose(m(x).float(), ref(x).float(), atol=tol)
+    # training takes the plain path and gets gradients; copies and pickles repack on first use
+    m(x).float().sum().backward()
+    assert m[0].weight.grad is not None and m[0].weight.grad.abs().sum() > 0
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        with torch.no_grad():
+            assert torch.allclose(other(x).float(), ref(x).float(), atol=tol)
+
+
 def test_mmdit_single_stream_equals_dit_block():
     torch.manual_seed(0)
     mm = _randomize(L.MMDiTBlock(16, 4, n_streams=1))

@@ -356,6 +356,69 @@ class FinalLayer(nn.Module):
         return self.head(norm_modulate(self.norm, x, shift, scale))  # (B, L, out_dim)
 
 
+class _PackedWeight:
+    """A oneDNN-packed copy of one weight, with the weight object and version it was packed from.
+
+    Not copied or pickled (copies repack on first use).
+    """
+
+    def __init__(self):
+        self.source: Tensor | None = None
+        self.version: tuple = ()
+        self.packed: Tensor | None = None
+
+    def __deepcopy__(self, memo) -> "_PackedWeight":
+        return _PackedWeight()
+
+    def __getstate__(self) -> dict:
+        return {"source": None, "version": (), "packed": None}
+
+
+class PrepackedLinear(nn.Linear):
+    """An ``nn.Linear`` that, on the CPU without gradients, multiplies by a oneDNN-packed weight.
+
+    Made from an existing Linear by :func:`prepack_linears` (same parameters, same state dict).
+    At batch 1 a policy's linears are bound by reading their weights; ``F.linear`` reorders the
+    weight into the kernel's blocked layout on every call, the packed copy is reordered once
+    (and again only when the weight object or its version changes). Training, autograd, other
+    devices and dtype mismatches take the plain ``F.linear`` path; the packed result equals it.
+    """
+
+    _pack: _PackedWeight
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., in_features) -> (..., out_features)."""
+        w = self.weight
+        if (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)) or x.device.type != "cpu" \
+                or w.device.type != "cpu" or x.dtype != w.dtype or x.dim() < 2:
+            return F.linear(x, w, self.bias)
+        pk = self.__dict__.get("_pack")
+        if pk is None:
+            pk = self.__dict__["_pack"] = _PackedWeight()
+        version = (w._version, w.data_ptr(), w.dtype, tuple(w.shape))  # `.to()` swaps .data in place
+        if pk.source is not w or pk.version != version:
+            with torch.no_grad():
+                pk.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), 16)
+            pk.source, pk.version = w, version
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), pk.packed, self.bias, "none", [], "")
+
+
+def prepack_linears(module: nn.Module) -> int:
+    """Turn every ``nn.Linear`` inside ``module`` into a :class:`PrepackedLinear` in place; returns how many.
+
+    Parameters, state-dict keys and training behaviour are unchanged; only CPU inference without
+    gradients takes the packed path. No-op (returns 0) where torch has no oneDNN.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    n = 0
+    for m in module.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = PrepackedLinear
+            n += 1
+    return n
+
+
 def mlp_stack(in_dim: int, hidden: int, out_dim: int, layers: int, act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
     """``layers`` Linear layers with ``act`` between them: in_dim -> hidden ... -> out_dim."""
     if layers < 1:

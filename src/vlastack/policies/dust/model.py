@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ...types import ACTION, STATE, TASK, ActionChunk, ContractError, Observation, image_key, pad_key
 from ..base import Policy, check_tasks, feature_key, images_to_float, register_policy, to_tensor
 from ..layers import (DiTBlock, FinalLayer, MMDiTBlock, TimestepEmbedding, TransformerBlock, mlp_stack,
-                      sinusoidal_1d, sinusoidal_2d)
+                      prepack_linears, sinusoidal_1d, sinusoidal_2d)
 from ..noise import FlowMatching
 from ..normalizer import Normalizer
 from .config import DUSTConfig
@@ -296,9 +296,9 @@ class DUSTNetwork(nn.Module):
 class ModulationCache:
     """Recent schedules' per-step adaLN modulations, each valid while its weights are unchanged.
 
-    An entry keeps the parameter tensors it was computed from and their version counters: an
-    optimizer step or ``load_state_dict`` (in-place, new versions) or a dtype / device move (new
-    parameter objects) invalidates it. Copies and pickles of a module start with an empty cache.
+    An entry keeps the parameter tensors it was computed from, their version counters and
+    storages: an optimizer step or ``load_state_dict`` (in place, new versions) or a dtype /
+    device move (new storage) invalidates it. Copies and pickles of a module start with an empty cache.
     Writes through ``param.data`` bypass version counters: call :meth:`clear` after such a write.
     """
 
@@ -313,7 +313,7 @@ class ModulationCache:
             return None
         held, versions, value = entry
         if len(held) == len(params) and all(a is b for a, b in zip(held, params)) \
-                and versions == tuple(p._version for p in params):
+                and versions == self._versions(params):
             return value
         del self.entries[key]
         return None
@@ -322,7 +322,12 @@ class ModulationCache:
         """Store ``value`` computed from ``params`` (the oldest entry goes when full)."""
         if key not in self.entries and len(self.entries) >= self.max_entries:
             self.entries.pop(next(iter(self.entries)))
-        self.entries[key] = (list(params), tuple(p._version for p in params), value)
+        self.entries[key] = (list(params), self._versions(params), value)
+
+    @staticmethod
+    def _versions(params: list[Tensor]) -> tuple:
+        """Version counter and storage of each parameter (``module.to()`` swaps ``.data`` without a new version)."""
+        return tuple((p._version, p.data_ptr(), p.dtype) for p in params)
 
     def clear(self) -> None:
         """Drop every entry."""
@@ -392,15 +397,21 @@ class DUSTPolicy(Policy):
                                      on_constant=cfg.norm_on_constant)
         self._future_idx = [cfg.cameras.index(c) for c in cfg.future_camera_list]
 
-    def for_inference(self, dtype: torch.dtype = torch.bfloat16) -> "DUSTPolicy":
+    def for_inference(self, dtype: torch.dtype = torch.bfloat16, prepack: bool = True) -> "DUSTPolicy":
         """Cast the conditioning stack and the denoiser to ``dtype`` for sampling; returns self in eval mode.
 
         Encoders, the normalizer and the Euler integration stay float32. At batch 1 the denoiser
         is bound by reading its weights, so bfloat16 (on CPUs with avx512_bf16 / AMX, or GPUs)
-        roughly halves sampling latency. Deployment only: keep training in float32.
+        roughly halves sampling latency. ``prepack`` turns their Linear layers into
+        :class:`~vlastack.policies.layers.PrepackedLinear` (oneDNN-packed weights for CPU inference
+        without gradients; same parameters and state dict; ``dtype=torch.float32`` keeps float32
+        and only prepacks). Deployment only: keep training in float32.
         """
         self.condition.to(dtype)
         self.net.to(dtype)
+        if prepack:
+            prepack_linears(self.condition)
+            prepack_linears(self.net)
         return self.eval()
 
     # ------------------------------------------------------------ inputs
