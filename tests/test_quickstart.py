@@ -11,7 +11,7 @@ from vlastack.rollout.stats import wilson_interval
 def _fake_run(out: Path, successes: int, episodes: int, resumed: bool = False) -> None:
     (out / "train").mkdir(parents=True)
     (out / "eval").mkdir()
-    recs = [{"step": s, "split": "train", "loss": 3.0 / s, "lr": 1e-4} for s in range(5, 105, 5)]
+    recs = [{"step": s, "split": "train", "loss": 3.0 / s, "loss_action": 1.0 / s} for s in range(5, 105, 5)]
     recs += [{"step": 50, "split": "val", "loss": 0.5}, {"step": 100, "split": "val", "loss": 0.25}]
     if resumed:  # a resumed run appends its steps again: the later record wins
         recs += [{"step": 100, "split": "val", "loss": 0.2}]
@@ -61,6 +61,7 @@ def test_read_metrics_last_record_wins_and_bad_lines_fail(tmp_path):
     curves = qs.read_metrics(tmp_path / "train" / "metrics.jsonl")
     assert curves["val"] == [(50, 0.5), (100, 0.2)]
     assert [s for s, _ in curves["train"]] == list(range(5, 105, 5))
+    assert curves["train_action"][0] == (5, 0.2) and len(curves["train_action"]) == 20
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1, "split": "train", "loss": 1.0}\nnot json\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):

@@ -94,11 +94,12 @@ def run_stage(title: str, argv: list[str]) -> Stage:
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """``metrics.jsonl`` -> {"train": [(step, loss)], "val": [(step, loss)]}, sorted by step.
+    """``metrics.jsonl`` -> {"train": [(step, loss)], "val": [...], "train_action": [...]}, sorted by step.
 
-    A resumed run appends again from its checkpoint: the last record of a (split, step) wins.
+    ``train_action`` is the action term of the training loss (``loss_action``) where the policy logs
+    one. A resumed run appends again from its checkpoint: the last record of a (split, step) wins.
     """
-    curves: dict[str, dict[int, float]] = {"train": {}, "val": {}}
+    curves: dict[str, dict[int, float]] = {"train": {}, "val": {}, "train_action": {}}
     with open(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -108,8 +109,9 @@ def read_metrics(path: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not a JSON line ({e})") from None
             split, loss = rec.get("split"), rec.get("loss")
-            if split in curves and isinstance(loss, (int, float)) and math.isfinite(loss):
-                curves[split][int(rec["step"])] = float(loss)
+            for key, value in ((split, loss), (f"{split}_action", rec.get("loss_action"))):
+                if key in curves and isinstance(value, (int, float)) and math.isfinite(value):
+                    curves[key][int(rec["step"])] = float(value)
     return {k: sorted(v.items()) for k, v in curves.items()}
 
 
@@ -123,9 +125,11 @@ def plot_loss(curves: Mapping[str, Sequence[tuple[int, float]]], path: str | os.
     if not curves.get("train") and not curves.get("val"):
         raise ValueError("plot_loss: no train or val loss points to plot")
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
-    for split, style in (("train", dict(color="#4C72B0", linewidth=1.0, label="train")),
+    for split, style in (("train", dict(color="#4C72B0", linewidth=1.0, label="train (all terms)")),
                          ("val", dict(color="#DD8452", marker="o", markersize=3, linewidth=1.4,
-                                      label="validation (EMA weights)"))):
+                                      label="validation (EMA weights)")),
+                         ("train_action", dict(color="#55A868", linewidth=1.0, linestyle="--",
+                                               label="train, action term"))):
         pts = curves.get(split) or []
         if pts:
             ax.plot([s for s, _ in pts], [v for _, v in pts], **style)
