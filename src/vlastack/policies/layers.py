@@ -381,7 +381,8 @@ class PrepackedLinear(nn.Linear):
     At batch 1 a policy's linears are bound by reading their weights; ``F.linear`` reorders the
     weight into the kernel's blocked layout on every call, the packed copy is reordered once
     (and again only when the weight object or its version changes). Training, autograd, other
-    devices and dtype mismatches take the plain ``F.linear`` path; the packed result equals it.
+    devices, CPU autocast and dtype mismatches take the plain ``F.linear`` path; the packed
+    result equals it to float rounding.
     """
 
     _pack: _PackedWeight
@@ -390,7 +391,7 @@ class PrepackedLinear(nn.Linear):
         """x (..., in_features) -> (..., out_features)."""
         w = self.weight
         if (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)) or x.device.type != "cpu" \
-                or w.device.type != "cpu" or x.dtype != w.dtype or x.dim() < 2:
+                or w.device.type != "cpu" or x.dtype != w.dtype or x.dim() < 2 or torch.is_autocast_enabled("cpu"):
             return F.linear(x, w, self.bias)
         pk = self.__dict__.get("_pack")
         if pk is None:
