@@ -107,6 +107,7 @@ class Entry:
     target: tuple[dict[str, Any], int, float] | None = None  # (sampling kwargs, threads, ms) to check
     prepare: Callable[[Policy], Policy] | None = None  # applied before the latency pass (e.g. bf16 cast)
     breakdown: Callable[[Policy, Any], list[tuple[str, Callable[[], Any]]]] | None = None  # chunk parts to time
+    breakdown_summary: Callable[[dict[str, float]], str] | None = None  # a line derived from the parts' times
     notes: str = ""
 
 
@@ -148,6 +149,15 @@ def dita_parts(policy, obs) -> list[tuple[str, Callable[[], Any]]]:
             ("uncached step (whole sequence)", lambda: net(prefix, valid, x, t))]
 
 
+def dita_loop_ratio(parts: dict[str, float], steps: int = 10) -> str:
+    """The prefix cache's saving on the denoising loop alone (prefix encoding excluded), from the parts."""
+    full, first = parts["uncached step (whole sequence)"], parts["first step, full pass keeping prefix K/V"]
+    cached = parts["cached step (suffix only)"]
+    no_cache, with_cache = steps * full, first + (steps - 1) * cached
+    return (f"denoising loop alone, {steps} steps: no-cache {no_cache:.1f} ms, cache {with_cache:.1f} ms, "
+            f"ratio {no_cache / with_cache:.2f}x (process-CPU, 1 thread, from the parts)")
+
+
 def _dust_points(n_os=(4, 16, 32, 64)):
     return [{"num_action_steps": 4, "num_vision_steps": n} for n in n_os]
 
@@ -179,7 +189,7 @@ ENTRIES: list[Entry] = [
           no_skip_name="no-cache", repeats=15, notes="the test preset: tiny random encoders, 32x32 images, width 32"),
     Entry("dita-small", "dita", "small", train_batch=16, train_steps=5, sampling=[{"num_inference_steps": 10}],
           point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
-          no_skip_name="no-cache", repeats=7, breakdown=dita_parts),
+          no_skip_name="no-cache", repeats=7, breakdown=dita_parts, breakdown_summary=dita_loop_ratio),
     Entry("dita-paper", "dita", "paper", train_batch=2, train_steps=2, sampling=[{"num_inference_steps": 10}],
           point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
           no_skip_name="no-cache", repeats=1, notes="vision backbone trainable (0.1x lr): no feature-cache pass"),
@@ -332,6 +342,8 @@ def run_entry(e: Entry, device: str = "cpu", threads_train: int = 2, train_batch
                 out["breakdown_cpu_ms"][name] = _median_ms(fn, e.repeats, 2)[1]
         print("parts of a chunk [1 thread, process-CPU ms]: "
               + ", ".join(f"{k} {v:.1f}" for k, v in out["breakdown_cpu_ms"].items()), flush=True)
+        if e.breakdown_summary is not None:
+            print(e.breakdown_summary(out["breakdown_cpu_ms"]), flush=True)
     if e.target is not None:
         kw, n_threads, limit = e.target
         hit = [r for r in out["latency"] if r["threads"] == n_threads and r["point"] == e.point_label(kw)]

@@ -45,6 +45,15 @@ def test_tiny_entries_produce_every_figure(bench, label, parts, capsys):
     assert out["target"]["met"]
     printed = capsys.readouterr().out
     assert "parts of a chunk" in printed and "target:" in printed and "samples/s" in printed
+    if label == "dita-tiny":
+        assert "denoising loop alone" in bench.dita_loop_ratio(out["breakdown_cpu_ms"])
+
+
+def test_dita_loop_ratio_arithmetic(bench):
+    parts = {"uncached step (whole sequence)": 30.0, "first step, full pass keeping prefix K/V": 32.0,
+             "cached step (suffix only)": 10.0}
+    line = bench.dita_loop_ratio(parts, steps=10)
+    assert "no-cache 300.0 ms" in line and "cache 122.0 ms" in line and "ratio 2.46x" in line
 
 
 def test_unknown_entry_is_refused(bench):
