@@ -16,6 +16,8 @@ def _fake_run(out: Path, successes: int, episodes: int, resumed: bool = False) -
     if resumed:  # a resumed run appends its steps again: the later record wins
         recs += [{"step": 100, "split": "val", "loss": 0.2}]
     (out / "train" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    (out / "train" / "config.yaml").write_text("policy:\n  name: dust\n  preset: small\n  width: null\n"
+                                               "  n_mmdit: 2\ntrain:\n  threads: 1\n")
     (out / "train" / "summary.json").write_text(json.dumps(
         {"step": 100, "ended_by": "max_minutes", "samples_per_s": 12.5, "elapsed_s": 420.0,
          "train_loss": 0.03, "val_loss": 0.2, "feature_encoder": "efficientnet_lite0"}))
@@ -48,6 +50,7 @@ def test_report_has_success_interval_curve_video_times_and_commands(tmp_path):
     assert "| collect demos | 3.3 min | 0 |" in text and "| **total** | **12.6 min** | |" in text
     assert "vlastack collect task=OpenDrawer 'cameras=[left,wrist]'" in text
     assert "100 optimizer steps (max_minutes), 12.5 samples/s" in text
+    assert "Policy: `dust` preset `small` with n_mmdit=2 (" in text
 
 
 def test_report_without_eval_or_training_says_so(tmp_path):

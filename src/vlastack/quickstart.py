@@ -192,6 +192,15 @@ def write_report(out: str | os.PathLike, task: str, stages: Sequence[Stage]) -> 
         lines += [f"{ts['step']} optimizer steps ({ts['ended_by']}), {ts['samples_per_s']:.1f} samples/s, "
                   f"{_minutes(ts['elapsed_s'])} including set-up; final train loss {tl}, validation loss {vl}; "
                   f"features: {ts.get('feature_encoder') or 'images'}.", ""]
+    config_path = out / "train" / "config.yaml"
+    if config_path.is_file():
+        from omegaconf import OmegaConf
+
+        pol = OmegaConf.to_container(OmegaConf.load(config_path)).get("policy") or {}
+        changed = ", ".join(f"{k}={v}" for k, v in pol.items() if v is not None and k not in ("name", "preset"))
+        lines += [f"Policy: `{pol.get('name')}` preset `{pol.get('preset')}`"
+                  + (f" with {changed}" if changed else "") + " (the rest: the preset's values and the data's "
+                  "cameras and sizes).", ""]
     if metrics_path.is_file():
         curves = read_metrics(metrics_path)
         if curves["train"] or curves["val"]:
