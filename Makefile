@@ -9,6 +9,7 @@ export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+export OMP_WAIT_POLICY ?= PASSIVE  # no spinning OpenMP threads on busy cores (see src/vlastack/cli.py)
 
 .PHONY: setup sysdeps test test-all quickstart bench clean
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
+
+# OpenMP threads that spin while waiting make multi-threaded torch 10-30x slower on a machine
+# whose cores are busy with other work (measured: a 2-thread DUST chunk 6.8 s spinning vs 0.21 s
+# passive). Read once, when torch loads OpenMP, so it is set before any subcommand imports torch;
+# an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # subcommand -> (module, function, one-line help); the function takes argv (list[str]).
 COMMANDS: dict[str, tuple[str, str, str]] = {
