@@ -9,7 +9,8 @@ export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export OMP_WAIT_POLICY ?= PASSIVE  # no spinning OpenMP threads on busy cores (see src/vlastack/cli.py)
+# no spinning OpenMP threads on busy cores (see src/vlastack/cli.py)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup sysdeps test test-all quickstart bench clean
 
