@@ -421,30 +421,10 @@ def grasp_offset(obj) -> float:
     return float(max(0.015, min(h / 2, 0.06), h - 0.025))
 
 
-def rot_y(angle: float) -> np.ndarray:
-    """3x3 rotation about world y by ``angle`` radians."""
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-# How far (rad) the expert tilts its fingers from straight down toward +x (away from the robot)
-# when a pick-and-place task involves a region, by the region's noun. A straight-down hand
-# carries the wrist (links 6-7) about 0.25 m above the grip site: inside the cabinet and the
-# microwave it hits the ceiling's front edge, and over the sink it hits the faucet's nozzle.
-# Tilted, the wrist trails behind and below. One tilt serves the whole task, so the object
-# stays upright between grasp and release.
-GRASP_PITCH: dict[str, float] = {}
-
-
-def task_pitch(task) -> float:
-    """The finger tilt for a pick-and-place task (the largest of its regions')."""
-    return max(GRASP_PITCH.get(r.noun, 0.0) for r in (task.source, task.target))
-
-
-def grasp_rot(obj, pitch: float = 0.0) -> np.ndarray:
-    """Grip-site orientation for grasping ``obj``: fingers down, tilted ``pitch`` rad toward
-    the grasp's forward direction, closing across the object's thin side."""
-    return rot_z(grasp_yaw(obj)) @ rot_y(-pitch) @ R_DOWN
+def grasp_rot(obj) -> np.ndarray:
+    """Grip-site orientation for grasping ``obj`` from above: fingers down, closing across the
+    object's thin side."""
+    return yawed(R_DOWN, grasp_yaw(obj))
 
 
 def grasp_yaw(obj) -> float:
@@ -455,10 +435,10 @@ def grasp_yaw(obj) -> float:
     return float((obj.yaw + np.pi / 2) % np.pi - np.pi / 2)
 
 
-def pick_phases(scene, region, obj, carry: float, pitch: float = 0.0) -> list[Phase]:
-    """Grasp ``obj`` in ``region`` (from above, or through the front of an enclosed one) with
-    the fingers tilted ``pitch`` rad and bring it up to ``carry`` (a world height for the grip site)."""
-    off, rot = grasp_offset(obj), grasp_rot(obj, pitch)
+def pick_phases(scene, region, obj, carry: float) -> list[Phase]:
+    """Grasp ``obj`` in ``region`` (from above, or through the front of an enclosed one) and
+    bring it up to ``carry`` (a world height for the grip site)."""
+    off, rot = grasp_offset(obj), grasp_rot(obj)
 
     def at_obj(dz):
         return lambda s: (np.array([*obj.pos[:2], obj.bottom_z + off + dz]), rot)
@@ -485,10 +465,9 @@ def pick_phases(scene, region, obj, carry: float, pitch: float = 0.0) -> list[Ph
     ]
 
 
-def place_phases(scene, region, obj, carry: float, pitch: float = 0.0) -> list[Phase]:
-    """Carry the held ``obj`` (grasped with ``pitch``) to ``region``'s drop point, set it down,
-    let go and back off."""
-    off, rot = grasp_offset(obj), grasp_rot(obj, pitch)
+def place_phases(scene, region, obj, carry: float) -> list[Phase]:
+    """Carry the held ``obj`` to ``region``'s drop point, set it down, let go and back off."""
+    off, rot = grasp_offset(obj), grasp_rot(obj)
     drop = region.drop(scene)
     z_set = region.surface(scene) + off + 0.01
     if not region.enclosed:
@@ -518,8 +497,7 @@ def plan_pnp(scene) -> list[Phase]:
     rims = [scene.main_fixture.pos[2] + scene.main_fixture.footprint[2]] if not any(
         r.enclosed for r in (task.source, task.target)) else []
     carry = max(surfaces + rims) + grasp_offset(obj) + 0.12
-    pitch = task_pitch(task)
-    return pick_phases(scene, task.source, obj, carry, pitch) + place_phases(scene, task.target, obj, carry, pitch)
+    return pick_phases(scene, task.source, obj, carry) + place_phases(scene, task.target, obj, carry)
 
 
 PLANS: dict[str, Callable[[object], list[Phase]]] = {
