@@ -1,4 +1,4 @@
-"""Every kitchen task's scripted expert over a few held-out seeds (slow: about 10 minutes).
+"""Every kitchen task's scripted expert over a few held-out seeds (slow: ~8 minutes on 2 busy cores).
 
 The 50-seed table is ``bench/kitchen_experts.py`` (seeds 0-49); this test uses seeds 100-109,
 which the experts were not tuned on, and fails if any task's expert succeeds on fewer than 9.
