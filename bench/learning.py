@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     header = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{os.cpu_count()} CPU cores (shared with other jobs; load average "
                          f"{os.getloadavg()[0]:.1f} at the end)",
-              "args": " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)),
+              "args": " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)) or "(defaults)",
               "demos": a.demos, "cameras": a.cameras, "n_action_steps": a.n_action_steps, "minutes": a.minutes,
               "eval_episodes": a.eval_episodes,
               "walls": walls}
