@@ -414,8 +414,11 @@ def targets(ratios: dict, success: dict | None) -> list[str]:
                            f"{'MET' if x >= 2 else 'NOT MET'}")
     if success and all(k in success and "overall" in success[k] for k in ("dust", "diffusion")):
         a, b = success["dust"]["overall"], success["diffusion"]["overall"]
+        verdict = "MET" if a["success_rate"] >= b["success_rate"] else "NOT MET"
+        if a["successes"] == 0 and b["successes"] == 0:
+            verdict = "NOT SHOWN (neither succeeded once: the budget is too short to tell)"
         out.append(f"DUST success >= Diffusion Policy's after the same budget: {a['successes']}/{a['episodes']} vs "
-                   f"{b['successes']}/{b['episodes']} -> {'MET' if a['success_rate'] >= b['success_rate'] else 'NOT MET'}")
+                   f"{b['successes']}/{b['episodes']} -> {verdict}")
     return out
 
 

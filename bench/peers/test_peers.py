@@ -157,3 +157,14 @@ def test_speed_rounds_from_another_run(tmp_path):
     path.write_text(json.dumps({"command": "x", "success": {}}))
     with pytest.raises(SystemExit, match="holds no speed rounds"):
         peers.load_rounds(path, ["dust"])
+
+
+def test_success_target_is_not_shown_when_neither_succeeds():
+    import run as peers
+
+    def s(k, n=10):
+        return {"overall": {"successes": k, "episodes": n, "success_rate": k / n}}
+
+    assert peers.targets({}, {"dust": s(0), "diffusion": s(0)})[0].endswith("budget is too short to tell)")
+    assert peers.targets({}, {"dust": s(3), "diffusion": s(2)})[0].endswith("-> MET")
+    assert peers.targets({}, {"dust": s(1), "diffusion": s(2)})[0].endswith("-> NOT MET")
