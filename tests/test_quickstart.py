@@ -78,3 +78,17 @@ def test_stage_commands_use_the_experiment_and_the_budget(tmp_path):
     assert "tasks=[CloseDrawer]" in cmds["evaluate"] and "episodes=10" in cmds["evaluate"]
     assert not any(a.startswith("train.max_minutes") for a in
                    dict(qs.stage_commands(tmp_path, "CloseDrawer", 30, ["left"], 10, None))["train DUST small"])
+
+
+def test_rerun_shows_the_first_runs_wall_times_beside_this_one(tmp_path):
+    _fake_run(tmp_path, successes=17, episodes=20)
+    qs.record_run(tmp_path, _stages())
+    text = qs.write_report(tmp_path, "OpenDrawer", _stages())
+    assert "first run here" not in text  # one invocation: nothing to compare
+    rerun = [qs.Stage(s.title, s.argv, 0, 4.0) for s in _stages()]
+    qs.record_run(tmp_path, rerun)
+    assert [len(r["stages"]) for r in qs.read_history(tmp_path)] == [3, 3]
+    text = qs.write_report(tmp_path, "OpenDrawer", rerun)
+    assert "| stage | wall time | exit | first run here |" in text
+    assert "| train DUST small | 4 s | 0 | 7.2 min |" in text
+    assert "| **total** | **12 s** | | **12.6 min** |" in text

@@ -47,6 +47,7 @@ DEFAULT_EVAL_EPISODES = 20
 N_ACTION_STEPS = 16  # run whole 16-action chunks: 7/10 vs 4/10 with 8 of 16 on the same checkpoint
 LOSS_PNG = "train_loss.png"
 REPORT = "report.md"
+HISTORY = "quickstart_runs.json"
 
 
 @dataclass
@@ -160,12 +161,29 @@ def _minutes(s: float) -> str:
     return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
+def read_history(out: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every quickstart invocation recorded in ``out/quickstart_runs.json`` (oldest first; [] when none)."""
+    path = Path(out) / HISTORY
+    return list(json.loads(path.read_text())["runs"]) if path.is_file() else []
+
+
+def record_run(out: str | os.PathLike, stages: Sequence[Stage]) -> None:
+    """Append this invocation's stages (title, command, exit code, seconds) to ``out/quickstart_runs.json``."""
+    out = Path(out)
+    runs = read_history(out) + [{"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": [
+        {"title": s.title, "command": s.command, "rc": s.rc, "seconds": round(s.seconds, 2)} for s in stages]}]
+    tmp = out / (HISTORY + ".tmp")
+    tmp.write_text(json.dumps({"runs": runs}, indent=1))
+    os.replace(tmp, out / HISTORY)
+
+
 def write_report(out: str | os.PathLike, task: str, stages: Sequence[Stage]) -> str:
     """Write ``out/report.md`` (and ``out/train_loss.png``) from the run's files; returns the markdown.
 
     Reads ``out/eval/eval_info.json`` (success, Wilson interval, first video), ``out/train/metrics.jsonl``
-    (loss curve) and ``out/train/summary.json`` (steps, throughput); a part whose file is missing
-    says so instead of a figure.
+    (loss curve), ``out/train/summary.json`` (steps, throughput) and ``out/quickstart_runs.json`` (the
+    first invocation's wall times, shown beside this one's when they differ); a part whose file is
+    missing says so instead of a figure.
     """
     out = Path(out)
     lines = [f"# vlastack quickstart: DUST small on {task}", ""]
@@ -181,10 +199,17 @@ def write_report(out: str | os.PathLike, task: str, stages: Sequence[Stage]) -> 
     else:
         lines += ["No evaluation result (`eval/eval_info.json` is missing).", ""]
     # stages
-    total = sum(s.seconds for s in stages)
-    lines += ["| stage | wall time | exit |", "| --- | ---: | ---: |"]
-    lines += [f"| {s.title} | {_minutes(s.seconds)} | {s.rc} |" for s in stages]
-    lines += [f"| **total** | **{_minutes(total)}** | |", ""]
+    # wall times: this invocation, and the first one in this directory (later ones reuse cached stages)
+    history = read_history(out)
+    first = history[0]["stages"] if len(history) > 1 else None
+    first_s = {d["title"]: d["seconds"] for d in first} if first else {}
+    head = "| stage | wall time | exit |" + (" first run here |" if first else "")
+    lines += [head, "| --- | ---: | ---: |" + (" ---: |" if first else "")]
+    for s in stages:
+        extra = f" {_minutes(first_s[s.title])} |" if s.title in first_s else (" - |" if first else "")
+        lines.append(f"| {s.title} | {_minutes(s.seconds)} | {s.rc} |{extra}")
+    total = _minutes(sum(s.seconds for s in stages))
+    lines += [f"| **total** | **{total}** | |" + (f" **{_minutes(sum(first_s.values()))}** |" if first else ""), ""]
     # training
     summary_path, metrics_path = out / "train" / "summary.json", out / "train" / "metrics.jsonl"
     lines += ["## Training", ""]
@@ -270,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             rc = stages[-1].rc
             print(f"quickstart: {title} failed with exit code {rc}", file=sys.stderr)
             break
+    record_run(out, stages)
     text = write_report(out, a.task, stages)
     print("\n" + text.split("\n## Training")[0].strip())
     print(f"\nreport: {out / REPORT}")
