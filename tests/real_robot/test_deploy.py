@@ -105,12 +105,13 @@ def test_config_composition_and_bad_settings(capsys):
     assert cli.COMMANDS["deploy"][0] == "vlastack.rollout.deploy"
 
 
-def test_ctrl_c_stops_cleanly(tmp_path):
+def test_ctrl_c_stops_cleanly(tmp_path, ctrl_c_popen_kwargs):
     out = tmp_path / "summary.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "vlastack.cli", "deploy", "policy=scripted", "max_steps=400", "scripted.speed=0.01",
+    proc = subprocess.Popen([sys.executable, "-m", "vlastack.cli", "deploy", "policy=scripted", "max_steps=400",
+                             "scripted.speed=0.01",
                              "robot.twin.image_size=[16,16]", f"out={out}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **ctrl_c_popen_kwargs)
     deadline = time.monotonic() + 60
     for line in proc.stdout:  # wait for the run to start, then let it move (slowly: it cannot finish)
         if line.startswith("deploying") or time.monotonic() > deadline:

@@ -313,10 +313,10 @@ def test_cli_errors_are_clean(checkpoint, tmp_path, capsys, monkeypatch):
     assert "nonsense" in capsys.readouterr().err
 
 
-def test_cli_serves_until_interrupted(checkpoint):
+def test_cli_serves_until_interrupted(checkpoint, ctrl_c_popen_kwargs):
     env = {**os.environ, "VLASTACK_API_KEY": KEY}
     proc = subprocess.Popen([sys.executable, "-m", "vlastack.cli", "serve", f"checkpoint={checkpoint}", "port=0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **ctrl_c_popen_kwargs)
     try:
         line = ""
         deadline = time.time() + 60
