@@ -1,7 +1,8 @@
 """`make quickstart`: demos -> DUST ``small`` -> simulation success, in under 15 minutes on 2 CPU cores.
 
-Measured end to end (``time make quickstart``, fresh ``runs/quickstart``, load average ~7.5 on the
-2 cores from other jobs): 10.9 min wall, 18/20 = 90% success (95% Wilson interval 70-97%).
+Measured end to end (``time make quickstart``, fresh ``runs/quickstart``, 2 cores shared with other
+jobs): at load average ~7.5, 10.9 min wall, 620 steps, 18/20 = 90% success (95% Wilson interval
+70-97%); at load ~3, 10.7 min wall, 1071 steps, 20/20 = 100% (84-100%).
 
 Stages (each one ``vlastack`` subcommand in its own process, so every stage is a command a user
 can rerun by hand; the report lists them):
