@@ -200,3 +200,17 @@ def test_multirun_sweeps_and_compares(tmp_path, capsys):
         info = json.loads((out / str(i) / E.INFO_FILE).read_text())
         assert info["settings"]["executor"] in job["overrides"][0] and job["episodes"] == 1
     assert (out / "multirun.md").read_text().count("| receding |") == 2
+
+
+def test_retrained_weights_at_the_same_path_are_not_resumed_into(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    args = [f"checkpoint={ckpt}", "env=metaworld", "tasks=[reach-v3]", "episodes=1", "max_steps=4",
+            "workers=0", "videos=0", "progress=false", f"out={tmp_path / 'e'}"]
+    assert E.evaluate(args)["complete"]
+    torch.manual_seed(1)
+    _tiny_checkpoint(tmp_path / "ckpt")  # another training run writes the same path
+    with pytest.raises(E.EvalError, match="weights: '[0-9a-f]{64}' then"):
+        E.evaluate(args)

@@ -29,6 +29,7 @@ returns the ``eval_info.json`` document (what the training loop calls in-loop).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -59,7 +60,7 @@ DEFAULT_SEED = 100_000
 #: fault injection (tests): a worker given episode "<task>:<seed>" exits abruptly, like a segfault.
 FAULT_ENV = "VLASTACK_EVAL_FAULT"
 #: settings that change an episode's outcome; a resumed ``out`` must agree on all of them
-RESULT_KEYS = ("suite", "policy", "checkpoint", "executor", "n_action_steps", "executor_options", "sampling",
+RESULT_KEYS = ("suite", "policy", "checkpoint", "weights", "executor", "n_action_steps", "executor_options", "sampling",
                "max_steps", "cameras", "image_size", "env_kwargs", "device")
 
 
@@ -235,7 +236,8 @@ class _Plan:
     def settings(self) -> dict[str, Any]:
         """The settings that change results (compared on resume)."""
         c = self.cfg
-        return {"suite": c.suite, "policy": self.policy_name, "checkpoint": self.checkpoint, "executor": c.executor,
+        return {"suite": c.suite, "policy": self.policy_name, "checkpoint": self.checkpoint,
+                "weights": weights_digest(self.checkpoint), "executor": c.executor,
                 "n_action_steps": c.n_action_steps, "executor_options": c.executor_options,
                 "sampling": self.sampling, "max_steps": c.max_steps, "cameras": self.cameras,
                 "image_size": self.image_size, "env_kwargs": self.env_kwargs, "device": self.device}
@@ -500,6 +502,19 @@ def _crashed(job: dict) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- the run (main side)
+
+
+def weights_digest(checkpoint: str | None) -> str | None:
+    """SHA-256 of a checkpoint's weights file: a run retrained into the same path is not resumed into."""
+    if checkpoint is None:
+        return None
+    from vlastack.policies.base import WEIGHTS_FILE
+
+    h = hashlib.sha256()
+    with open(Path(checkpoint, WEIGHTS_FILE), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _load_previous(out: Path, settings: dict[str, Any], overwrite: bool) -> tuple[list[dict], list[dict]]:
