@@ -60,7 +60,8 @@ DEFAULT_SEED = 100_000
 #: fault injection (tests): a worker given episode "<task>:<seed>" exits abruptly, like a segfault.
 FAULT_ENV = "VLASTACK_EVAL_FAULT"
 #: settings that change an episode's outcome; a resumed ``out`` must agree on all of them
-RESULT_KEYS = ("suite", "policy", "checkpoint", "weights", "executor", "n_action_steps", "executor_options", "sampling",
+RESULT_KEYS = ("suite", "policy", "checkpoint", "weights", "executor", "n_action_steps", "executor_options",
+               "sampling",
                "max_steps", "cameras", "image_size", "env_kwargs", "device")
 
 
