@@ -61,8 +61,7 @@ DEFAULT_SEED = 100_000
 FAULT_ENV = "VLASTACK_EVAL_FAULT"
 #: settings that change an episode's outcome; a resumed ``out`` must agree on all of them
 RESULT_KEYS = ("suite", "policy", "checkpoint", "weights", "executor", "n_action_steps", "executor_options",
-               "sampling",
-               "max_steps", "cameras", "image_size", "env_kwargs", "device")
+               "sampling", "max_steps", "cameras", "image_size", "env_kwargs", "device")
 
 
 class EvalError(ValueError):
