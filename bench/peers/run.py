@@ -549,9 +549,12 @@ def main(argv: list[str] | None = None) -> int:
     errors = {p: r["error"] for rr in rounds for p, r in rr.items() if "error" in r}
     table = tables(absolute, ratios, success)
     goals = targets(ratios, success)
-    budget = (f"Budget ({a.preset_name} run): tasks {','.join(a.tasks)}; {a.budget_min:g} min of training per "
-              f"policy, {a.eval_episodes} evaluation episodes per task; {a.rounds} speed round(s) of {a.steps} timed "
-              f"training steps and {a.repeats} chunks per latency figure.")
+    success_part = ("success skipped" if a.skip_success else
+                    f"{a.budget_min:g} min of training per policy, {a.eval_episodes} evaluation episodes per task")
+    speed_part = ("speed skipped" if a.skip_speed and a.speed_from is None else
+                  f"{a.rounds} speed round(s) of {a.steps} timed training steps and {a.repeats} chunks per latency "
+                  f"figure")
+    budget = f"Budget ({a.preset_name} run): tasks {','.join(a.tasks)}; {success_part}; {speed_part}."
     print(budget)
     if speed_command != command:
         print(f"Speed rounds read from {a.speed_from}, measured by: {speed_command}")
