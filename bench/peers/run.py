@@ -519,6 +519,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and write the report."""
     a = parse_args(argv)
+    # every worker (ours, LeRobot's, the proxy servers) inherits the same OpenMP wait policy; `vlastack`
+    # commands default to PASSIVE, so without this LeRobot's workers alone would spin on busy cores
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = shlex.join([".venv/bin/python", "bench/peers/run.py", *(argv if argv is not None else sys.argv[1:])])
     global LOG_DIR
     LOG_DIR = a.data / "logs"
@@ -574,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at the end {load_avg()}. Tasks {a.tasks}, {a.episodes} demos each, 3 cameras 128x128; "
         f"speed: batch {a.batch}, {a.steps} timed steps, {a.repeats} chunks per latency figure, {a.rounds} interleaved "
         f"round(s); success: {a.budget_min:g} min of training each (batch {a.success_batch}), "
-        f"{a.eval_episodes} episodes per task, {a.n_action_steps} actions executed per chunk.", "", budget, ""]
+        f"{a.eval_episodes} episodes per task, {a.n_action_steps} actions executed per chunk; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} for every worker.", "", budget, ""]
     if speed_command != command:
         header += [f"Speed rounds read from `{a.speed_from}`, measured by `{speed_command}`.", ""]
     if a.note:
