@@ -11,9 +11,7 @@ per task and the failing seeds with the phase each failed episode ended in.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import os
 import time
 
 
@@ -89,10 +87,9 @@ def main() -> None:
     print(f"overall: {total[0]}/{total[1]} = {100 * total[0] / max(total[1], 1):.1f}%; "
           f"tasks at >= 90%: {sum(r['success'] >= 0.9 * r['episodes'] for r in rows)}/{len(rows)}")
     if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, a.json)
+        from vlastack.rollout.common import write_json_atomic
+
+        write_json_atomic(a.json, rows)
 
 
 if __name__ == "__main__":

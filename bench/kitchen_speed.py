@@ -17,7 +17,6 @@ One process, one thread: the figure is what a single demo-collection or eval wor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -124,10 +123,9 @@ def main() -> None:
     print(f"MUJOCO_GL={os.environ['MUJOCO_GL']}, arm_render={a.arm_render}; {a.steps} timed steps per cell; "
           f"one process; CPU = process time, all threads")
     if a.json:
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, a.json)
+        from vlastack.rollout.common import write_json_atomic
+
+        write_json_atomic(a.json, rows)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,8 @@ def plot_loss(curves: Mapping[str, Sequence[tuple[int, float]]], path: str | os.
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from vlastack.rollout.common import save_figure_atomic
+
     if not curves.get("train") and not curves.get("val"):
         raise ValueError("plot_loss: no train or val loss points to plot")
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=110)
@@ -146,12 +148,7 @@ def plot_loss(curves: Mapping[str, Sequence[tuple[int, float]]], path: str | os.
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def _pct(x: float) -> str:

@@ -65,6 +65,18 @@ def write_json_atomic(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
+def save_figure_atomic(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure to ``path`` through a temporary file and a rename; close the figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}" + path.suffix)
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def rich_progress(enabled: bool = True):
     """The jobs' progress bar: description, bar, done/total, a note field, elapsed and remaining time."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,

@@ -44,7 +44,7 @@ import numpy as np
 from vlastack.envs import registry
 from vlastack.rollout.common import ConfigsNotFound, compose, is_config_error, quiet_simulator_logs, rich_progress
 from vlastack.rollout.common import configs_dir as common_configs_dir
-from vlastack.rollout.common import run_pool, write_json_atomic
+from vlastack.rollout.common import run_pool, save_figure_atomic, write_json_atomic
 from vlastack.rollout.executors import EXECUTORS, ExecutorError, make_executor
 from vlastack.rollout.policy_adapters import (ExpertPolicy, PolicyAdapterError, PolicyInputs, observation_for,
                                               policy_inputs, resolve_checkpoint, resolve_sampling)
@@ -816,12 +816,7 @@ def plot_success(doc: Mapping[str, Any], path: str | os.PathLike) -> Path:
     ax.set_title(f"{doc['policy']} on {doc['suite']}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 def write_reports(doc: Mapping[str, Any], out: str | os.PathLike) -> None:
