@@ -499,7 +499,8 @@ class Trainer:
                    "checkpoint": str(self.ckpt_root / "last"), "checkpoint_dir": str(ck_dir) if ck_dir else None,
                    "feature_encoder": self.feature_encoder, "world_size": info.world}
         if info.is_main:
-            self.log.progress(self.step, self.schedule.total_steps, loss_ema or float("nan"), steady_speed, force=True)
+            if loss_ema is not None:  # a resumed run with nothing left to train has no loss or speed to show
+                self.log.progress(self.step, self.schedule.total_steps, loss_ema, steady_speed, force=True)
             from vlastack.rollout.common import write_json_atomic
 
             write_json_atomic(self.run_dir / "summary.json", summary)
