@@ -22,7 +22,7 @@ def run_task(args) -> dict:
 
     import robosuite  # noqa: F401  (sets its logger's level on import; quieten it after)
 
-    from vlastack.envs.kitchen import TASKS, make_expert, make_kitchen_env
+    from vlastack.envs.kitchen import TASKS, make_expert, make_kitchen_env, run_expert_episode
 
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)  # per-reset controller chatter
 
@@ -31,15 +31,8 @@ def run_task(args) -> dict:
     t0 = time.time()
     wins, steps, failures = 0, [], []
     for seed in range(seed0, seed0 + episodes):
-        env.reset(seed=seed)
-        expert.reset()
-        info = {"success": False}
-        n = 0
-        for n in range(1, env.horizon + 1):
-            _, _, terminated, truncated, info = env.step(expert.act(env))
-            if terminated or truncated:
-                break
-        if info["success"]:
+        ok, n = run_expert_episode(env, expert, seed)
+        if ok:
             wins += 1
             steps.append(n)
         else:

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,13 +37,10 @@ POLICIES = {  # name -> (policy config group, label)
 
 def vlastack(argv: list[str]) -> tuple[int, float]:
     """Run ``vlastack <argv>`` in a child process; returns (exit code, seconds)."""
+    from vlastack.quickstart import run_vlastack
+
     print(f"\n$ vlastack {shlex.join(argv)}", flush=True)
-    env = dict(os.environ)
-    env.setdefault("MUJOCO_GL", "egl")
-    env.setdefault("PYOPENGL_PLATFORM", "egl")
-    t0 = time.perf_counter()
-    rc = subprocess.call([sys.executable, "-m", "vlastack.cli", *argv], env=env)
-    return rc, time.perf_counter() - t0
+    return run_vlastack(argv)
 
 
 def build_feature_cache(store_path: Path) -> float:
@@ -168,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, res)
     doc = {"header": header, "rows": [{k: v for k, v in r.items() if k != "eval"}
                                       | {"summary": r["eval"]["summary"] if r["eval"] else None} for r in rows]}
-    tmp = out / "learning_results.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, out / "learning_results.json")
+    from vlastack.rollout.common import write_json_atomic
+
+    write_json_atomic(out / "learning_results.json", doc)
     print("\n" + md)
     return 0 if all(r["eval"] is not None for r in rows) else 1
 

@@ -87,12 +87,18 @@ def stage_commands(out: Path, task: str, demos: int, cameras: Sequence[str], eva
 def run_stage(title: str, argv: list[str]) -> Stage:
     """Run ``vlastack <argv>`` in a child process (output streams through); time it."""
     print(f"\n== {title}: vlastack {shlex.join(argv)}", flush=True)
+    rc, seconds = run_vlastack(argv)
+    return Stage(title, list(argv), rc, seconds)
+
+
+def run_vlastack(argv: Sequence[str]) -> tuple[int, float]:
+    """Run ``vlastack <argv>`` in a child process with offscreen GL; returns (exit code, seconds)."""
     env = dict(os.environ)
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("PYOPENGL_PLATFORM", "egl")
     t0 = time.perf_counter()
     rc = subprocess.call([sys.executable, "-m", "vlastack.cli", *argv], env=env)
-    return Stage(title, list(argv), int(rc), time.perf_counter() - t0)
+    return int(rc), time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------ report

@@ -8,7 +8,8 @@ import mujoco
 import numpy as np
 import pytest
 
-from vlastack.envs.kitchen import STATE_NAMES, TASKS, KitchenEnv, list_tasks, make_expert, make_kitchen_env
+from vlastack.envs.kitchen import (STATE_NAMES, TASKS, KitchenEnv, list_tasks, make_expert, make_kitchen_env,
+                                   run_expert_episode)
 from vlastack.types import ACTION, STATE, TASK, DatasetSpec, image_key
 
 SIZE = 64
@@ -22,15 +23,7 @@ def drawer_env():
 
 
 def _run_expert(env, seed):
-    expert = make_expert(env)
-    env.reset(seed=seed)
-    expert.reset()
-    info = {"success": False}
-    for _ in range(env.horizon):
-        _, _, terminated, truncated, info = env.step(expert.act(env))
-        if terminated or truncated:
-            break
-    return info["success"]
+    return run_expert_episode(env, make_expert(env), seed)[0]
 
 
 def test_observation_contract(drawer_env):

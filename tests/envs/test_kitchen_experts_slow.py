@@ -8,7 +8,7 @@ which the experts were not tuned on, and fails if any task's expert succeeds on 
 
 import pytest
 
-from vlastack.envs.kitchen import list_tasks, make_expert, make_kitchen_env
+from vlastack.envs.kitchen import list_tasks, make_expert, make_kitchen_env, run_expert_episode
 
 SEEDS = range(100, 110)
 MIN_RATE = 0.9
@@ -22,14 +22,7 @@ def test_expert_success_rate(task):
     failed = []
     try:
         for seed in SEEDS:
-            env.reset(seed=seed)
-            expert.reset()
-            info = {"success": False}
-            for _ in range(env.horizon):
-                _, _, terminated, truncated, info = env.step(expert.act(env))
-                if terminated or truncated:
-                    break
-            if not info["success"]:
+            if not run_expert_episode(env, expert, seed)[0]:
                 failed.append((seed, expert.phase))
     finally:
         env.close()

@@ -17,8 +17,9 @@ imported; ``osmesa`` also works) with shadows and reflections off. One env per p
 """
 
 from .env import ACTION_NAMES, DEFAULT_CAMERAS, STATE_NAMES, KitchenEnv
+from .experts import run_expert_episode
 from .registry import list_tasks, make_expert, make_kitchen_env
 from .tasks import GROUPS, TASKS
 
 __all__ = ["ACTION_NAMES", "DEFAULT_CAMERAS", "GROUPS", "STATE_NAMES", "TASKS", "KitchenEnv",
-           "list_tasks", "make_expert", "make_kitchen_env"]
+           "list_tasks", "make_expert", "make_kitchen_env", "run_expert_episode"]

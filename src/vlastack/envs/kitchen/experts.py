@@ -534,3 +534,15 @@ def make_expert(env) -> ScriptedExpert:
     if name not in PLANS:
         raise ValueError(f"no scripted expert for task {name!r}; experts exist for: {', '.join(sorted(PLANS))}")
     return ScriptedExpert(PLANS[name], env)
+
+
+def run_expert_episode(env, expert, seed: int) -> tuple[bool, int]:
+    """Reset ``env`` with ``seed`` and run ``expert`` until the episode ends; returns (success, steps)."""
+    env.reset(seed=seed)
+    expert.reset()
+    info, n = {"success": False}, 0
+    for n in range(1, env.horizon + 1):
+        _, _, terminated, truncated, info = env.step(expert.act(env))
+        if terminated or truncated:
+            break
+    return bool(info["success"]), n
