@@ -79,7 +79,8 @@ def list_tasks(suite: str) -> list[str]:
 
 
 def resolve_tasks(suite: str, task: str | Sequence[str]) -> list[str]:
-    """Expand and validate a task selection: one name, a list, ``"all"``, or ``"MT10"`` / ``"MT50"``.
+    """Expand and validate a task selection: one name, a list, ``"all"``, ``"MT10"`` / ``"MT50"``
+    (MetaWorld) or a task group's name (kitchen: its tasks, e.g. ``"sink_stove"``).
 
     Returns canonical names in order without duplicates; an unknown name raises naming the choices.
     """
@@ -104,10 +105,19 @@ def resolve_tasks(suite: str, task: str | Sequence[str]) -> list[str]:
             expanded = [metaworld.canonical_task(name)]
         elif name in valid:
             expanded = [name]
+        elif suite == "kitchen" and name in _kitchen_groups():
+            expanded = list(_kitchen_groups()[name])
         else:
-            raise ValueError(f"task: unknown {suite} task {name!r}; valid choices: {valid}")
+            extra = f" or a task group {list(_kitchen_groups())}" if suite == "kitchen" else ""
+            raise ValueError(f"task: unknown {suite} task {name!r}; valid choices: {valid}{extra}")
         out += [t for t in expanded if t not in out]
     return out
+
+
+def _kitchen_groups() -> dict[str, tuple[str, ...]]:
+    from vlastack.envs.kitchen.groups import TASK_GROUPS
+
+    return TASK_GROUPS
 
 
 def make_env(suite: str, task: str, seed: int = 0, cameras: Sequence[str] | None = None,

@@ -514,11 +514,13 @@ def config_from_hydra(cfg) -> CollectConfig:
         raise CollectError(f"{key}: required; e.g. vlastack collect env=kitchen task=OpenDrawer episodes=50 "
                            "out=data/open_drawer.zarr") from None
     env = d.get("env") or {}
+    env_kwargs = dict(env.get("kwargs") or {})
+    env_kwargs.update({k: d[k] for k in ("scene", "group", "split") if d.get(k) is not None})
     return CollectConfig(suite=env.get("suite"), tasks=d["task"], episodes=d["episodes"], out=d["out"],
                          overwrite=bool(d.get("overwrite", False)), workers=d["workers"], seed=d["seed"],
                          max_steps=d.get("max_steps"), max_attempts=d.get("max_attempts"),
                          cameras=d.get("cameras"), image_size=d.get("image_size") or (128, 128),
-                         env_kwargs=env.get("kwargs") or {}, progress=bool(d.get("progress", True)))
+                         env_kwargs=env_kwargs, progress=bool(d.get("progress", True)))
 
 
 _USAGE = """usage: vlastack collect [key=value ...]   (Hydra overrides over configs/collect.yaml)
@@ -528,6 +530,7 @@ _USAGE = """usage: vlastack collect [key=value ...]   (Hydra overrides over conf
   episodes=N              successful episodes per task (reruns top up; interrupted runs resume)
   out=PATH                the Zarr store (directory or .zip)
   workers=N seed=S max_steps=N max_attempts=N cameras=[a,b] image_size=[H,W] overwrite=true progress=false
+  scene=single|group group=NAME split=train|heldout|all   (kitchen: a task group's shared scene)
 
 default config:
 """

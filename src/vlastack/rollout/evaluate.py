@@ -46,6 +46,8 @@ from vlastack.rollout.common import ConfigsNotFound, compose, is_config_error, q
 from vlastack.rollout.common import configs_dir as common_configs_dir
 from vlastack.rollout.common import run_pool, save_figure_atomic, write_json_atomic
 from vlastack.rollout.executors import EXECUTORS, ExecutorError, make_executor
+from vlastack.rollout.language import (LANGUAGE_MODES, InstructionOverride, LanguageError, instruction_for,
+                                       load_instructions, swap_markdown, swap_summary, swap_tasks)
 from vlastack.rollout.policy_adapters import (ExpertPolicy, PolicyAdapterError, PolicyInputs, observation_for,
                                               policy_inputs, resolve_checkpoint, resolve_sampling)
 from vlastack.rollout.stats import success_summary
@@ -61,7 +63,9 @@ DEFAULT_SEED = 100_000
 FAULT_ENV = "VLASTACK_EVAL_FAULT"
 #: settings that change an episode's outcome; a resumed ``out`` must agree on all of them
 RESULT_KEYS = ("suite", "policy", "checkpoint", "weights", "executor", "n_action_steps", "executor_options",
-               "sampling", "max_steps", "cameras", "image_size", "env_kwargs", "device")
+               "sampling", "max_steps", "cameras", "image_size", "env_kwargs", "device", "language", "instructions")
+#: convenience keys of eval.yaml / collect.yaml that go into the env's keyword arguments when set
+ENV_SHORTCUTS = ("scene", "group", "split")
 
 
 class EvalError(ValueError):
@@ -106,6 +110,9 @@ class EvalConfig:
     cameras: Sequence[str] | None = None
     image_size: Sequence[int] | None = None
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    # language protocols (rollout.language)
+    language: str = "normal"       # normal | swap (every task of a group from the same starts) | blank
+    instructions: str | None = None  # JSON file task -> [phrasings] replacing the env's instructions
     # outputs
     videos: int = 2                # first N episodes of every task recorded
     progress: bool = True
@@ -184,6 +191,19 @@ class EvalConfig:
             if len(self.image_size) != 2 or min(self.image_size) < 1:
                 raise EvalError(f"image_size: expected [height, width] of positive ints, got {self.image_size!r}")
         self.env_kwargs = dict(self.env_kwargs or {})
+        if self.language not in LANGUAGE_MODES:
+            raise EvalError(f"language: unknown {self.language!r}; valid choices: {list(LANGUAGE_MODES)}")
+        try:
+            if self.language == "swap":
+                if self.suite != "kitchen":
+                    raise LanguageError(f"language=swap needs the kitchen's task groups (env=kitchen), got env={self.suite}")
+                group, self.tasks = swap_tasks(self.tasks, self.env_kwargs)
+                self.env_kwargs.update(scene="group", group=group)
+            self.phrasings = load_instructions(self.instructions, self.tasks) if self.instructions else None
+        except LanguageError as e:
+            raise EvalError(str(e)) from None
+        if self.phrasings and self.language == "blank":
+            raise EvalError("instructions: language=blank gives every episode an empty instruction; drop one of them")
         for key in ("overwrite", "check_policy", "progress"):
             if not isinstance(getattr(self, key), bool):
                 raise EvalError(f"{key}: expected true or false, got {getattr(self, key)!r}")
@@ -192,6 +212,7 @@ class EvalConfig:
         """JSON-ready form."""
         d = dataclasses.asdict(self)
         d["tasks"], d["seeds"] = list(self.tasks), list(self.seeds)
+        d["phrasings"] = self.phrasings
         return d
 
 
@@ -240,7 +261,8 @@ class _Plan:
                 "weights": weights_digest(self.checkpoint), "executor": c.executor,
                 "n_action_steps": c.n_action_steps, "executor_options": c.executor_options,
                 "sampling": self.sampling, "max_steps": c.max_steps, "cameras": self.cameras,
-                "image_size": self.image_size, "env_kwargs": self.env_kwargs, "device": self.device}
+                "image_size": self.image_size, "env_kwargs": self.env_kwargs, "device": self.device,
+                "language": None if c.language == "normal" else c.language, "instructions": c.phrasings}
 
 
 def _read_checkpoint_config(path: str):
@@ -478,7 +500,7 @@ def run_job(job: dict) -> dict[str, Any]:
         policy = ExpertPolicy(_WORKER["expert"], env) if job["policy_kind"] == "expert" else _WORKER["policy"]
         if policy is None:
             raise RuntimeError("the worker has no policy (initializer not run)")
-        tracked = _ReturnTracker(env)
+        tracked = _ReturnTracker(env if job.get("instruction") is None else InstructionOverride(env, job["instruction"]))
         recorder = EpisodeRecorder(job["video_cameras"]) if job["video"] else None
         res = run_episode(tracked, policy, make_executor(job["executor"], **job["executor_kwargs"]),
                           max_steps=job["max_steps"], seed=job["seed"], n_obs=job["n_obs"],
@@ -622,6 +644,7 @@ def _run(p: _Plan, out: Path, settings: dict, previous: list[dict], runs: list[d
                 continue
             video = i < cfg.videos
             todo.append({"suite": cfg.suite, "task": t, "seed": seed, "seed_group": g, "episode": k,
+                         "instruction": instruction_for(cfg.language, cfg.phrasings, t, i),
                          "policy_kind": cfg.policy, "cameras": p.cameras, "image_size": p.image_size,
                          "env_kwargs": p.env_kwargs, "max_steps": cfg.max_steps, "n_obs": p.n_obs,
                          "policy_cameras": list(p.inputs.cameras) if p.inputs is not None else None,
@@ -641,10 +664,14 @@ def _run(p: _Plan, out: Path, settings: dict, previous: list[dict], runs: list[d
                    env_steps_per_s=round(run["env_steps"] / secs, 2) if secs > 0 else 0.0)
         eps = sorted(episodes.values(), key=lambda e: (order.get(e["task"], len(order)), e["task"], int(e["seed"])))
         chosen = [e for e in eps if (e["task"], int(e["seed"])) in selected]
+        summary = summarize(chosen, cfg.tasks, cfg.seeds)
+        if cfg.language == "swap":
+            summary["language_swap"] = swap_summary(chosen, cfg.tasks)
         return {"out": str(out), "policy": p.policy_name, "checkpoint": p.checkpoint, "suite": cfg.suite,
+                "language": cfg.language, "instructions": cfg.phrasings,
                 "tasks": list(cfg.tasks), "seeds": list(cfg.seeds), "episodes_per_seed": cfg.episodes,
                 "complete": len(chosen) == len(selected), "settings": settings, "notes": p.notes,
-                "config": cfg.to_dict(), "summary": summarize(chosen, cfg.tasks, cfg.seeds),
+                "config": cfg.to_dict(), "summary": summary,
                 "episodes": eps, "runs": runs + [run]}
 
     def write() -> dict[str, Any]:
@@ -775,6 +802,15 @@ def summary_markdown(doc: Mapping[str, Any]) -> str:
                   f"{b['successes']} / {b['episodes']} |" for g, b in s["per_seed"].items()]
         a = s["across_seeds"]
         lines += ["", f"Across seed groups: {_pct(a['mean'])} +- {_pct(a['std'])} (mean +- std)"]
+    if doc.get("language", "normal") != "normal":
+        lines += ["", f"Language protocol: {doc['language']}"
+                  + (" (every instruction blank: the control for the effect of language)"
+                     if doc["language"] == "blank" else "")]
+    if doc.get("instructions"):
+        lines += ["", "Instructions replaced from a file (episode k of a task uses phrasing k mod n): "
+                  + "; ".join(f"{t}: {len(v)} phrasings" for t, v in doc["instructions"].items())]
+    if "language_swap" in s:
+        lines += swap_markdown(s["language_swap"])
     vids = [e for e in doc["episodes"] if e.get("video") and e["task"] in s["per_task"]]
     if vids:
         lines += ["", "Videos:", ""]
@@ -842,6 +878,8 @@ def print_report(doc: Mapping[str, Any], file=None) -> None:
         table.add_row(name, _pct(b["success_rate"]), f"[{_pct(b['ci_low'])}, {_pct(b['ci_high'])}]",
                       f"{b['successes']}/{b['episodes']}", f"{b['mean_steps']:.1f}")
     Console(file=file).print(table)
+    if "language_swap" in s:
+        print(swap_markdown(s["language_swap"])[-1], file=file)
     run = doc["runs"][-1]
     print(f"this run: {run['episodes_run']} episodes, {run['env_steps']} env steps in {run['seconds']:.1f} s "
           f"({run['episodes_per_s']:.3f} episodes/s, {run['env_steps_per_s']:.1f} steps/s, {run['workers']} workers); "
@@ -909,15 +947,17 @@ def config_from_hydra(cfg: Any) -> EvalConfig:
         d = dict(cfg)
     env = d.get("env") or {}
     known = {f.name for f in dataclasses.fields(EvalConfig)} - {"suite", "env_kwargs"}
-    unknown = sorted(set(d) - known - {"env"})
+    unknown = sorted(set(d) - known - {"env", *ENV_SHORTCUTS})
     if unknown:
         raise EvalError(f"unknown eval keys {unknown}; valid keys: {sorted(known | {'env'})}")
     kw = {k: d[k] for k in known if k in d}
+    env_kwargs = dict(env.get("kwargs") or {})
+    env_kwargs.update({k: d[k] for k in ENV_SHORTCUTS if d.get(k) is not None})
     if kw.get("policy") == "expert":  # the expert reads nothing: the env group's cameras and size apply
         for key in ("cameras", "image_size"):
             if kw.get(key) is None and env.get(key) is not None:
                 kw[key] = env[key]
-    return EvalConfig(suite=env.get("suite"), env_kwargs=env.get("kwargs") or {}, **kw)
+    return EvalConfig(suite=env.get("suite"), env_kwargs=env_kwargs, **kw)
 
 
 _USAGE = """usage: vlastack eval [key=value ...]   (Hydra overrides over configs/eval.yaml)

@@ -12,14 +12,20 @@ state, for generating demonstrations::
     obs, info = env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(expert.act(env))
 
+Task groups (:data:`TASK_GROUPS`, :mod:`.groups`) put several fixtures and objects in one shared
+scene where, for a seed, every task of the group starts from the same state and only the
+instruction says which task is meant: ``make_kitchen_env("TurnOnStove", seed=0, scene="group")``.
+
 Rendering runs offscreen on the CPU (``MUJOCO_GL=egl`` by default, set before mujoco is first
 imported; ``osmesa`` also works) with shadows and reflections off. One env per process.
 """
 
 from .env import ACTION_NAMES, DEFAULT_CAMERAS, STATE_NAMES, KitchenEnv
 from .experts import run_expert_episode
+from .groups import LAYOUTS, SCENES, STYLES, TASK_GROUPS, groups_of, split_pairs
 from .registry import list_tasks, make_expert, make_kitchen_env
 from .tasks import GROUPS, TASKS
 
-__all__ = ["ACTION_NAMES", "DEFAULT_CAMERAS", "GROUPS", "STATE_NAMES", "TASKS", "KitchenEnv",
-           "list_tasks", "make_expert", "make_kitchen_env", "run_expert_episode"]
+__all__ = ["ACTION_NAMES", "DEFAULT_CAMERAS", "GROUPS", "LAYOUTS", "SCENES", "STATE_NAMES", "STYLES", "TASKS",
+           "TASK_GROUPS", "KitchenEnv", "groups_of", "list_tasks", "make_expert", "make_kitchen_env",
+           "run_expert_episode", "split_pairs"]

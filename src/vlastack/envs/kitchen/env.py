@@ -36,6 +36,7 @@ from gymnasium import spaces
 
 from vlastack.types import ACTION, STATE, TASK, ActionSpace, DatasetSpec, FeatureSpec, image_key
 
+from .groups import SCENES, resolve_group, split_pairs
 from .scene import CAMERA_NAMES, build_scene_class
 from .tasks import TASKS
 
@@ -83,6 +84,13 @@ class KitchenEnv(gym.Env):
         horizon: steps before truncation (default: the task's own).
         terminate_on_success: end the episode at the first successful step.
         seed: seed of the first episode when ``reset`` gets none.
+        scene: ``"single"`` (default): the task's own scene, its fixture centred in front of the
+            robot; ``"group"``: the shared scene of a task group (:mod:`.groups`), where every
+            task of the group starts from the same state for a seed and only the instruction
+            says which task is meant.
+        group: with ``scene="group"``, which group (default: the first that lists the task).
+        split: with ``scene="group"``, which (layout, style) pairs episodes draw from:
+            ``"train"`` (default), ``"heldout"`` (never in demos) or ``"all"``.
         arm_render: ``"hulls"`` (default) draws the arm's links with their low-poly collision
             meshes in the ``left`` / ``right`` cameras, ``"meshes"`` with the detailed visual
             meshes (about 2x the render time per camera on a CPU). The wrist camera never sees
@@ -92,9 +100,16 @@ class KitchenEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(self, task: str, cameras=DEFAULT_CAMERAS, image_size=128, horizon: int | None = None,
-                 terminate_on_success: bool = True, seed: int | None = None, arm_render: str = "hulls"):
+                 terminate_on_success: bool = True, seed: int | None = None, arm_render: str = "hulls",
+                 scene: str = "single", group: str | None = None, split: str = "train"):
         if task not in TASKS:
             raise ValueError(f"unknown kitchen task {task!r}; valid tasks: {', '.join(sorted(TASKS))}")
+        if scene not in SCENES:
+            raise ValueError(f"unknown scene {scene!r}; valid scenes: {', '.join(SCENES)}")
+        split_pairs(split)  # validates the split name
+        if scene == "single" and group is not None:
+            raise ValueError(f"group={group!r} needs scene='group' (got scene='single')")
+        task_group = resolve_group(task, group) if scene == "group" else None
         if isinstance(cameras, str):
             cameras = (cameras,)
         cameras = tuple(cameras)
@@ -113,8 +128,12 @@ class KitchenEnv(gym.Env):
         self.terminate_on_success = terminate_on_success
         self.render_mode = "rgb_array"
         self._first_seed = seed
+        self.scene_kind = scene
+        self.group = task_group.name if task_group is not None else None
+        self.split = split
         self.scene = build_scene_class()(self.task, render_size=self.image_size,
-                                         use_renderer=bool(cameras), horizon=self.horizon, arm_render=arm_render)
+                                         use_renderer=bool(cameras), horizon=self.horizon, arm_render=arm_render,
+                                         group=task_group, split=split)
         h, w = self.image_size
         obs_spaces: dict[str, spaces.Space] = {image_key(c): spaces.Box(0, 255, (h, w, 3), np.uint8) for c in cameras}
         obs_spaces[STATE] = spaces.Box(-np.inf, np.inf, (len(STATE_NAMES),), np.float32)

@@ -20,7 +20,10 @@ def make_kitchen_env(task: str, seed: int | None = None, cameras=DEFAULT_CAMERAS
     """A :class:`KitchenEnv` for ``task``; ``seed`` fixes the first episode when ``reset()`` gets none.
 
     ``cameras`` is any subset of ``("left", "right", "wrist")`` (empty for no rendering);
-    ``image_size`` an int or (height, width). Other keyword arguments go to :class:`KitchenEnv`.
+    ``image_size`` an int or (height, width). ``scene="group"`` builds the task inside its task
+    group's shared scene (``group=`` picks the group when several hold the task; ``split=``
+    ``train`` / ``heldout`` / ``all`` picks the layout x style pairs); ``scene="single"`` (the
+    default) the task's own scene. Other keyword arguments go to :class:`KitchenEnv`.
     """
     return KitchenEnv(task, cameras=cameras, image_size=image_size, seed=seed, **kwargs)
 

@@ -36,6 +36,13 @@ SCENE_CAMERAS = {
     "left": dict(pos=(-0.25, 0.8, 1.7), target=(0.1, -0.1, 0.9), fovy=58.0),
     "right": dict(pos=(-0.25, -0.8, 1.7), target=(0.1, 0.1, 0.9), fovy=58.0),
 }
+# the same cameras pulled back and widened for a task group's shared scene (three fixtures)
+GROUP_CAMERAS = {
+    "left": dict(pos=(-0.2, 1.05, 1.6), target=(0.08, -0.08, 0.88), fovy=64.0),
+    "right": dict(pos=(-0.2, -1.05, 1.6), target=(0.08, 0.08, 0.88), fovy=64.0),
+}
+STYLE_MATERIALS = {"counter": ("counter_top_mat",), "cabinets": ("base_cab_mat", "upper_cab_mat"),
+                   "wall": ("wall_mat",), "floor": ("floor_mat",)}
 CAMERA_NAMES = {"left": "kitchen_left", "right": "kitchen_right", "wrist": "robot0_eye_in_hand"}
 ARM_GROUP = 4  # geom group of the arm's visual meshes (hidden from the wrist camera)
 ARM_HULL_GROUP = 5  # geom group of the arm links' collision meshes, drawn in their place by default
@@ -80,6 +87,11 @@ def layout_positions(main: str, anchor_y: float) -> dict[str, tuple[float, float
     return {k: (FIXTURE_TYPES[k].front_x + FIXTURE_TYPES[k].footprint[0] / 2, y, COUNTER_TOP) for k, y in ys.items()}
 
 
+def _fixture_geometry():
+    """(footprints, nominal front x) of every fixture kind, for group layouts."""
+    return ({k: t.footprint for k, t in FIXTURE_TYPES.items()}, {k: t.front_x for k, t in FIXTURE_TYPES.items()})
+
+
 def build_scene_class():
     """The :class:`KitchenScene` class (robosuite is imported only when a scene is built)."""
     global KitchenScene
@@ -94,11 +106,20 @@ def build_scene_class():
     from robosuite.utils.mjcf_utils import new_element
 
     class KitchenArena(Arena):
-        """The counter, walls, pedestal and lights of ``assets/kitchen_arena.xml``, plus cameras."""
+        """The counter, walls, pedestal and lights of ``assets/kitchen_arena.xml``, plus cameras
+        (and, for a task group's scene, every style's textures to switch between at reset)."""
 
-        def __init__(self):
+        def __init__(self, group=None):
             super().__init__(str(ASSETS / "kitchen_arena.xml"))
-            for cam, spec in SCENE_CAMERAS.items():
+            if group is not None:
+                from .groups import STYLES
+
+                for part, kind in (("counter", "cube"), ("cabinets", "cube"), ("wall", "2d"), ("floor", "2d")):
+                    for i, style in enumerate(STYLES):
+                        self.asset.append(new_element("texture", name=f"style_{part}_{i}",
+                                                      file=getattr(style, part), type=kind))
+                resolve_asset_files(self)
+            for cam, spec in (GROUP_CAMERAS if group is not None else SCENE_CAMERAS).items():
                 self.worldbody.append(new_element("camera", name=CAMERA_NAMES[cam], mode="fixed",
                                                   pos=" ".join(map(str, spec["pos"])),
                                                   xyaxes=look_at_xyaxes(spec["pos"], spec["target"]),
@@ -110,10 +131,15 @@ def build_scene_class():
     class _KitchenScene(ManipulationEnv):
         """A robosuite env for one kitchen task (see the module docstring)."""
 
-        def __init__(self, task, render_size=(128, 128), use_renderer=True, horizon=500, arm_render="hulls"):
+        def __init__(self, task, render_size=(128, 128), use_renderer=True, horizon=500, arm_render="hulls",
+                     group=None, split="train"):
             if arm_render not in ARM_RENDER_MODES:
                 raise ValueError(f"unknown arm_render {arm_render!r}; valid: {', '.join(ARM_RENDER_MODES)}")
             self.task = task
+            self.group = group  # a groups.TaskGroup: build its shared scene instead of the task's own
+            self.split = split
+            self.counter_zone = None  # ((x0, x1), (y0, y1)) of the free counter in a group's scene
+            self.counter_drop = None  # (x, y) kept clear for putting things down, in a group's scene
             self.arm_render = arm_render
             self.render_size = tuple(render_size)
             self.episode_rng = np.random.default_rng(0)
@@ -136,14 +162,22 @@ def build_scene_class():
             robot = self.robots[0]
             robot.robot_model.set_base_xpos(ROBOT_BASE)
             self.base_init_qpos = np.array(INIT_QPOS, dtype=float)
-            arena = KitchenArena()
+            arena = KitchenArena(self.group)
             self.fixtures = {}
-            for kind, pos in layout_positions(self.task.fixture, self.task.anchor_y).items():
+            if self.group is not None:
+                from .groups import LAYOUTS
+
+                placed = self.group.positions(LAYOUTS[0], *_fixture_geometry())
+                categories = self.group.object_categories
+            else:
+                placed = layout_positions(self.task.fixture, self.task.anchor_y)
+                categories = self.task.object_categories
+            for kind, pos in placed.items():
                 fx = FIXTURE_TYPES[kind](kind, pos)
                 arena.merge(fx.xml)
                 self.fixtures[kind] = fx
             self.objects = {}
-            for i, cat in enumerate(self.task.object_categories):
+            for i, cat in enumerate(categories):
                 park = (-1.6 - 0.25 * (i % 4), -0.6 + 0.3 * (i // 4), 0.1)
                 self.objects[cat] = KitchenObject(CATEGORIES[cat], f"obj_{cat}", park)
             self.model = ManipulationTask(
@@ -209,6 +243,9 @@ def build_scene_class():
                 ctx.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
                 ctx.scn.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
             m = self.sim.model._model
+            if self.group is not None:
+                self._reset_group(rng)
+                return
             # colours of the kitchen
             counter = COUNTER_COLOURS[rng.integers(len(COUNTER_COLOURS))]
             cabinets = CABINET_COLOURS[rng.integers(len(CABINET_COLOURS))]
@@ -230,6 +267,62 @@ def build_scene_class():
             self.sim.forward()
             for fx in self.fixtures.values():
                 fx.update()
+
+        def _reset_group(self, rng):
+            """A task group's shared start state: everything drawn here is the same for every
+            task of the group (the draws never depend on the task); only the instruction,
+            drawn last, does."""
+            from .groups import FIXTURE_JITTER as GROUP_JITTER
+            from .groups import draw_variation
+
+            group = self.group
+            layout, style = draw_variation(rng, self.split)
+            self._apply_style(style, rng)
+            nominal = group.positions(layout, *_fixture_geometry())
+            for kind, fx in self.fixtures.items():
+                jx, jy = rng.uniform(-GROUP_JITTER, GROUP_JITTER, 2)
+                if kind == group.wall:
+                    jx = -abs(jx)  # never into the wall
+                fx.set_offset(np.asarray(nominal[kind]) - fx.nominal_pos + (jx, jy, 0.0))
+                fx.tint(style.finish)
+                fx.reset_state()
+            for obj in self.objects.values():
+                obj.park()
+            self.active_object = None
+            self.counter_zone = group.counter_zone(layout, _fixture_geometry()[0])
+            self.counter_drop = None
+            self.sim.forward()
+            shared = group.setup(self, rng)
+            self.sim.forward()
+            for fx in self.fixtures.values():
+                fx.update()
+            words = {k: v for k, v in shared.items() if k not in ("active", "names", "distractors")}
+            active = shared["active"].get(self.task.name)
+            if active is not None:
+                self.active_object = self.objects[active]
+                words.update(obj=shared["names"][active], obj_category=active)
+            words["fixture"] = self.main_fixture.label
+            template = self.task.templates[int(rng.integers(len(self.task.templates)))]
+            self.episode_meta = dict(words, group=group.name, layout=layout.name, style=style.name,
+                                     objects=dict(shared["names"]), distractors=list(shared["distractors"]),
+                                     instruction=template.format(**words))
+
+        def _apply_style(self, style, rng):
+            """Switch the arena's textures and lights to ``style`` (lights jittered +-10%)."""
+            from .groups import STYLES
+
+            m = self.sim.model._model
+            i = STYLES.index(style)
+            rgb = mujoco.mjtTextureRole.mjTEXROLE_RGB
+            for part, mats in STYLE_MATERIALS.items():
+                tex = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_TEXTURE, f"style_{part}_{i}")
+                for mat in mats:
+                    mid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_MATERIAL, mat)
+                    m.mat_texid[mid, rgb] = tex
+                    m.mat_rgba[mid, :3] = 1.0
+            if not hasattr(self, "_base_light"):
+                self._base_light = m.light_diffuse.copy()
+            m.light_diffuse[:] = self._base_light * style.light * rng.uniform(0.9, 1.1)
 
         def _post_action(self, action):
             for fx in self.fixtures.values():

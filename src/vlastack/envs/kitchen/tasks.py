@@ -314,8 +314,13 @@ class Region:
     """
 
     noun = ""
+    fixture = ""  # the fixture kind the region belongs to ("" for the counter)
     enclosed = False
     max_yaw = np.pi / 4
+
+    def fx(self, scene):
+        """The fixture this region belongs to (the task's main fixture for the counter)."""
+        return scene.fixtures[self.fixture] if self.fixture else scene.main_fixture
 
     def surface(self, scene) -> float:
         """World height of the surface objects rest on."""
@@ -342,17 +347,22 @@ class Region:
         raise NotImplementedError
 
 
-def _local(scene, xy) -> np.ndarray:
-    return np.asarray(xy, dtype=float) - scene.main_fixture.pos[:2]
+def _local(fx, xy) -> np.ndarray:
+    return np.asarray(xy, dtype=float) - fx.pos[:2]
 
 
 class CounterRegion(Region):
-    """Bare counter to the robot's right of the main fixture."""
+    """Bare counter: to the robot's right of the main fixture in a single-task scene; the free
+    counter section in front of the robot in a task group's shared scene (where the group's
+    set-up reserves a drop point clear of the objects standing there)."""
 
     noun = "counter"
 
     def _box(self, scene):
-        fx = scene.main_fixture
+        zone = getattr(scene, "counter_zone", None)
+        if zone is not None:
+            return zone
+        fx = self.fx(scene)
         right_edge = fx.pos[1] - fx.footprint[1] / 2
         return (-0.2, -0.04), (right_edge - 0.32, right_edge - 0.12)
 
@@ -364,6 +374,9 @@ class CounterRegion(Region):
         return np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
 
     def drop(self, scene):
+        spot = getattr(scene, "counter_drop", None)
+        if spot is not None:
+            return np.asarray(spot, dtype=float)
         (x0, x1), (y0, y1) = self._box(scene)
         return np.array([(x0 + x1) / 2, (y0 + y1) / 2])
 
@@ -382,85 +395,89 @@ class SinkRegion(Region):
     """The sink's basin. Objects start in its front half, away from the faucet's nozzle, and
     turned less than elsewhere: a hand turned far would catch the front wall's rim."""
 
+    fixture = "sink"
     noun, max_yaw = "sink", 0.35
 
     def surface(self, scene):
-        return scene.main_fixture.pos[2] + 0.02
+        return self.fx(scene).pos[2] + 0.02
 
     def sample(self, scene, rng):
-        return scene.main_fixture.pos[:2] + [rng.uniform(-0.13, -0.08), rng.uniform(-0.14, 0.1)]
+        return self.fx(scene).pos[:2] + [rng.uniform(-0.13, -0.08), rng.uniform(-0.14, 0.1)]
 
     def drop(self, scene):
-        return scene.main_fixture.pos[:2] + [-0.09, -0.1]
+        return self.fx(scene).pos[:2] + [-0.09, -0.1]
 
     def contains(self, scene, obj):
-        lx, ly = _local(scene, obj.pos[:2])
+        lx, ly = _local(self.fx(scene), obj.pos[:2])
         return (-0.19 < lx < 0.09 and -0.26 < ly < 0.26
-                and obj.bottom_z < scene.main_fixture.pos[2] + 0.06)
+                and obj.bottom_z < self.fx(scene).pos[2] + 0.06)
 
 
 class CabinetRegion(Region):
     """The single cabinet's interior (its door open)."""
 
+    fixture = "cabinet_single"
     noun, enclosed = "cabinet", True
 
     def surface(self, scene):
-        return scene.main_fixture.pos[2] + 0.03
+        return self.fx(scene).pos[2] + 0.03
 
     def sample(self, scene, rng):
-        return scene.main_fixture.pos[:2] + [rng.uniform(-0.13, -0.1), rng.uniform(-0.06, 0.04)]
+        return self.fx(scene).pos[:2] + [rng.uniform(-0.13, -0.1), rng.uniform(-0.06, 0.04)]
 
     def drop(self, scene):
-        return scene.main_fixture.pos[:2] + [-0.115, -0.02]
+        return self.fx(scene).pos[:2] + [-0.115, -0.02]
 
     def contains(self, scene, obj):
-        lx, ly = _local(scene, obj.pos[:2])
+        lx, ly = _local(self.fx(scene), obj.pos[:2])
         return (-0.17 < lx < 0.15 and -0.16 < ly < 0.16
                 and abs(obj.bottom_z - self.surface(scene)) < 0.02 and _upright(obj))
 
     def front_x(self, scene):
-        return scene.main_fixture.pos[0] - 0.17
+        return self.fx(scene).pos[0] - 0.17
 
     def ceiling(self, scene):
-        return scene.main_fixture.pos[2] + 0.44
+        return self.fx(scene).pos[2] + 0.44
 
 
 class MicrowaveRegion(Region):
     """The microwave's turntable (its door open)."""
 
+    fixture = "microwave"
     noun, enclosed = "microwave", True
 
     def surface(self, scene):
-        return scene.main_fixture.pos[2] + 0.026
+        return self.fx(scene).pos[2] + 0.026
 
     def sample(self, scene, rng):
-        return scene.main_fixture.pos[:2] + [rng.uniform(-0.14, -0.11), rng.uniform(0.03, 0.12)]
+        return self.fx(scene).pos[:2] + [rng.uniform(-0.14, -0.11), rng.uniform(0.03, 0.12)]
 
     def drop(self, scene):
-        return scene.main_fixture.pos[:2] + [-0.125, 0.06]
+        return self.fx(scene).pos[:2] + [-0.125, 0.06]
 
     def contains(self, scene, obj):
-        lx, ly = _local(scene, obj.pos[:2])
+        lx, ly = _local(self.fx(scene), obj.pos[:2])
         return (-0.19 < lx < 0.17 and -0.08 < ly < 0.24
                 and abs(obj.bottom_z - self.surface(scene)) < 0.02 and _upright(obj))
 
     def front_x(self, scene):
-        return scene.main_fixture.pos[0] - 0.19
+        return self.fx(scene).pos[0] - 0.19
 
     def ceiling(self, scene):
-        return scene.main_fixture.pos[2] + 0.40
+        return self.fx(scene).pos[2] + 0.40
 
 
 class BurnerRegion(Region):
     """One burner of the stove (drawn per episode, named in the instruction)."""
 
+    fixture = "stove"
     noun = "burner"
 
     def surface(self, scene):
-        return scene.main_fixture.pos[2] + scene.main_fixture.top_height
+        return self.fx(scene).pos[2] + self.fx(scene).top_height
 
     def _centre(self, scene):
-        return scene.main_fixture.site("burner_" + scene.episode_meta["burner_id"])[:2]
+        return self.fx(scene).site("burner_" + scene.episode_meta["burner_id"])[:2]
 
     def sample(self, scene, rng):
         return self._centre(scene) + rng.uniform(-0.02, 0.02, 2)
@@ -476,25 +493,26 @@ class BurnerRegion(Region):
 class MugSpotRegion(Region):
     """The coffee machine's drip tray under the nozzle (reached from the front, under the head)."""
 
+    fixture = "coffee_machine"
     noun, enclosed = "coffee machine", True
 
     def front_x(self, scene):
-        return scene.main_fixture.pos[0] - 0.17
+        return self.fx(scene).pos[0] - 0.17
 
     def ceiling(self, scene):
-        return scene.main_fixture.pos[2] + 0.44
+        return self.fx(scene).pos[2] + 0.44
 
     def surface(self, scene):
-        return scene.main_fixture.site("mug_spot")[2]
+        return self.fx(scene).site("mug_spot")[2]
 
     def sample(self, scene, rng):
-        return scene.main_fixture.site("mug_spot")[:2] + rng.uniform(-0.01, 0.01, 2)
+        return self.fx(scene).site("mug_spot")[:2] + rng.uniform(-0.01, 0.01, 2)
 
     def drop(self, scene):
-        return scene.main_fixture.site("mug_spot")[:2]
+        return self.fx(scene).site("mug_spot")[:2]
 
     def contains(self, scene, obj):
-        return (np.linalg.norm(obj.pos[:2] - self.drop(scene)) < scene.main_fixture.spot_radius
+        return (np.linalg.norm(obj.pos[:2] - self.drop(scene)) < self.fx(scene).spot_radius
                 and abs(obj.bottom_z - self.surface(scene)) < 0.02 and _upright(obj))
 
 
