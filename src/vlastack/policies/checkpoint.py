@@ -344,7 +344,7 @@ def model_card(meta: CheckpointMeta, eval_info: Mapping[str, Any] | None = None,
     else:
         lines.append(f"No evaluation recorded (run `vlastack eval` and place its `{EVAL_FILE}` beside the weights).")
     repo = name if name and "/" in name else "<org>/<name>"
-    lines += ["", "## Use", "", "```python", "from vlastack.policies import Policy", "",
+    lines += ["", "## Use", "", "```python", "from vlastack.policies.base import Policy", "",
               f'policy = Policy.from_pretrained("{repo}")  # or a local directory',
               "chunk = policy.sample_actions(observation)  # actions (B, H, D_a) in physical units", "```", "",
               "```bash", f"vlastack eval checkpoint={repo} env=kitchen episodes=10", "```", ""]
