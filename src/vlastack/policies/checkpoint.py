@@ -225,7 +225,7 @@ def write_checkpoint(path: str | os.PathLike, meta: CheckpointMeta, tensors: Map
     tmp_w = path / (WEIGHTS_FILE + ".tmp")
     save_file(dict(tensors), str(tmp_w), metadata={"format": "pt", "type": meta.type, "vlastack_format": str(FORMAT)})
     os.replace(tmp_w, path / WEIGHTS_FILE)
-    _replace_text(path / CARD_FILE, model_card(meta, read_eval_info(path), name=path.name))
+    _replace_text(path / CARD_FILE, model_card(meta, read_eval_info(path)))
     _replace_text(path / CONFIG_FILE, json.dumps(doc, indent=2))
     return path
 
@@ -301,10 +301,13 @@ def _fmt(v: Any) -> str:
 
 
 def model_card(meta: CheckpointMeta, eval_info: Mapping[str, Any] | None = None, name: str | None = None) -> str:
-    """The ``README.md`` of a checkpoint: Hub metadata, what the policy is, how it was trained, results."""
+    """The ``README.md`` of a checkpoint: Hub metadata, what the policy is, how it was trained, results.
+
+    ``name``: the Hub repo id (the title and the usage lines), when known.
+    """
     c, t = meta.config, meta.training
     data = t.get("data") or {}
-    title = name or f"{meta.type} policy"
+    title = name or f"vlastack {meta.type} policy"
     rows = [("policy", f"`{meta.type}`"), ("preset", _fmt(meta.preset)),
             ("parameters", f"{meta.info['parameters'] / 1e6:.2f}M trainable"
              if isinstance(meta.info.get("parameters"), int) else "-")]
@@ -376,7 +379,7 @@ def stage_for_upload(checkpoint: str | os.PathLike, out: str | os.PathLike,
         shutil.copyfile(src / WEIGHTS_FILE, out / WEIGHTS_FILE)
     if ev is not None:
         (out / EVAL_FILE).write_text(json.dumps(ev, indent=2))
-    (out / CARD_FILE).write_text(model_card(meta, ev, name=repo_id or src.name))
+    (out / CARD_FILE).write_text(model_card(meta, ev, name=repo_id))
     (out / CONFIG_FILE).write_text(json.dumps(meta.to_json(), indent=2))
     return out
 
@@ -438,6 +441,11 @@ def push_main(argv: list[str]) -> int:
                     revision=args.get("revision"), commit_message=args.get("message"), eval_info=args.get("eval_info"))
     except (FileNotFoundError, CheckpointError) as e:
         print(f"vlastack push: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - the hub's errors (auth, network, offline mode): one line, no trace
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"vlastack push: uploading to {args['repo_id']} failed ({type(e).__name__}: {why}); check the token "
+              "(hf auth login or HF_TOKEN), the network, and that HF_HUB_OFFLINE is unset", file=sys.stderr)
         return 1
     print(f"pushed {args['checkpoint']} to {args['repo_id']}: {getattr(info, 'commit_url', info)}")
     return 0
