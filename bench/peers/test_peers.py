@@ -116,7 +116,7 @@ def test_proxy_checkpoint_round_trips(tmp_path):
     cfg = LeRobotProxyConfig(checkpoint=str(tmp_path / "lerobot"), python=sys.executable, state_dim=16,
                              n_obs_steps=2, horizon=8)
     path = write_proxy_checkpoint(tmp_path / "proxy", cfg)
-    assert json.loads((path / "config.json").read_text())["policy"] == "lerobot"
+    assert json.loads((path / "config.json").read_text())["type"] == "lerobot"
     p = load_policy(path)
     assert isinstance(p, LeRobotProxyPolicy) and p.config == cfg
     inputs = policy_inputs(p.config)

@@ -1,8 +1,8 @@
 """The ``vlastack`` command: one entry point, one subcommand per job.
 
 ``collect``, ``train``, ``eval``, ``serve`` and ``deploy`` are Hydra apps over
-``configs/`` (their remaining arguments are Hydra overrides); ``inspect`` and
-``convert`` take plain arguments. Each subcommand's module is imported only when
+``configs/`` (their remaining arguments are Hydra overrides); ``inspect``,
+``convert`` and ``push`` take plain arguments. Each subcommand's module is imported only when
 it runs, so ``vlastack inspect`` never pays for torch or MuJoCo start-up.
 """
 
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("vlastack.rollout.evaluate", "main", "evaluate a policy in simulation (Hydra)"),
     "serve": ("vlastack.rollout.server", "main", "serve a policy over the openpi websocket protocol (Hydra)"),
     "deploy": ("vlastack.rollout.deploy", "main", "run a policy on a robot or its digital twin (Hydra)"),
+    "push": ("vlastack.policies.checkpoint", "push_main", "upload a checkpoint to the Hugging Face Hub"),
 }
 
 

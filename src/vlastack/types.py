@@ -12,6 +12,11 @@ A training batch is a flat ``dict[str, Tensor]`` whose per-key tensors are
 (B, T, ...) with T the key's window length, plus ``<key>_is_pad`` (B, T) bool
 masks for window steps padded past an episode's edge. A predicted chunk is
 (B, H, D_a).
+
+Quaternions, in states and in code, are scalar last, ``(x, y, z, w)`` (:data:`QUAT_ORDER`: scipy's
+``Rotation``, robosuite's and robomimic's order). MuJoCo's ``(w, x, y, z)`` (MJCF ``quat=``,
+``data.xquat``, ``mju_*`` functions) is converted where MuJoCo is called, with
+:func:`quat_from_mujoco` / :func:`quat_to_mujoco`.
 """
 
 from __future__ import annotations
@@ -50,6 +55,20 @@ def camera_of(key: str) -> str:
 def pad_key(key: str) -> str:
     """The padding-mask key that goes with ``key``."""
     return key + PAD_SUFFIX
+
+
+#: the one quaternion order of the code base: scalar last
+QUAT_ORDER = "xyzw"
+
+
+def quat_from_mujoco(q: Any) -> np.ndarray:
+    """MuJoCo's (..., 4) quaternions (w, x, y, z) -> the code base's (x, y, z, w)."""
+    return np.roll(np.asarray(q, dtype=float), -1, axis=-1)
+
+
+def quat_to_mujoco(q: Any) -> np.ndarray:
+    """The code base's (..., 4) quaternions (x, y, z, w) -> MuJoCo's (w, x, y, z)."""
+    return np.roll(np.asarray(q, dtype=float), 1, axis=-1)
 
 
 FEATURES_PREFIX = "features."

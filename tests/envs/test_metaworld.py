@@ -264,3 +264,28 @@ def test_every_expert_over_50_seeds():
     print(f"{'mean':<28} {np.mean(list(rates.values())):5.1%}")
     assert np.mean(list(rates.values())) >= 0.9
     assert min(rates.values()) >= 0.8, {t: r for t, r in rates.items() if r < 0.8}
+
+
+def test_object_quaternions_are_x_y_z_w_for_every_task():
+    """MetaWorld writes scipy's x-y-z-w for some tasks and MuJoCo's w-x-y-z for others; our state holds x-y-z-w."""
+    import inspect
+
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    for name, cls in ALL_V3_ENVIRONMENTS.items():
+        src = inspect.getsource(cls._get_quat_objects).split(":", 1)[1]
+        w_first = "xquat" in src or "np.array([1.0, 0.0, 0.0, 0.0])" in src
+        assert w_first == (name in mw.MUJOCO_QUAT_TASKS), name
+        assert not (w_first and "as_quat" in src), f"{name} mixes orders"
+    for task in ("drawer-open-v3", "pick-place-v3"):  # one of each kind, at a rotated object pose
+        e = mw.make_metaworld_env(task, cameras=[], state="objects")
+        try:
+            obs, _ = e.reset(seed=0)
+            raw = e.raw_observation
+            quat = obs[STATE][7:11]
+            expect = np.roll(raw[7:11], -1) if task in mw.MUJOCO_QUAT_TASKS else raw[7:11]
+            np.testing.assert_allclose(quat, expect, atol=1e-6)
+            assert abs(np.linalg.norm(quat) - 1) < 1e-4
+            assert mw.STATE_LAYOUTS["objects"][7:11] == ("obj0_qx", "obj0_qy", "obj0_qz", "obj0_qw")
+        finally:
+            e.close()

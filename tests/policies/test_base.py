@@ -99,7 +99,7 @@ def test_save_load_round_trip_skips_frozen_and_checks_fingerprint(tmp_path):
         p.net.weight.add_(1.0)
     p.save_pretrained(tmp_path / "ck")
     meta = json.loads((tmp_path / "ck" / "config.json").read_text())
-    assert meta["policy"] == "toy_test" and "enc" in meta["frozen_modules"]
+    assert meta["type"] == "toy_test" and "enc" in meta["vlastack"]["frozen_modules"]
     from safetensors.torch import load_file
     keys = set(load_file(str(tmp_path / "ck" / "model.safetensors")))
     assert "enc.w" not in keys and "normalizer.affine.action.scale" in keys
@@ -108,7 +108,7 @@ def test_save_load_round_trip_skips_frozen_and_checks_fingerprint(tmp_path):
     assert torch.equal(q.sample_actions(None, seed=3).actions, p.sample_actions(None, seed=3).actions)
     assert torch.equal(ToyPolicy.from_pretrained(tmp_path / "ck").net.weight, p.net.weight)
     # a different frozen module than the one trained with is refused
-    meta["config"]["frozen_seed"] = 1
+    meta["frozen_seed"] = 1
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="frozen module 'enc'.*trained with"):
         base.load_policy(tmp_path / "ck")
@@ -120,15 +120,15 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a policy checkpoint"):
         base.load_policy(tmp_path / "empty")
     meta = json.loads((tmp_path / "ck" / "config.json").read_text())
-    meta["config"]["hidden"] = [16]
+    meta["hidden"] = [16]
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="shape mismatches"):
         base.load_policy(tmp_path / "ck")
-    meta["policy"] = "someone_else"
+    meta["type"] = "someone_else"
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unknown policy 'someone_else'"):
         base.load_policy(tmp_path / "ck")
-    meta["policy"] = "dust"
+    meta["type"] = "dust"
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="holds a 'dust' policy checkpoint, expected a 'toy_test'"):
         ToyPolicy.from_pretrained(tmp_path / "ck")

@@ -287,7 +287,7 @@ def test_save_load_round_trip_gives_identical_chunks(tmp_path):
         assert type(q) is DitaPolicy and q.config == p.config
         assert torch.equal(q.sample_actions(obs, seed=3).actions, p.sample_actions(obs, seed=3).actions)
     meta = json.loads((tmp_path / "ck" / "config.json").read_text())
-    assert meta["policy"] == "dita" and meta["frozen_modules"].keys() == {"vision", "text"}
+    assert meta["type"] == "dita" and meta["vlastack"]["frozen_modules"].keys() == {"vision", "text"}
 
 
 def test_finetune_from_checkpoint_with_a_new_action_dimension(tmp_path):
@@ -325,11 +325,11 @@ def test_checkpoint_from_another_policy_or_config_is_refused(tmp_path):
     p = _policy()
     p.save_pretrained(tmp_path / "ck")
     meta = json.loads((tmp_path / "ck" / "config.json").read_text())
-    meta["config"]["width"] = 64
+    meta["width"] = 64
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="shape mismatches"):
         DitaPolicy.from_pretrained(tmp_path / "ck")
-    meta["policy"] = "dust"
+    meta["type"] = "dust"
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="holds a 'dust' policy checkpoint, expected a 'dita' one"):
         DitaPolicy.from_pretrained(tmp_path / "ck")

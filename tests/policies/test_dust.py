@@ -306,18 +306,18 @@ def test_save_load_round_trip_gives_identical_chunks(tmp_path):
         assert torch.equal(q.sample_actions(obs, seed=3).actions, p.sample_actions(obs, seed=3).actions)
         assert torch.equal(q.normalizer.affine["action"].scale, p.normalizer.affine["action"].scale)
     meta = json.loads((tmp_path / "ck" / "config.json").read_text())
-    assert meta["policy"] == "dust" and meta["frozen_modules"].keys() == {"vision", "text"}
+    assert meta["type"] == "dust" and meta["vlastack"]["frozen_modules"].keys() == {"vision", "text"}
 
 
 def test_checkpoint_from_another_policy_or_config_is_refused(tmp_path):
     p = _policy()
     p.save_pretrained(tmp_path / "ck")
     meta = json.loads((tmp_path / "ck" / "config.json").read_text())
-    meta["config"]["width"] = 64
+    meta["width"] = 64
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="shape mismatches"):
         DUSTPolicy.from_pretrained(tmp_path / "ck")
-    meta["policy"] = "dita"
+    meta["type"] = "dita"
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="holds a 'dita' policy checkpoint, expected a 'dust' one"):
         DUSTPolicy.from_pretrained(tmp_path / "ck")

@@ -81,7 +81,7 @@ def test_checkpoints_last_best_and_pruning(tmp_path, store):
     # a checkpoint is a loadable policy (EMA weights) that eval finds through the run dir
     policy = load_policy(resolve_checkpoint(tmp_path / "r"))
     meta = json.loads((last / "config.json").read_text())
-    assert meta["policy"] == "dust" and meta["training"]["step"] == 6 and meta["training"]["ema"]
+    assert meta["type"] == "dust" and meta["vlastack"]["training"]["step"] == 6 and meta["vlastack"]["training"]["ema"]
     st = load_state(last)
     for name, p in policy.named_parameters():
         if p.requires_grad:
@@ -120,7 +120,7 @@ def test_cli_writes_resolved_config_and_multirun(tmp_path, store):
         cfg = (tmp_path / "sw" / job / "config.yaml").read_text()
         assert "run_dir: " + str(tmp_path / "sw" / job) in cfg
         ck = resolve_checkpoint(tmp_path / "sw" / job)
-        assert json.loads(Path(ck, "config.json").read_text())["config"]["strategy"] == strategy
+        assert json.loads(Path(ck, "config.json").read_text())["strategy"] == strategy
     assert main(["policy=dust", f"dataset.path={store}", f"run_dir={tmp_path / 'x'}", "train.bogus=1"]) != 0
     assert main(["policy=dust", "dataset.path=/nonexistent.zarr", f"run_dir={tmp_path / 'y'}"]) == 2
 
@@ -199,3 +199,56 @@ def test_state_file_holds_everything_for_resume(tmp_path, store):
     assert not any(k.startswith(("vision.", "text.")) for k in st["model"])  # frozen encoders are rebuilt
     assert (read_pointer(tmp_path / "r" / "checkpoints", "last") / STATE_FILE).is_file()
     assert np.isfinite(st["elapsed_s"])
+
+
+def _wandb_history(path: Path) -> list[dict]:
+    """The ``history`` records of an offline wandb run file (a LevelDB-style log of protobuf records)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos, buf, out = path.read_bytes(), 32768, 7, b"", []  # 7: the ":W&B" file header
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        buf, pos = buf + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):  # FULL or LAST fragment: a whole record
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            if rec.WhichOneof("record_type") == "history":
+                out.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item})
+            buf = b""
+    return out
+
+
+def test_wandb_logger_writes_an_offline_run_beside_tensorboard(tmp_path, store, monkeypatch):
+    pytest.importorskip("wandb", reason="the wandb extra (pip install 'vlastack[wandb]')")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(tmp_path / "r", store, "train.steps=4", "train.batch_size=4", "train.logger=both", "train.wandb.tags=[t1]")
+    run_dirs = list((tmp_path / "r" / "wandb").glob("offline-run-*"))
+    run_id = (tmp_path / "r" / "wandb_id").read_text().strip()
+    assert len(run_dirs) == 1 and run_dirs[0].name.endswith(run_id) and (tmp_path / "r" / "tb").is_dir()
+    # the offline run file holds every loss that metrics.jsonl holds, at its step
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    expected = [(r["step"], f"{r['split']}/loss", r["loss"]) for r in rows]
+    logged = [(h["step"], k, v) for h in _wandb_history(run_dirs[0] / f"run-{run_id}.wandb") for k, v in h.items()
+              if k.endswith("/loss")]
+    assert len(expected) == 5 and logged == expected
+    # resuming the run directory continues the same wandb run
+    run(tmp_path / "r", store, "train.steps=6", "train.batch_size=4", "train.logger=wandb")
+    assert (tmp_path / "r" / "wandb_id").read_text().strip() == run_id
+
+
+def test_wandb_logger_without_the_package_is_refused_up_front(tmp_path, store, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(TrainConfigError, match="train.logger: 'wandb' needs the wandb package"):
+        run(tmp_path / "r", store, "train.logger=wandb")
+    with pytest.raises(TrainConfigError, match="train.logger: 'mlflow' is not one of"):
+        run(tmp_path / "r", store, "train.logger=mlflow")

@@ -51,6 +51,7 @@ from vlastack.types import (  # noqa: E402
     DatasetSpec,
     FeatureSpec,
     image_key,
+    quat_from_mujoco,
 )
 
 #: every MetaWorld camera; the ones in ``_ROLLED`` are flipped upright.
@@ -59,16 +60,26 @@ DEFAULT_CAMERAS = ("corner", "behindGripper")
 DEFAULT_MAX_STEPS = 500
 
 _HAND = ("hand_x", "hand_y", "hand_z")
-_OBJ = tuple(f"obj{i}_{c}" for i in range(2) for c in ("x", "y", "z", "qw", "qx", "qy", "qz"))
+_OBJ = tuple(f"obj{i}_{c}" for i in range(2) for c in ("x", "y", "z", "qx", "qy", "qz", "qw"))
 _GOAL = ("goal_x", "goal_y", "goal_z")
 #: state layouts: name -> element names. MetaWorld's 39-D observation is
-#: [hand xyz (0:3), gripper opening in [0, 1] (3), two objects' pos + wxyz quat, zero padded (4:18),
+#: [hand xyz (0:3), gripper opening in [0, 1] (3), two objects' pos + quat, zero padded (4:18),
 #:  the same 18 values one step earlier (18:36), goal xyz (36:39)]; we keep the current step only.
+#: MetaWorld's quaternion order differs by task (scipy's x-y-z-w, or MuJoCo's w-x-y-z for the tasks
+#: in :data:`MUJOCO_QUAT_TASKS`); our state always holds x, y, z, w, the code base's order.
 STATE_LAYOUTS: dict[str, tuple[str, ...]] = {
     "proprio": _HAND + ("gripper",),                 # obs[0:4]
     "objects": _HAND + ("gripper",) + _OBJ,          # obs[0:18]
     "full": _HAND + ("gripper",) + _OBJ + _GOAL,     # obs[0:18] + obs[36:39]
 }
+
+#: tasks whose ``_get_quat_objects`` returns MuJoCo's w-first ``xquat`` (metaworld 3.1.1; a test reads
+#: the source to keep this list true); the others use scipy's ``as_quat`` (x, y, z, w) or zeros.
+MUJOCO_QUAT_TASKS = frozenset({
+    "assembly-v3", "basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-v3",
+    "button-press-topdown-wall-v3", "button-press-v3", "button-press-wall-v3", "coffee-button-v3", "dial-turn-v3",
+    "disassemble-v3", "door-lock-v3", "door-unlock-v3", "drawer-open-v3", "faucet-close-v3", "faucet-open-v3",
+    "hammer-v3", "hand-insert-v3", "peg-unplug-side-v3", "pick-out-of-hole-v3", "sweep-v3"})
 
 # Instruction paraphrases per task (several per task; the episode seed picks one).
 _PHRASES: dict[str, tuple[str, ...]] = {
@@ -223,7 +234,7 @@ def metaworld_spec(cameras: Sequence[str] = DEFAULT_CAMERAS, image_size=(128, 12
         feats[k] = FeatureSpec(k, (h, w, 3), "uint8", ("height", "width", "channel"), "pixel", "image")
     names = STATE_LAYOUTS[state]
     feats[STATE] = FeatureSpec(STATE, (len(names),), "float32", names,
-                               "m (positions), 1 (gripper opening in [0, 1], quaternions wxyz)", "state")
+                               "m (positions), 1 (gripper opening in [0, 1], quaternions x y z w)", "state")
     feats[ACTION] = FeatureSpec(ACTION, (4,), "float32", ("dx", "dy", "dz", "gripper"),
                                 "[-1, 1]: position x 0.01 m per step, gripper effort", "action")
     aspace = ActionSpace(frame="world", mode="delta", rotation="none",
@@ -383,6 +394,9 @@ class MetaWorldEnv(gym.Env):
 
     def _observation(self) -> dict[str, Any]:
         raw = self._raw
+        if self.task_name in MUJOCO_QUAT_TASKS:  # object quaternions to x, y, z, w
+            raw = raw.copy()
+            raw[7:11], raw[14:18] = quat_from_mujoco(raw[7:11]), quat_from_mujoco(raw[14:18])
         if self.state_layout == "proprio":
             state = raw[0:4]
         elif self.state_layout == "objects":

@@ -6,10 +6,13 @@ validated in ``__post_init__``) and two verbs:
     compute_loss(batch) -> (loss, metrics)          batch in the data contract (types.fake_batch)
     sample_actions(obs, **sampling) -> ActionChunk  actions (B, H, D_a) in physical units
 
-Checkpoints are a directory with ``config.json`` (policy name, config, format version and
-fingerprints of frozen encoders) and ``model.safetensors`` (every trainable weight and
-buffer, normalisation statistics included). Frozen encoders are rebuilt from the config
-and checked against their stored fingerprint instead of being copied into every
+Checkpoints (:mod:`.checkpoint`): a directory or Hugging Face Hub repo with a flat
+``config.json`` (``type``: the policy name, the config's fields, a ``vlastack`` block with the
+format version and fingerprints of frozen encoders), ``model.safetensors`` (every trainable
+weight and buffer, normalisation statistics included) and a ``README.md`` model card.
+``policy.save_pretrained(dir)``; ``Policy.from_pretrained(dir_or_repo_id)``;
+``cls.finetune_from(dir, stats=..., **overrides)`` for new shapes. Frozen encoders are rebuilt
+from the config and checked against their stored fingerprint instead of being copied into every
 checkpoint (``save_pretrained(..., include_frozen=True)`` stores them too).
 
 Registry: ``@register_policy("dust")`` on the class; ``make_policy("dust", "tiny", stats=...)``;
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
@@ -35,9 +37,8 @@ from torch import Tensor, nn
 
 from vlastack.types import FEATURES_PREFIX, ActionChunk, ContractError, feature_key
 
-CHECKPOINT_FORMAT = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from . import checkpoint as ckpt
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------- configs
@@ -158,6 +159,7 @@ class Policy(nn.Module):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+    preset: str | None = None  # the preset the config came from, when known (recorded in checkpoints)
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
@@ -203,72 +205,80 @@ class Policy(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, include_frozen: bool = False,
                         extra: Mapping[str, Any] | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into directory ``path`` (created)."""
-        from safetensors.torch import save_file
+        """Write ``config.json`` + ``model.safetensors`` + a ``README.md`` model card into directory ``path``.
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        Frozen encoders are rebuilt from the config when loading (their fingerprints are stored)
+        unless ``include_frozen``. ``extra`` goes into config.json's ``vlastack`` block (the
+        training loop records ``training``: step, data, validation loss, preset).
+        """
         frozen = self.frozen_modules()
         skip = () if include_frozen else tuple(p + "." for p in frozen)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()
                    if not k.startswith(skip)}
-        meta = {"policy": self.name, "format": CHECKPOINT_FORMAT, "config": self.config.to_dict(),
-                "frozen_modules": {p: m.fingerprint() for p, m in frozen.items()},
-                "includes_frozen": bool(include_frozen), **dict(extra or {})}
-        tmp_w, tmp_c = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
-        save_file(tensors, str(tmp_w), metadata={"policy": self.name, "format": str(CHECKPOINT_FORMAT)})
-        tmp_c.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp_w, path / WEIGHTS_FILE)
-        os.replace(tmp_c, path / CONFIG_FILE)
-        return path
+        info = {"parameters": self.num_parameters(), **({"preset": self.preset} if self.preset else {}),
+                **dict(extra or {})}
+        meta = ckpt.CheckpointMeta(self.name, self.config.to_dict(), {p: m.fingerprint() for p, m in frozen.items()},
+                                   bool(include_frozen), info)
+        return ckpt.write_checkpoint(path, meta, tensors)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                        **config_overrides: Any) -> "Policy":
-        """Rebuild the exact policy saved by :meth:`save_pretrained`.
+    def _open(cls, source: str | os.PathLike, hub: Mapping[str, Any]) -> tuple[Path, ckpt.CheckpointMeta,
+                                                                              type["Policy"]]:
+        """(local directory, meta, policy class) of checkpoint ``source``, checking it suits ``cls``."""
+        path = ckpt.locate(source, **hub)
+        meta = ckpt.read_meta(path)
+        target = policy_class(meta.type) if cls is Policy else cls
+        if target.name != meta.type:
+            raise ckpt.CheckpointError(f"{path} holds a {meta.type!r} policy checkpoint, expected a {target.name!r} "
+                                       f"one (load it with Policy.from_pretrained or policy_class({meta.type!r}))")
+        return path, meta, target
 
-        Called on :class:`Policy` it dispatches through the registry; called on a subclass it
-        raises if the checkpoint belongs to another policy. ``config_overrides`` change
-        config fields that do not alter weights (e.g. sampling steps).
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        revision: str | None = None, cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False, **config_overrides: Any) -> "Policy":
+        """Rebuild the exact policy saved by :meth:`save_pretrained`, from a directory or a Hub repo id.
+
+        ``source``: a checkpoint directory, a ``last`` pointer, a training run directory, or a
+        Hugging Face Hub repo id ``org/name`` (fetched at ``revision`` through the hub cache;
+        ``HF_HUB_OFFLINE=1`` or ``local_files_only`` read the cache only). Called on :class:`Policy`
+        it dispatches through the registry; called on a subclass it raises if the checkpoint
+        belongs to another policy. ``config_overrides`` change config fields that do not alter
+        weights (e.g. sampling steps); to change shapes use :meth:`finetune_from`.
         """
-        from safetensors.torch import load_file
+        path, meta, target = cls._open(source, dict(revision=revision, cache_dir=cache_dir,
+                                                    local_files_only=local_files_only))
+        policy = target(target.config_class.from_dict({**meta.config, **_to_json(config_overrides)}))
+        try:
+            ckpt.load_weights(policy, path, meta, strict=True)
+        except ckpt.CheckpointError as e:
+            if config_overrides and "weights do not match" in str(e):
+                raise ckpt.CheckpointError(f"{e}. The overrides {sorted(config_overrides)} change the network's "
+                                           f"shapes; to fine-tune on them use {target.__name__}.finetune_from(path, "
+                                           "stats=..., **overrides)") from e
+            raise
+        policy.preset = meta.preset
+        return policy.to(map_location)
 
-        path = Path(path)
-        cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
-        if not cfg_file.is_file() or not w_file.is_file():
-            raise FileNotFoundError(f"{path} is not a policy checkpoint: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-        meta = json.loads(cfg_file.read_text())
-        name = meta.get("policy")
-        if not name:
-            raise ValueError(f"{cfg_file} names no policy (key 'policy'); not a vlastack checkpoint")
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{cfg_file}: checkpoint format {meta.get('format')!r}, this code reads {CHECKPOINT_FORMAT}")
-        target = policy_class(name) if cls is Policy else cls
-        if target.name != name:
-            raise ValueError(f"{path} holds a {name!r} policy checkpoint, expected a {target.name!r} one "
-                             f"(load it with Policy.from_pretrained or policy_class({name!r}))")
-        config = target.config_class.from_dict({**meta["config"], **_to_json(config_overrides)})
-        policy = target(config)
-        state = load_file(str(w_file))
-        frozen = policy.frozen_modules()
-        expected = policy.state_dict()
-        skip = () if meta.get("includes_frozen") else tuple(p + "." for p in frozen)
-        missing = sorted(k for k in expected if k not in state and not k.startswith(skip))
-        unexpected = sorted(k for k in state if k not in expected)
-        shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                        for k in state if k in expected and state[k].shape != expected[k].shape)
-        if missing or unexpected or shapes:
-            raise ValueError(f"{path}: weights do not match the {name!r} policy built from its config: "
-                             f"missing {missing[:8]}, unexpected {unexpected[:8]}, shape mismatches {shapes[:8]}")
-        policy.load_state_dict(state, strict=False)
-        for prefix, fp in meta.get("frozen_modules", {}).items():
-            if prefix not in frozen:
-                raise ValueError(f"{path}: checkpoint expects frozen module {prefix!r}, the rebuilt policy has none")
-            now = frozen[prefix].fingerprint()
-            if now != fp:
-                raise ValueError(f"{path}: frozen module {prefix!r} ({getattr(frozen[prefix], 'name', '?')}) "
-                                 f"has weights {now}, the checkpoint was trained with {fp}; install the same "
-                                 "encoder weights or save with include_frozen=True")
+    @classmethod
+    def finetune_from(cls, source: str | os.PathLike, stats: Mapping[str, Mapping[str, Any]] | None = None,
+                      map_location: str | torch.device = "cpu", **overrides: Any) -> "Policy":
+        """Start fine-tuning from a checkpoint with config ``overrides`` (e.g. a new ``action_dim``).
+
+        Every weight whose name and shape match the new network loads; the others keep their fresh
+        initialisation and are listed in ``policy.reinitialized``. ``stats`` refit the normaliser
+        (required when a normalised dimension changes); without them the checkpoint's statistics
+        are kept. Frozen encoders are rebuilt and checked against their fingerprints.
+        """
+        path, meta, target = cls._open(source, {})
+        policy = target(target.config_class.from_dict({**meta.config, **_to_json(overrides)}), stats=stats)
+        fresh = ckpt.load_weights(policy, path, meta, strict=False, skip=("normalizer.",) if stats is not None else ())
+        norm_fresh = [k for k in fresh if k.startswith("normalizer.")]
+        if stats is None and norm_fresh:
+            raise ckpt.CheckpointError(f"{path}: the overrides change normalised dimensions ({norm_fresh}); pass "
+                                       "stats=<the fine-tuning dataset's compute_stats()>")
+        policy.reinitialized = [k for k in fresh if not k.startswith("normalizer.")]
+        policy.preset = meta.preset
         return policy.to(map_location)
 
 
@@ -322,7 +332,9 @@ def make_policy(name: str, config: PolicyConfig | Mapping[str, Any] | str | None
     if config is None:
         cfg = cc.from_dict(_to_json(overrides))
     elif isinstance(config, str):
-        cfg = cc.preset(config, **overrides)
+        policy = cls(cc.preset(config, **overrides), stats=stats)
+        policy.preset = config
+        return policy
     elif isinstance(config, Mapping):
         cfg = cc.from_dict({**config, **_to_json(overrides)})
     elif isinstance(config, cc):
@@ -333,9 +345,9 @@ def make_policy(name: str, config: PolicyConfig | Mapping[str, Any] | str | None
     return cls(cfg, stats=stats)
 
 
-def load_policy(path: str | os.PathLike, map_location: str | torch.device = "cpu", **overrides: Any) -> Policy:
-    """Load any registered policy's checkpoint."""
-    return Policy.from_pretrained(path, map_location=map_location, **overrides)
+def load_policy(source: str | os.PathLike, map_location: str | torch.device = "cpu", **kwargs: Any) -> Policy:
+    """Load any registered policy's checkpoint (a local path or a Hub repo id; see :meth:`Policy.from_pretrained`)."""
+    return Policy.from_pretrained(source, map_location=map_location, **kwargs)
 
 
 __all__ = ["Policy", "PolicyConfig", "register_policy", "make_policy", "policy_class", "available_policies",

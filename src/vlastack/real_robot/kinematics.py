@@ -1,14 +1,15 @@
 """Serial-chain kinematics for the controller: forward kinematics, geometric Jacobian, damped IK.
 
 A :class:`Chain` is a list of revolute joints, each reached from its parent by a fixed transform
-(position, unit quaternion w-x-y-z) and turning about its own local z axis, then a fixed tool
+(position, unit quaternion) and turning about its own local z axis, then a fixed tool
 transform to the tool centre point (TCP). The same numbers build the digital twin's MJCF
 (:mod:`.twin`), so the twin's physics and the controller's safety checks agree by construction
 (a test compares them). Chains for the Franka Panda (robosuite's model) and the UR5e (its
 published DH table) are provided.
 
-Rotations: rotation matrices (3, 3) and axis-angle vectors (3,) (:func:`rotvec_to_matrix`,
-:func:`matrix_to_rotvec`).
+Rotations go through ``scipy.spatial.transform.Rotation``: rotation matrices (3, 3), axis-angle
+vectors (3,) and quaternions in the code base's one order, scalar last ``(x, y, z, w)``
+(:data:`vlastack.types.QUAT_ORDER`; MJCF's ``(w, x, y, z)`` is converted where the twin writes it).
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 
 def quat_to_matrix(q) -> np.ndarray:
-    """Rotation matrix (3, 3) of a quaternion (w, x, y, z) (normalised first)."""
-    w, x, y, z = np.asarray(q, float) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    """Rotation matrix (3, 3) of a quaternion (x, y, z, w) (normalised first)."""
+    return Rotation.from_quat(np.asarray(q, float)).as_matrix()
+
+
+def matrix_to_quat(R) -> tuple[float, float, float, float]:
+    """Unit quaternion (x, y, z, w) of a rotation matrix, w >= 0."""
+    return tuple(float(x) for x in Rotation.from_matrix(np.asarray(R, float)).as_quat(canonical=True))
 
 
 def rotvec_to_matrix(v) -> np.ndarray:
-    """Rodrigues: the rotation (3, 3) by angle |v| about v / |v|."""
+    """The rotation (3, 3) by angle |v| about v / |v|; raises ValueError on non-finite input or angle."""
     v = np.asarray(v, float)
     big = float(np.max(np.abs(v)))
     if not math.isfinite(big):
@@ -36,33 +40,15 @@ def rotvec_to_matrix(v) -> np.ndarray:
     if big < 1e-12:
         return np.eye(3)
     k = v / big
-    th = big * float(np.linalg.norm(k))  # no overflow unless |v| itself exceeds the float range
+    th = big * float(np.linalg.norm(k))  # no overflow unless the angle itself exceeds the float range
     if not math.isfinite(th):
         raise ValueError(f"rotation vector {v.tolist()}: its angle overflows")
-    k = k / np.linalg.norm(k)
-    th = math.fmod(th, 2 * math.pi)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])  # (3, 3) cross-product matrix
-    return np.eye(3) + math.sin(th) * K + (1 - math.cos(th)) * (K @ K)
+    return Rotation.from_rotvec(k / np.linalg.norm(k) * math.fmod(th, 2 * math.pi)).as_matrix()
 
 
 def matrix_to_rotvec(R) -> np.ndarray:
     """Axis-angle vector (3,) of a rotation matrix, angle in [0, pi]."""
-    R = np.asarray(R, float)
-    cos = max(-1.0, min(1.0, (np.trace(R) - 1) / 2))
-    th = math.acos(cos)
-    if th < 1e-9:
-        return np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) / 2
-    if math.pi - th < 1e-4:  # near pi: axis from the symmetric part
-        M = (R + np.eye(3)) / 2
-        i = int(np.argmax(np.diag(M)))
-        axis = M[:, i] / math.sqrt(max(M[i, i], 1e-12))
-        axis /= np.linalg.norm(axis)
-        # pick the sign consistent with the antisymmetric part (ambiguous only at exactly pi)
-        s = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-        if s @ axis < 0:
-            axis = -axis
-        return axis * th
-    return np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]) * (th / (2 * math.sin(th)))
+    return Rotation.from_matrix(np.asarray(R, float)).as_rotvec()
 
 
 def _transform(pos, quat) -> np.ndarray:
@@ -81,7 +67,7 @@ def _rz(a: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Chain:
-    """A serial arm: per-joint parent offsets (n, 3) and quaternions (n, 4), a tool transform, limits.
+    """A serial arm: per-joint parent offsets (n, 3) and quaternions (n, 4) (x, y, z, w), a tool transform, limits.
 
     ``lower`` / ``upper``: joint position limits (rad); ``v_max``: joint speed limits (rad/s);
     ``home``: a safe start configuration.
@@ -181,7 +167,7 @@ class Chain:
 
 
 def chain_from_dh(name: str, d, a, alpha, lower, upper, v_max, home, tool_pos=(0, 0, 0),
-                  tool_quat=(1, 0, 0, 0), joint_names=None) -> Chain:
+                  tool_quat=(0, 0, 0, 1), joint_names=None) -> Chain:
     """A :class:`Chain` from a standard DH table (T_i = Rz(q_i) Tz(d_i) Tx(a_i) Rx(alpha_i)).
 
     Joint i+1 sits at the end of row i's fixed part; the last row's fixed part is folded into
@@ -196,7 +182,7 @@ def chain_from_dh(name: str, d, a, alpha, lower, upper, v_max, home, tool_pos=(0
         Tz = np.eye(4)
         Tz[2, 3] = d[i]
         fixed.append(Tz @ T)
-    offsets, quats = [(0.0, 0.0, 0.0)], [(1.0, 0.0, 0.0, 0.0)]
+    offsets, quats = [(0.0, 0.0, 0.0)], [(0.0, 0.0, 0.0, 1.0)]
     for T in fixed[:-1]:
         offsets.append(tuple(float(x) for x in T[:3, 3]))
         quats.append(matrix_to_quat(T[:3, :3]))
@@ -206,39 +192,18 @@ def chain_from_dh(name: str, d, a, alpha, lower, upper, v_max, home, tool_pos=(0
                  tuple(v_max), tuple(home))
 
 
-def matrix_to_quat(R) -> tuple[float, float, float, float]:
-    """Unit quaternion (w, x, y, z) of a rotation matrix, w >= 0."""
-    R = np.asarray(R, float)
-    tr = np.trace(R)
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
-        q = [(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
-    elif R[1, 1] > R[2, 2]:
-        s = math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
-        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s]
-    else:
-        s = math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
-        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q) / np.linalg.norm(q)
-    if q[0] < 0:
-        q = -q
-    return tuple(float(x) for x in q)
-
-
 _S = 0.7071067811865476
 
-#: Franka Panda, link offsets as in robosuite's shipped model (robots/panda/robot.xml); the tool is
+#: Franka Panda, link offsets as in robosuite's shipped model (robots/panda/robot.xml, whose MJCF
+#: quaternions are written w-first; here reordered to x, y, z, w); the tool is
 #: the centre between the fingertips of the twin's gripper, 0.1034 m below the hand flange.
 PANDA = Chain(
     name="panda",
     joint_names=tuple(f"joint{i}" for i in range(1, 8)),
     offsets=((0, 0, 0.333), (0, 0, 0), (0, -0.316, 0), (0.0825, 0, 0), (-0.0825, 0.384, 0), (0, 0, 0), (0.088, 0, 0)),
-    quats=((1, 0, 0, 0), (_S, -_S, 0, 0), (_S, _S, 0, 0), (_S, _S, 0, 0), (_S, -_S, 0, 0), (_S, _S, 0, 0), (_S, _S, 0, 0)),
+    quats=((0, 0, 0, 1), (-_S, 0, 0, _S), (_S, 0, 0, _S), (_S, 0, 0, _S), (-_S, 0, 0, _S), (_S, 0, 0, _S), (_S, 0, 0, _S)),
     tool_pos=(0, 0, 0.1065 + 0.1034),
-    tool_quat=(0.9238795, 0, 0, -0.3826834),
+    tool_quat=(0, 0, -0.3826834, 0.9238795),
     lower=(-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973),
     upper=(2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973),
     v_max=(2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61),

@@ -42,7 +42,7 @@ from vlastack.real_robot.base import Frame, RobotError
 from vlastack.real_robot.controller import ArmState, ControlledRobot, ControllerConfig, DriverSpec
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec
 from vlastack.real_robot.safety import SafetyLimits
-from vlastack.types import ActionChunk, Observation
+from vlastack.types import ActionChunk, Observation, quat_to_mujoco
 
 TASKS = {"drawer": "open the drawer"}
 FINGER_OPEN = 0.04  # m per finger at fully open
@@ -155,7 +155,8 @@ def build_mjcf(cfg: TwinConfig) -> str:
     close = "</body>"
     for i in range(PANDA.n):
         m, d, c = _INERTIA[i + 1]
-        body += (f'<body name="link{i + 1}" pos="{_f(PANDA.offsets[i])}" quat="{_f(PANDA.quats[i])}" gravcomp="1">'
+        quat = _f(quat_to_mujoco(PANDA.quats[i]))  # MJCF writes w first
+        body += (f'<body name="link{i + 1}" pos="{_f(PANDA.offsets[i])}" quat="{quat}" gravcomp="1">'
                  f'<inertial pos="{_f(c)}" mass="{m}" diaginertia="{d} {d} {d}"/>'
                  f'<joint name="{PANDA.joint_names[i]}" axis="0 0 1" range="{PANDA.lower[i]} {PANDA.upper[i]}" '
                  f'damping="0.1" armature="0.05"/>{visual(i + 1)}')
@@ -164,7 +165,7 @@ def build_mjcf(cfg: TwinConfig) -> str:
     hand_pos = (0, 0, 0.1065)
     tcp_z = PANDA.tool_pos[2] - 0.1065
     cams = "".join(f'<camera name="{c}" {CAMERAS[c]}/>' for c in cfg.cameras if c == "wrist")
-    body += (f'<body name="hand" pos="{_f(hand_pos)}" quat="{_f(PANDA.tool_quat)}" gravcomp="1">'
+    body += (f'<body name="hand" pos="{_f(hand_pos)}" quat="{_f(quat_to_mujoco(PANDA.tool_quat))}" gravcomp="1">'
              f'<inertial pos="0 0 0.05" mass="0.7" diaginertia="0.003 0.003 0.003"/>'
              f'<geom type="box" size="0.03 0.09 0.025" pos="0 0 0.035" class="robot" rgba="0.9 0.9 0.9 1"/>'
              f'{cams}<site name="tcp" pos="0 0 {tcp_z:.5f}" size="0.006" rgba="1 0 0 1" group="3"/>'

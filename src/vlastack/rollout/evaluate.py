@@ -267,17 +267,17 @@ class _Plan:
 
 def _read_checkpoint_config(path: str):
     """(policy name, config object) of a checkpoint without building its network."""
-    from vlastack.policies.base import CONFIG_FILE as CKPT_CONFIG
     from vlastack.policies.base import policy_class
+    from vlastack.policies.checkpoint import read_meta
 
     try:
-        meta = json.loads(Path(path, CKPT_CONFIG).read_text())
+        meta = read_meta(path)
     except (OSError, ValueError) as e:
-        raise EvalError(f"checkpoint: cannot read {Path(path, CKPT_CONFIG)} ({e})") from None
-    name = meta.get("policy")
+        raise EvalError(f"checkpoint: {e}") from None
+    name = meta.type
     try:
         cls = policy_class(name)
-        return name, cls, cls.config_class.from_dict(meta.get("config", {}))
+        return name, cls, cls.config_class.from_dict(meta.config)
     except (ValueError, TypeError) as e:
         raise EvalError(f"checkpoint {path}: {e}") from None
 

@@ -193,41 +193,14 @@ def as_policy(policy: Any, sampling: Mapping[str, Any] | None = None) -> Any:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> str:
-    """The checkpoint directory (``config.json`` + ``model.safetensors``) that ``path`` designates.
+    """The local checkpoint directory that ``path`` designates (see :func:`vlastack.policies.checkpoint.locate`).
 
-    Accepts the directory itself, a ``last`` pointer (a symlink, or a text file holding a
-    directory name relative to its own folder or absolute), a folder holding ``last``, or a
-    training run directory holding ``checkpoints/``.
+    A checkpoint directory, a ``last`` pointer, a folder holding ``last``, a training run
+    directory, or a Hugging Face Hub repo id ``org/name`` (fetched into the hub cache).
     """
-    from vlastack.policies.base import CONFIG_FILE, WEIGHTS_FILE
+    from vlastack.policies.checkpoint import locate
 
-    p = os.fspath(path)
-    seen: list[str] = []
-    for _ in range(8):
-        seen.append(p)
-        if os.path.isdir(p):
-            if os.path.isfile(os.path.join(p, CONFIG_FILE)) and os.path.isfile(os.path.join(p, WEIGHTS_FILE)):
-                return os.path.realpath(p)
-            if os.path.lexists(os.path.join(p, "last")):
-                p = os.path.join(p, "last")
-                continue
-            if os.path.isdir(os.path.join(p, "checkpoints")):
-                p = os.path.join(p, "checkpoints")
-                continue
-            break
-        if os.path.isfile(p):  # a pointer file
-            try:
-                target = open(p).read().strip()
-            except (OSError, UnicodeDecodeError):
-                break
-            if not target or "\n" in target:
-                break
-            p = target if os.path.isabs(target) else os.path.join(os.path.dirname(p), target)
-            continue
-        break
-    raise FileNotFoundError(f"checkpoint: {os.fspath(path)!r} is not a policy checkpoint (a directory with "
-                            f"{CONFIG_FILE} and {WEIGHTS_FILE}, a 'last' pointer, or a run directory with "
-                            f"checkpoints/); looked at {seen}")
+    return str(locate(path))
 
 
 def observation_for(inputs: PolicyInputs, obs: Mapping[str, Any]) -> list[str]:

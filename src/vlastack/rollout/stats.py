@@ -7,20 +7,13 @@ where the normal ("Wald") interval collapses to a point. For ``k`` successes in 
     p = k / n
     centre = (p + z^2 / (2n)) / (1 + z^2 / n)
     half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / (4 n^2))
+
+computed by scipy (``binomtest(k, n).proportion_ci(method="wilson")``).
 """
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
 from typing import Any, Iterable, Mapping
-
-
-def z_for(confidence: float) -> float:
-    """The two-sided standard-normal quantile for ``confidence`` (0.95 -> 1.95996...)."""
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -28,22 +21,17 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     if isinstance(successes, bool) or isinstance(trials, bool) or int(successes) != successes \
             or int(trials) != trials:
         raise ValueError(f"successes and trials must be integers, got {successes!r} / {trials!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     k, n = int(successes), int(trials)
     if n < 0 or k < 0 or k > n:
         raise ValueError(f"need 0 <= successes <= trials, got {k} / {n}")
     if n == 0:
         return 0.0, 1.0
-    z = z_for(confidence)
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    low, high = max(0.0, centre - half), min(1.0, centre + half)
-    if k == 0:
-        low = 0.0  # exact, not 1e-17 from rounding
-    if k == n:
-        high = 1.0
-    return low, high
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def success_summary(episodes: Iterable[Mapping[str, Any]], confidence: float = 0.95) -> dict[str, Any]:

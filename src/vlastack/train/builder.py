@@ -9,13 +9,11 @@ A preset that sets ``state_dim: 0`` (no proprioception, Dita's ``paper``) keeps 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from vlastack.policies.base import CONFIG_FILE, WEIGHTS_FILE, Policy, PolicyConfig, policy_class
+from vlastack.policies.base import Policy, PolicyConfig, policy_class
 from vlastack.types import ACTION, STATE, DatasetSpec
 
 from .config import DATA_FIELDS, POLICY_META_KEYS, TrainConfigError, check_policy_fields
@@ -99,58 +97,35 @@ def policy_stats(stats: Mapping[str, Mapping[str, Any]], config: PolicyConfig) -
     return out
 
 
-def checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """``config.json`` of a checkpoint directory (policy name and config)."""
-    p = Path(path) / CONFIG_FILE
-    if not p.is_file() or not (Path(path) / WEIGHTS_FILE).is_file():
-        raise TrainConfigError(f"train.init_from: {path} is not a policy checkpoint (expected {CONFIG_FILE} and "
-                               f"{WEIGHTS_FILE})")
-    return json.loads(p.read_text())
-
-
-def load_matching(policy: Policy, path: str | Path) -> list[str]:
-    """Load every weight of checkpoint ``path`` whose name and shape match ``policy``; keep the
-    normalizer (fitted on the new data). Returns the names left at their fresh initialisation."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(path) / WEIGHTS_FILE))
-    own = policy.state_dict()
-    frozen = tuple(p + "." for p in policy.frozen_modules())
-    load = {k: v for k, v in state.items() if k in own and not k.startswith("normalizer.")
-            and tuple(own[k].shape) == tuple(v.shape)}
-    policy.load_state_dict(load, strict=False)
-    return sorted(k for k in own if k not in load and not k.startswith(("normalizer.", *frozen)))
-
-
 def build_policy(section: Mapping[str, Any], data: Mapping[str, Any], stats: Mapping[str, Mapping[str, Any]],
                  init_from: str | None = None) -> tuple[Policy, list[str]]:
     """The policy to train and the weights left fresh (when fine-tuning ``init_from``).
 
-    Without ``init_from``: built from the preset. With it: the checkpoint's config is the
-    base, matching weights are loaded (a policy's own ``finetune_from``, e.g. Dita's new
-    action head, when it has one) and the normalizer is refitted on ``stats``.
+    Without ``init_from``: built from the preset. With it (a checkpoint path or Hub repo id): the
+    checkpoint's config is the base, every weight whose name and shape match is loaded
+    (:meth:`Policy.finetune_from`) and the normalizer is refitted on ``stats``.
     """
     name = section.get("name")
     cls = policy_class(name)
     if init_from is None:
         cfg = policy_config(section, data)
-        return cls(cfg, stats=policy_stats(stats, cfg)), []
-    from vlastack.rollout.policy_adapters import resolve_checkpoint
+        policy = cls(cfg, stats=policy_stats(stats, cfg))
+        policy.preset = section.get("preset")
+        return policy, []
+    from vlastack.policies import checkpoint as ckpt
 
     try:
-        ckpt = resolve_checkpoint(init_from)
+        path = ckpt.locate(init_from)
+        meta = ckpt.read_meta(path)
     except (FileNotFoundError, ValueError) as e:
         raise TrainConfigError(f"train.init_from: {e}") from None
-    meta = checkpoint_meta(ckpt)
-    if meta.get("policy") != name:
-        raise TrainConfigError(f"train.init_from: {ckpt} holds a {meta.get('policy')!r} policy, this run trains "
-                               f"{name!r} (policy={meta.get('policy')})")
-    cfg = policy_config(section, data, base=meta["config"])
-    pstats = policy_stats(stats, cfg)
-    finetune = getattr(cls, "finetune_from", None)
-    if callable(finetune):
-        changed = {k: v for k, v in cfg.to_dict().items() if meta["config"].get(k) != v}
-        policy = finetune(ckpt, stats=pstats, **changed)
-        return policy, list(getattr(policy, "reinitialized", []))
-    policy = cls(cfg, stats=pstats)
-    return policy, load_matching(policy, ckpt)
+    if meta.type != name:
+        raise TrainConfigError(f"train.init_from: {path} holds a {meta.type!r} policy, this run trains "
+                               f"{name!r} (policy={meta.type})")
+    cfg = policy_config(section, data, base=meta.config)
+    changed = {k: v for k, v in cfg.to_dict().items() if meta.config.get(k) != v}
+    try:
+        policy = cls.finetune_from(path, stats=policy_stats(stats, cfg), **changed)
+    except ckpt.CheckpointError as e:
+        raise TrainConfigError(f"train.init_from: {e}") from None
+    return policy, list(policy.reinitialized)

@@ -26,6 +26,8 @@ STRATEGIES = ("ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
 RESUME_MODES = ("auto", "always", "never")
 CACHE_MODES = ("auto", "on", "off")
+LOGGERS = ("tensorboard", "wandb", "both", "none")  # metrics.jsonl is always written
+WANDB_MODES = ("online", "offline", "disabled")
 POLICY_META_KEYS = ("name", "preset")
 #: policy-config fields that default to the dataset's values when left null
 DATA_FIELDS = ("cameras", "image_size", "state_dim", "action_dim")
@@ -99,6 +101,22 @@ class SimEvalConfig:
 
 
 @dataclass
+class WandbConfig:
+    """Weights & Biases run settings (``train.logger=wandb`` or ``both``; needs the ``wandb`` extra)."""
+
+    project: str = "vlastack"
+    entity: Optional[str] = None  # team or user; null: wandb's default
+    name: Optional[str] = None  # run name; null: the run directory's name
+    tags: List[str] = field(default_factory=list)
+    mode: Optional[str] = None  # online, offline, disabled; null: WANDB_MODE, else wandb's default (online)
+
+    def __post_init__(self):
+        _check(bool(self.project), "train.wandb.project", "must be a non-empty project name")
+        _check(self.mode is None or self.mode in WANDB_MODES, "train.wandb.mode",
+               f"{self.mode!r} is not one of {WANDB_MODES} or null")
+
+
+@dataclass
 class TrainConfig:
     """The loop: batch, steps, budget, precision, distribution, logging, validation and checkpoints."""
 
@@ -115,6 +133,8 @@ class TrainConfig:
     backend: str = "auto"  # process group: auto (nccl on CUDA, gloo on CPU), gloo or nccl
     threads: Optional[int] = None  # torch intra-op CPU threads per process; null: torch's default (all cores)
     log_every: int = 10
+    logger: str = "tensorboard"  # tensorboard, wandb, both or none (metrics.jsonl is always written)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
     val_every: int = 500  # 0: only at the end
     val_batches: int = 20
     ckpt_every: int = 1000  # 0: only at the end
@@ -140,6 +160,7 @@ class TrainConfig:
         _check(self.strategy in STRATEGIES, "train.strategy", f"{self.strategy!r} is not one of {STRATEGIES}")
         _check(self.backend in BACKENDS, "train.backend", f"{self.backend!r} is not one of {BACKENDS}")
         _check(self.threads is None or self.threads >= 1, "train.threads", f"must be >= 1 or null, got {self.threads}")
+        _check(self.logger in LOGGERS, "train.logger", f"{self.logger!r} is not one of {LOGGERS}")
         for name in ("log_every", "val_batches", "keep_last"):
             _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("val_every", "ckpt_every"):

@@ -16,6 +16,7 @@ One :class:`Trainer` serves one process or every rank of a ``torchrun`` launch:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import subprocess
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from vlastack.policies.base import Policy, policy_class
+from vlastack.policies.checkpoint import read_meta
 from vlastack.types import ACTION
 
 from . import checkpoint as ck
@@ -47,11 +49,13 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
 
 
 class _Log:
-    """Rank-0 outputs: TensorBoard, metrics.jsonl, the progress bar and plain lines."""
+    """Rank-0 outputs: TensorBoard and/or Weights & Biases, metrics.jsonl, the progress bar and plain lines."""
 
-    def __init__(self, run_dir: Path, enabled: bool, progress: bool, total: int, start: int):
+    def __init__(self, run_dir: Path, enabled: bool, progress: bool, total: int, start: int,
+                 logger: str = "tensorboard", wandb_cfg: Any = None, config: Mapping[str, Any] | None = None):
         self.enabled = enabled
         self.tb = None
+        self.wandb = None
         self.jsonl = None
         self.bar = None
         self.task = None
@@ -59,12 +63,15 @@ class _Log:
         if not enabled:
             return
         self.jsonl = open(run_dir / "metrics.jsonl", "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
+        if logger in ("tensorboard", "both"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        except ImportError as e:  # pragma: no cover - tensorboard is a dependency
-            print(f"train: TensorBoard logging off ({e})")
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError as e:  # pragma: no cover - tensorboard is a dependency
+                print(f"train: TensorBoard logging off ({e})")
+        if logger in ("wandb", "both"):
+            self.wandb = start_wandb(run_dir, wandb_cfg, dict(config or {}))
         from rich.console import Console
 
         self.console = Console()
@@ -89,10 +96,12 @@ class _Log:
         """TensorBoard + metrics.jsonl."""
         if not self.enabled:
             return
+        finite = {f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            for k, v in finite.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({"step": step, **finite})
         self.jsonl.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
         self.jsonl.flush()
 
@@ -113,14 +122,44 @@ class _Log:
             self.bar.stop()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
         if self.jsonl is not None:
             self.jsonl.close()
+
+
+def check_logger(logger: str) -> None:
+    """Refuse ``train.logger`` values whose package is missing, before any work starts."""
+    if logger in ("wandb", "both") and importlib.util.find_spec("wandb") is None:
+        raise TrainConfigError(f"train.logger: {logger!r} needs the wandb package; pip install 'vlastack[wandb]' "
+                               "or use train.logger=tensorboard")
+
+
+def start_wandb(run_dir: Path, cfg: Any, config: Mapping[str, Any]) -> Any:
+    """A wandb run for ``run_dir`` (resumed under the same id when the run directory is resumed).
+
+    Metrics are logged against their own ``step`` key, so a run resumed from an earlier checkpoint
+    than the last logged step still records its steps.
+    """
+    import secrets
+
+    import wandb
+
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+    id_file.write_text(run_id + "\n")
+    run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.resolve().name,
+                     tags=list(cfg.tags), mode=cfg.mode, dir=str(run_dir), id=run_id, resume="allow", config=config)
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")
+    return run
 
 
 class Trainer:
     """Set up a run from a :class:`TrainAppConfig` and train it (:meth:`run`)."""
 
     def __init__(self, app: TrainAppConfig):
+        check_logger(app.train.logger)
         self.app = app
         self.cfg = app.train
         self.info = dd.setup(self.cfg.device, self.cfg.backend)
@@ -129,6 +168,12 @@ class Trainer:
         self.log = None
 
     # ------------------------------------------------------------------ set-up
+
+    def _config_dict(self) -> dict[str, Any]:
+        """The resolved run config as plain containers (what wandb records)."""
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(OmegaConf.structured(self.app))
 
     def _say(self, msg: str) -> None:
         if self.info.is_main:
@@ -201,6 +246,8 @@ class Trainer:
                                    f"({getattr(policy.config, 'strategy', '')}) learns only from actions; "
                                    "action-free (video) training needs DUST's world-model stream")
         self.feature_encoder = name
+        self.data_info = {"paths": list(app.dataset.store_paths), "train_episodes": int(n_tr),
+                          "val_episodes": int(n_va), "fps": float(stores[0].spec.fps)}
         self.order = D.StepOrder(len(self.train_s), cfg.batch_size, cfg.seed, info.world, cfg.grad_accum)
         self.batches = D.StepBatches(self.train_s, self.order, info.rank)
         micro = self.order.micro
@@ -217,7 +264,8 @@ class Trainer:
             self._restore_state(self.state)
         self.state = None  # free memory
         n_params = sum(p.numel() for p in self.trainable)
-        self.log = _Log(self.run_dir, info.is_main, app.progress, self.schedule.total_steps, self.step)
+        self.log = _Log(self.run_dir, info.is_main, app.progress, self.schedule.total_steps, self.step,
+                        cfg.logger, cfg.wandb, self._config_dict())
         self._say(f"train: {policy.name} ({n_params / 1e6:.2f}M trainable) on {info.device} x{info.world}"
                   f"{' (FSDP)' if self.fsdp else ''}; {len(self.train_s)} train windows from {n_tr} episodes, "
                   f"{len(self.val_s) if self.val_s else 0} val windows from {n_va}; "
@@ -229,12 +277,13 @@ class Trainer:
 
     def _restore_policy(self, ckpt_dir: Path) -> Policy:
         """The policy of a resumed run: its config from the checkpoint, raw weights from the state."""
-        meta = json.loads((ckpt_dir / "config.json").read_text())
-        if meta.get("policy") != self.app.policy.get("name"):
-            raise TrainConfigError(f"resume: {ckpt_dir} trained a {meta.get('policy')!r} policy, this config asks for "
+        meta = read_meta(ckpt_dir)
+        if meta.type != self.app.policy.get("name"):
+            raise TrainConfigError(f"resume: {ckpt_dir} trained a {meta.type!r} policy, this config asks for "
                                    f"{self.app.policy.get('name')!r}; use a new run_dir or resume=never")
-        cls = policy_class(meta["policy"])
-        policy = cls(cls.config_class.from_dict(meta["config"]))
+        cls = policy_class(meta.type)
+        policy = cls(cls.config_class.from_dict(meta.config))
+        policy.preset = meta.preset
         missing, unexpected = policy.load_state_dict(self.state["model"], strict=False)
         frozen = tuple(p + "." for p in policy.frozen_modules())
         missing = [k for k in missing if not k.startswith(frozen)]
@@ -370,7 +419,9 @@ class Trainer:
                               "epoch": self.order.epoch_of(self.step), "world": info.world,
                               "grad_accum": self.cfg.grad_accum}}
             extra = {"training": {"step": self.step, "val_loss": val_loss, "ema": self.ema is not None,
-                                  "run_dir": str(self.run_dir), "feature_encoder": self.feature_encoder}}
+                                  "run_dir": str(self.run_dir), "feature_encoder": self.feature_encoder,
+                                  "preset": self.app.policy.get("preset"), "data": self.data_info,
+                                  "init_from": self.cfg.init_from}}
             out = ck.save_checkpoint(self.ckpt_root, self.step, lambda d: self._write_policy(d, model, ema, extra),
                                      state, self.cfg.keep_last, is_best)
         dd.barrier(info)

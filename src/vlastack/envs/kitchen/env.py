@@ -17,7 +17,7 @@ Observation (a dict with LeRobot-style flat keys):
     observation.images.<cam>  uint8 (H, W, 3), upright, for cam in ``cameras``
                               (``left``, ``right``: over-the-shoulder views; ``wrist``: in-hand)
     observation.state         float32 (16,): see :data:`STATE_NAMES` (world frame; m, rad,
-                              quaternion x, y, z, w as robosuite writes it)
+                              quaternion x, y, z, w: the code base's order, robosuite's too)
     task                      str, the episode's language instruction
 
 ``info["success"]`` is the task predicate after the step; ``terminated`` becomes True on
@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from vlastack.types import ACTION, STATE, TASK, ActionSpace, DatasetSpec, FeatureSpec, image_key
+from vlastack.types import ACTION, STATE, TASK, ActionSpace, DatasetSpec, FeatureSpec, image_key, quat_from_mujoco
 
 from .groups import SCENES, resolve_group, split_pairs
 from .scene import CAMERA_NAMES, build_scene_class
@@ -54,11 +54,12 @@ FPS = 20.0
 
 
 def _mat_to_quat_xyzw(mat: np.ndarray) -> np.ndarray:
+    """Quaternion (x, y, z, w) of a rotation matrix, by MuJoCo (whose own order is w first)."""
     import mujoco
 
     q = np.zeros(4)
     mujoco.mju_mat2Quat(q, np.ascontiguousarray(mat, dtype=np.float64).reshape(9))
-    return np.array([q[1], q[2], q[3], q[0]])
+    return quat_from_mujoco(q)
 
 
 def _image_hw(image_size) -> tuple[int, int]:

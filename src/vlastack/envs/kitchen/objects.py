@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from vlastack.types import quat_from_mujoco
+
 from .fixtures import ASSETS
 
 # colours drawn per episode for the primitives, and tints for the textured meshes
@@ -140,8 +142,8 @@ class KitchenObject:
 
     @property
     def quat(self) -> np.ndarray:
-        """World orientation quaternion (w, x, y, z)."""
-        return self._d.xquat[self.body_id].copy()
+        """World orientation quaternion (x, y, z, w) (the code base's order; MuJoCo stores w first)."""
+        return quat_from_mujoco(self._d.xquat[self.body_id])
 
     @property
     def yaw(self) -> float:

@@ -8,7 +8,7 @@ read out at the action positions through a linear head (epsilon prediction). Rea
 the prefix encoder (frozen text-encoder token states; Q-Former image tokens per camera and
 frame with FiLM from the instruction; an optional state token), the causal LLaMA-style
 denoiser with its prefix key/value cache, then the policy (the two verbs, input checks,
-optimiser parameter groups, few-shot fine-tuning from a checkpoint).
+optimiser parameter groups; few-shot fine-tuning from a checkpoint is the base class's ``finetune_from``).
 
 Padded instruction tokens are never attended to, and rotary positions count valid tokens
 only, so a sample's output does not depend on how long the other instructions in its batch
@@ -21,18 +21,15 @@ Q queries, L text tokens, P prefix tokens, H action tokens, W width, D_a action 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ...types import ACTION, STATE, TASK, ActionChunk, ContractError, Observation, image_key, pad_key
-from ..base import (CONFIG_FILE, WEIGHTS_FILE, Policy, check_tasks, feature_key, images_to_float, register_policy,
-                    to_tensor)
+from ..base import Policy, check_tasks, feature_key, images_to_float, register_policy, to_tensor
 from ..encoders import StateEncoder
 from ..encoders.base import masked_mean
 from ..layers import LlamaBlock, RotaryEmbedding, TimestepEmbedding, causal_mask
@@ -417,62 +414,3 @@ class DitaPolicy(Policy):
         p = cfg.n_past_actions
         return ActionChunk(actions[:, p:], extras={"past_actions": actions[:, :p], "num_network_calls": steps,
                                                    "prefix_cache": bool(use_prefix_cache)})
-
-    # ------------------------------------------------------------ checkpoints and fine-tuning
-
-    @classmethod
-    def from_pretrained(cls, path, map_location="cpu", **config_overrides: Any) -> "Policy":
-        """Rebuild the exact saved policy (see :meth:`Policy.from_pretrained`); to change the action
-        space or other shapes for fine-tuning use :meth:`finetune_from`."""
-        try:
-            return super().from_pretrained(path, map_location=map_location, **config_overrides)
-        except ValueError as e:
-            if config_overrides and "weights do not match" in str(e):
-                raise ValueError(f"{e}. The overrides {sorted(config_overrides)} change the network's shapes; to "
-                                 "fine-tune on a new action space use DitaPolicy.finetune_from(path, stats=..., "
-                                 "**overrides)") from e
-            raise
-
-    @classmethod
-    def finetune_from(cls, path, stats: Mapping[str, Mapping[str, Any]] | None = None,
-                      map_location: str | torch.device = "cpu", **overrides: Any) -> "DitaPolicy":
-        """Start few-shot fine-tuning from a Dita checkpoint with config ``overrides``.
-
-        E.g. ``finetune_from(ck, stats=new_stats, action_dim=6, num_train_timesteps=100,
-        beta_schedule="squaredcos_cap_v2")``. Every weight whose name and shape match the new
-        network is loaded; the others (the action input and output layers when ``action_dim``
-        changes, the state encoder when ``state_dim`` changes, camera or frame embeddings) keep
-        their fresh initialisation and are listed in ``policy.reinitialized``. ``stats`` fit the
-        normaliser (required when a normalised dimension changes); without them the checkpoint's
-        statistics are kept. Frozen encoders are rebuilt and checked against their fingerprints.
-        """
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
-        if not cfg_file.is_file() or not w_file.is_file():
-            raise FileNotFoundError(f"{path} is not a policy checkpoint: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-        meta = json.loads(cfg_file.read_text())
-        if meta.get("policy") != cls.name:
-            raise ValueError(f"{path} holds a {meta.get('policy')!r} policy checkpoint, fine-tuning "
-                             f"{cls.__name__} needs a {cls.name!r} one")
-        policy = cls(cls.config_class.from_dict({**meta["config"], **overrides}))
-        own = policy.state_dict()
-        state = load_file(str(w_file))
-        load = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-        rebuilt = () if meta.get("includes_frozen") else tuple(p + "." for p in meta.get("frozen_modules", {}))
-        fresh = sorted(k for k in own if k not in load and not k.startswith(rebuilt))
-        policy.load_state_dict(load, strict=False)
-        frozen = policy.frozen_modules()
-        for prefix, fp in meta.get("frozen_modules", {}).items():
-            if prefix in frozen and frozen[prefix].fingerprint() != fp and not meta.get("includes_frozen"):
-                raise ValueError(f"{path}: frozen module {prefix!r} has weights {frozen[prefix].fingerprint()}, the "
-                                 f"checkpoint was trained with {fp}; fine-tune with the same encoder weights")
-        norm_fresh = [k for k in fresh if k.startswith("normalizer.")]
-        if stats is not None:
-            policy.normalizer.fit(stats)
-        elif norm_fresh:
-            raise ValueError(f"{path}: the overrides change normalised dimensions ({norm_fresh}); pass "
-                             "stats=<the fine-tuning dataset's compute_stats()>")
-        policy.reinitialized = [k for k in fresh if not k.startswith("normalizer.")]
-        return policy.to(map_location)
