@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/kitchen_speed.py                        # OpenDrawer + PnPCounterToSink
     .venv/bin/python bench/kitchen_speed.py --tasks OpenDrawer --steps 300 --size 128
+    .venv/bin/python bench/kitchen_speed.py --compare-scenes    # task-group scene vs the task's own, cameras on
 
 The env is driven by its scripted expert (so the arm moves and contacts happen as in demo
 collection); episodes restart when they end, and reset time is excluded. Both wall-clock and
@@ -24,14 +25,14 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def measure(task: str, cameras: tuple[str, ...], size: int, steps: int, warmup: int = 20,
-            arm_render: str = "hulls") -> dict:
+            arm_render: str = "hulls", **env_kwargs) -> dict:
     """Run ``steps`` expert steps of ``task`` with ``cameras`` at ``size``; return timings (s):
     wall and CPU totals, and the CPU time inside physics and rendering."""
     import numpy as np
 
     from vlastack.envs.kitchen import make_expert, make_kitchen_env
 
-    env = make_kitchen_env(task, cameras=cameras, image_size=size, arm_render=arm_render)
+    env = make_kitchen_env(task, cameras=cameras, image_size=size, arm_render=arm_render, **env_kwargs)
     scene = env.scene
     expert = make_expert(env)
     t_phys = t_render = 0.0
@@ -95,6 +96,9 @@ def main() -> None:
     p.add_argument("--arm-render", default="hulls", choices=("hulls", "meshes"),
                    help="how the external cameras draw the arm's links (see KitchenEnv)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--compare-scenes", action="store_true",
+                   help="cameras on, each task in its own scene and in its task group's shared scene "
+                        "(default tasks: one per group)")
     a = p.parse_args()
     if a.steps < 1:
         p.error(f"--steps must be >= 1, got {a.steps}")
@@ -103,6 +107,9 @@ def main() -> None:
     import robosuite  # noqa: F401  (sets its logger's level on import; quieten it after)
 
     logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+    if a.compare_scenes:
+        compare_scenes(a)
+        return
     rows = []
     for task in a.tasks:
         off = measure(task, (), a.size, a.steps)
@@ -122,6 +129,34 @@ def main() -> None:
                   f"{off[key] / on[key]:4.2f}x | {split:<54} |")
     print(f"MUJOCO_GL={os.environ['MUJOCO_GL']}, arm_render={a.arm_render}; {a.steps} timed steps per cell; "
           f"one process; CPU = process time, all threads")
+    if a.json:
+        from vlastack.rollout.common import write_json_atomic
+
+        write_json_atomic(a.json, rows)
+
+
+def compare_scenes(a) -> None:
+    """Steps/s with cameras of each task in its own scene and in its group's shared scene, interleaved."""
+    from vlastack.envs.kitchen import TASK_GROUPS, groups_of
+
+    tasks = a.tasks if a.tasks != ["OpenDrawer", "PnPCounterToSink"] else [ts[-2] for ts in TASK_GROUPS.values()]
+    rows = []
+    for task in tasks:
+        if not groups_of(task):
+            raise SystemExit(f"{task} is in no task group; groups: {dict(TASK_GROUPS)}")
+        single = measure(task, tuple(a.cameras), a.size, a.steps, arm_render=a.arm_render)
+        group = measure(task, tuple(a.cameras), a.size, a.steps, arm_render=a.arm_render, scene="group")
+        rows.append({"single": single, "group": group})
+        print(f"  done {task}", flush=True)
+    cams = f"{len(a.cameras)} cams {a.size}^2"
+    print()
+    print(f"| {'task':<22} | clock | single scene ({cams}) | group scene | group / single |")
+    print(f"|{'-' * 24}|-------|{'-' * (len(cams) + 17)}|-------------|----------------|")
+    for r in rows:
+        for clock, key in (("wall", "steps_per_s"), ("CPU", "steps_per_cpu_s")):
+            print(f"| {r['single']['task']:<22} | {clock:<5} | {r['single'][key]:{len(cams) + 11}.1f} /s | "
+                  f"{r['group'][key]:8.1f} /s | {r['group'][key] / r['single'][key]:13.2f}x |")
+    print(f"MUJOCO_GL={os.environ['MUJOCO_GL']}; {a.steps} timed steps per cell, one process, the scripted expert driving")
     if a.json:
         from vlastack.rollout.common import write_json_atomic
 

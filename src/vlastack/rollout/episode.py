@@ -96,14 +96,17 @@ class ObservationHistory:
     ``reset(obs)`` fills the window with the first frame (edge padding, like the dataset's
     windows); ``push(obs)`` appends; :meth:`observation` stacks images to (1, n_obs, H, W, 3)
     and state to (1, n_obs, D_s). ``cameras`` limits which images are kept (None: all).
+    ``allow_blank``: accept an empty instruction (the blank-instruction evaluation control);
+    otherwise a missing or empty one is an error.
     """
 
-    def __init__(self, n_obs: int = 1, cameras: Sequence[str] | None = None):
+    def __init__(self, n_obs: int = 1, cameras: Sequence[str] | None = None, allow_blank: bool = False):
         if isinstance(n_obs, bool) or not isinstance(n_obs, (int, np.integer)) or n_obs < 1:
             raise ValueError(f"n_obs: expected an int >= 1, got {n_obs!r}")
         self.n_obs = int(n_obs)
         self.cameras = None if cameras is None else list(cameras)
         self._frames: deque = deque(maxlen=self.n_obs)
+        self.allow_blank = bool(allow_blank)
         self.task = ""
 
     def _pick(self, obs: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +128,7 @@ class ObservationHistory:
         for _ in range(self.n_obs):
             self._frames.append(frame)
         self.task = str(instruction or obs.get(TASK) or "")
-        if not self.task.strip():
+        if not self.task.strip() and not self.allow_blank:
             raise ContractError(f"observation has no instruction {TASK!r}; pass instruction=")
 
     def push(self, obs: Mapping[str, Any]) -> None:
@@ -178,7 +181,7 @@ def run_episode(env_or_robot: Any, policy: Any, executor: Any = None, max_steps:
                 seed: int | None = None, n_obs: int = 1, cameras: Sequence[str] | None = None,
                 sampling: Mapping[str, Any] | None = None, instruction: str | None = None,
                 observers: Sequence[Observer] = (), rate_hz: float | None = None,
-                stop_on_success: bool = True) -> EpisodeResult:
+                stop_on_success: bool = True, allow_blank_instruction: bool = False) -> EpisodeResult:
     """Run one episode of ``policy`` on ``env_or_robot`` with chunk ``executor``.
 
     Args:
@@ -193,6 +196,7 @@ def run_episode(env_or_robot: Any, policy: Any, executor: Any = None, max_steps:
         observers: each called as ``observer(step, obs, info)`` after reset and after every step.
         rate_hz: pace the loop to this control rate (hardware); None runs as fast as it can.
         stop_on_success: end the episode at the first ``info["success"]``.
+        allow_blank_instruction: run with an empty instruction (the blank-language control).
     """
     from vlastack.rollout.executors import RecedingHorizon
 
@@ -202,7 +206,7 @@ def run_episode(env_or_robot: Any, policy: Any, executor: Any = None, max_steps:
                                   or max_steps < 1):
         raise ValueError(f"max_steps: expected an int >= 1 or None, got {max_steps!r}")
     sampling = dict(sampling or {})
-    history = ObservationHistory(n_obs, cameras)
+    history = ObservationHistory(n_obs, cameras, allow_blank=allow_blank_instruction)
     t0 = time.perf_counter()
     if callable(getattr(policy, "reset", None)):
         policy.reset(seed)

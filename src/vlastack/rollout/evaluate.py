@@ -504,7 +504,8 @@ def run_job(job: dict) -> dict[str, Any]:
         recorder = EpisodeRecorder(job["video_cameras"]) if job["video"] else None
         res = run_episode(tracked, policy, make_executor(job["executor"], **job["executor_kwargs"]),
                           max_steps=job["max_steps"], seed=job["seed"], n_obs=job["n_obs"],
-                          cameras=job["policy_cameras"], observers=[recorder] if recorder else ())
+                          cameras=job["policy_cameras"], observers=[recorder] if recorder else (),
+                          allow_blank_instruction=job.get("instruction") == "")
         out.update(success=bool(res.success), steps=int(res.steps), reason=res.reason,
                    **{"return": round(tracked.total, 6)}, wall_s=round(res.wall_s, 4),
                    instruction=res.instruction, policy_calls=res.policy_calls,

@@ -48,18 +48,19 @@ class Layout:
 
     name: str
     counter: float  # width (y) of the free counter straight ahead, m (at least the wall cabinet's)
-    wall_z: float  # height of the wall cabinet's bottom above the counter top, m
+    wall_z: float  # height of the wall cabinet's bottom above the counter top, m (its door swings
+    #                over the objects standing in front of it)
     shift: float  # lateral shift of the whole section, m (+: to the robot's left)
     gap: float  # free counter between the section's middle and each side fixture, m
 
 
 LAYOUTS: tuple[Layout, ...] = (
-    Layout("narrow-low", 0.40, 0.28, 0.00, 0.02),
-    Layout("narrow-high", 0.40, 0.34, 0.03, 0.03),
-    Layout("medium-low", 0.44, 0.30, -0.03, 0.02),
-    Layout("medium-high", 0.44, 0.35, 0.00, 0.04),
-    Layout("wide-low", 0.48, 0.29, 0.02, 0.02),
-    Layout("wide-high", 0.46, 0.33, -0.02, 0.03),
+    Layout("narrow-low", 0.38, 0.16, 0.00, 0.01),
+    Layout("narrow-high", 0.38, 0.21, 0.02, 0.02),
+    Layout("medium-low", 0.40, 0.17, -0.02, 0.01),
+    Layout("medium-high", 0.40, 0.22, 0.00, 0.02),
+    Layout("wide-low", 0.42, 0.16, 0.01, 0.01),
+    Layout("wide-high", 0.42, 0.20, -0.01, 0.02),
 )
 
 
@@ -120,6 +121,8 @@ class TaskGroup:
     object_categories: tuple[str, ...]  # every object the scene holds (unused ones parked)
     setup: Callable[[object, np.random.Generator], dict]  # fixture states and objects -> shared words
     description: str = ""
+    offset: float = 0.0  # y of the section's middle before the layout's shift (toward the harder side)
+    forward: float = 0.0  # the side fixtures stand this much nearer the counter's front edge (m)
 
     @property
     def fixture_kinds(self) -> tuple[str, str, str]:
@@ -132,18 +135,21 @@ class TaskGroup:
         d_wall, w_wall, _ = footprints[self.wall]
         half = max(layout.counter, w_wall + 0.02) / 2
         wl, wr = footprints[self.left][1], footprints[self.right][1]
+        mid = self.offset + layout.shift
+        fwd = self.forward
         return {
-            self.left: (front_x[self.left] + footprints[self.left][0] / 2,
-                        layout.shift + half + layout.gap + wl / 2, COUNTER_Z),
-            self.wall: (WALL_BACK_X - d_wall / 2, layout.shift, COUNTER_Z + layout.wall_z),
-            self.right: (front_x[self.right] + footprints[self.right][0] / 2,
-                         layout.shift - half - layout.gap - wr / 2, COUNTER_Z),
+            self.left: (front_x[self.left] - fwd + footprints[self.left][0] / 2, mid + half + layout.gap + wl / 2,
+                        COUNTER_Z),
+            self.wall: (WALL_BACK_X - d_wall / 2, mid, COUNTER_Z + layout.wall_z),
+            self.right: (front_x[self.right] - fwd + footprints[self.right][0] / 2, mid - half - layout.gap - wr / 2,
+                         COUNTER_Z),
         }
 
     def counter_zone(self, layout: Layout, footprints) -> tuple[tuple[float, float], tuple[float, float]]:
         """(x range, y range) of the free counter where objects stand."""
         half = max(layout.counter, footprints[self.wall][1] + 0.02) / 2
-        return ZONE_X, (layout.shift - half + 0.05, layout.shift + half - 0.05)
+        mid = self.offset + layout.shift
+        return ZONE_X, (mid - half + 0.05, mid + half - 0.05)
 
 
 # ------------------------------------------------------------------------------ set-up helpers
@@ -255,12 +261,13 @@ GROUP_SPECS: dict[str, TaskGroup] = {g.name: g for g in (
               ("OpenSingleDoor", "TurnOnSinkFaucet", "TurnSinkSpout", "TurnOnStove", "PnPCounterToSink",
                "PnPCounterToStove"),
               left="sink", wall="cabinet_single", right="stove", object_categories=SMALL,
-              setup=setup_sink_stove, description="sink | wall cabinet over the counter | stove"),
+              setup=setup_sink_stove, description="sink | wall cabinet over the counter | stove", offset=-0.03),
     TaskGroup("coffee_microwave",
               ("TurnOnMicrowave", "CoffeePressButton", "CoffeeServeMug", "OpenDoubleDoor"),
               left="microwave", wall="cabinet_double", right="coffee_machine",
               object_categories=(*SMALL, "mug"), setup=setup_coffee_microwave,
-              description="microwave | double wall cabinet over the counter | coffee machine"),
+              description="microwave | double wall cabinet over the counter | coffee machine",
+              offset=0.04, forward=0.08),
     TaskGroup("pantry",
               ("PnPCounterToMicrowave", "PnPMicrowaveToCounter", "CloseDrawer", "OpenSingleDoor"),
               left="microwave", wall="cabinet_single", right="drawer", object_categories=SMALL,
