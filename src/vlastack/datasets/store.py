@@ -217,7 +217,10 @@ def _remove_partials(root: Path) -> None:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: temporary file, fsync, rename, fsync of the directory."""
+    """Replace ``path`` with ``data`` atomically: temporary file, fsync, rename.
+
+    The fsync keeps a power loss from leaving an empty or torn file under the final name; the
+    directory is not synced (the store promises crash safety, not durability of the last append)."""
     tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
     try:
         with open(tmp, "wb") as f:
@@ -229,12 +232,6 @@ def _write_file(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    with contextlib.suppress(OSError):  # some filesystems refuse fsync on a directory
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 _OS_HINTS = {errno.EROFS: "open the store with mode='r' or copy it somewhere writable",
@@ -251,6 +248,16 @@ def _os_error(where: str, doing: str, e: OSError) -> StoreError:
     hint = _OS_HINTS.get(e.errno, "")
     return StoreError(f"{where}: cannot {doing}: {problem}{path}; committed episodes are intact"
                       + (f"; {hint}" if hint else ""))
+
+
+def _undo_open(loc: "_Location", staging: str | None, lock: "_WriterLock | None", e: BaseException,
+               doing: str) -> BaseException:
+    """Clean up after a failed create/open (staging directory, lock); returns the exception to raise."""
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    while lock is not None and lock.held:
+        lock.release()
+    return _os_error(loc.raw, doing, e) if isinstance(e, OSError) else e
 
 
 def _require_atomic_zarr() -> None:
@@ -479,13 +486,10 @@ class TrajectoryStore:
             root = cls._init_group(zstore, spec, image_chunk_frames, mode="w" if loc.is_url else "a")
             store = cls(root, loc, "a", spec, staging, lock)
         except BaseException as e:
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-            if lock is not None and lock.held:
-                lock.release()
-            if isinstance(e, OSError):
-                raise _os_error(loc.raw, "create the store", e) from None
-            raise
+            err = _undo_open(loc, staging, lock, e, "create the store")
+            if err is e:
+                raise
+            raise err from None
         if lock is not None and staging is None:
             lock.release()  # directory stores lock per write
         return store
@@ -584,13 +588,10 @@ class TrajectoryStore:
         except BaseException as e:
             if store is not None and store._finalizer is not None:
                 store._finalizer.detach()  # nothing was written: no repacking
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
-            if lock is not None and lock.held:
-                lock.release()
-            if isinstance(e, OSError):
-                raise _os_error(loc.raw, "open the store for writing", e) from None
-            raise
+            err = _undo_open(loc, staging, lock, e, "open the store for writing")
+            if err is e:
+                raise
+            raise err from None
         return store
 
     @staticmethod
@@ -925,17 +926,16 @@ class TrajectoryStore:
 
     def _commit(self, updates: dict[str, Any]) -> None:
         """Replace the root attributes' ``updates`` in one atomic write of the root ``zarr.json``."""
-        import zarr
-
         root = getattr(self._group.store, "root", None)
         if isinstance(root, Path):
             doc = json.loads((root / "zarr.json").read_bytes())
             doc.setdefault("attributes", {}).update(updates)
             _write_file(root / "zarr.json", json.dumps(doc, indent=2).encode())
-            self._group = zarr.open_group(store=self._group.store, mode="r+")
+            # the group object's cached attributes are stale now; writes re-open it (_refresh)
+            self._attrs = doc["attributes"]
         else:  # remote object stores replace a key in one put
             self._group.update_attributes(updates)
-        self._attrs = dict(self._group.attrs)
+            self._attrs = dict(self._group.attrs)
 
     def _check_frames(self, frames: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
         if not isinstance(frames, Mapping):
