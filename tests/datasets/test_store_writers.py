@@ -440,3 +440,9 @@ def test_zip_session_lock_is_released_on_close(tmp_path):
     with TrajectoryStore.open(zpath, mode="a", lock_timeout=0) as s:
         s.append_episode(writer_episode(0, 1), task="b")
     assert TrajectoryStore.open(zpath).num_episodes == 2
+
+
+@pytest.mark.parametrize("bad", [-1, "soon", None])
+def test_bad_lock_timeout_names_the_choices(wstore, bad):
+    with pytest.raises(StoreError, match=r"lock_timeout: expected seconds >= 0"):
+        TrajectoryStore.open(wstore, mode="a", lock_timeout=bad)

@@ -152,6 +152,8 @@ class _Location:
 
     def lock(self, timeout: float) -> "_WriterLock | None":
         """The writer lock of this location (None for remote stores, which have none)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise StoreError(f"lock_timeout: expected seconds >= 0 (0 refuses at once), got {timeout!r}")
         if self.is_url:
             return None
         path = self.local.with_name(self.local.name + ".lock") if self.is_zip else self.local / LOCK_NAME
