@@ -27,7 +27,9 @@ store's lock file (``<store>/.vlastack-writer.lock``, holding the writer's pid) 
 commit record under it, so any number of processes may keep a store open in append mode and
 append concurrently. A writer waits up to ``lock_timeout`` seconds for the lock and then raises
 :class:`StoreError` naming the holder's pid (``lock_timeout=0`` refuses at once);
-:meth:`TrajectoryStore.locked` holds the lock across several writes. Temporary files of killed
+:meth:`TrajectoryStore.locked` holds the lock across several writes. Waiters poll every few
+milliseconds, so the lock is not fair: a writer that appends back to back with no pause at all
+can keep the others waiting. Temporary files of killed
 writes (``*.partial``) are removed only by a process holding the lock. Remote (fsspec) stores
 have no lock: one writer at a time is the caller's job there. A read-only directory or a full
 disk raises :class:`StoreError` naming the path and the problem; committed data stay intact.
@@ -312,7 +314,7 @@ class _WriterLock:
             except BlockingIOError:
                 if wait and time.monotonic() < deadline:
                     time.sleep(min(delay, max(deadline - time.monotonic(), 0.001)))
-                    delay = min(delay * 2, 0.1)
+                    delay = min(delay * 2, 0.02)
                     continue
                 holder = self._holder(fd)
                 os.close(fd)
