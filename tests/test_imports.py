@@ -7,6 +7,7 @@ import vlastack
 SRC = pathlib.Path(vlastack.__file__).parent
 FORBIDDEN = {
     "types": {"datasets", "policies", "envs", "rollout", "real_robot", "train", "cli"},
+    "fsutil": {"types", "datasets", "policies", "envs", "rollout", "real_robot", "train", "cli"},
     "datasets": {"policies", "envs", "rollout", "real_robot", "train", "cli"},
     "policies": {"envs", "rollout", "real_robot", "train", "cli"},
     "envs": {"policies", "rollout", "real_robot", "train", "cli"},

@@ -2,9 +2,10 @@
 
 Subpackages and the one direction imports point::
 
-    types  <-  {datasets, policies, envs, real_robot}  <-  rollout  <-  train / cli
+    {types, fsutil}  <-  {datasets, policies, envs, real_robot}  <-  rollout  <-  train / cli
 
-``types`` is the data contract and imports nothing of ours. ``policies`` never
+``types`` is the data contract and ``fsutil`` holds crash-safe filesystem steps; neither
+imports anything of ours. ``policies`` never
 imports ``envs``, ``rollout`` or ``real_robot``; ``envs`` and ``real_robot``
 never import ``policies``. ``tests/test_imports.py`` checks this rule.
 """

@@ -224,7 +224,7 @@ def test_writer_output_reads_back(tmp_path, vcodec):
     ref = list(_episodes_for(spec, (6, 9, 4), ("open the drawer", "turn on the stove"), action_free=(1,)))
     done = []
     out = write_lerobot_v3(tmp_path / "ds", spec, iter(ref), 3, vcodec=vcodec, progress=lambda a, b: done.append((a, b)))
-    assert done == [(1, 3), (2, 3), (3, 3)] and not (tmp_path / "ds.partial").exists()
+    assert done == [(1, 3), (2, 3), (3, 3)] and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
     info = json.loads((out / "meta/info.json").read_text())
     assert info["codebase_version"] == "v3.0" and info["fps"] == 15 and info["total_frames"] == 19
     assert info["total_tasks"] == 2 and info["features"]["observation.images.left"]["dtype"] == "video"
@@ -251,7 +251,7 @@ def test_writer_rejects_bad_input(tmp_path):
     odd = DatasetSpec.robot(cameras=("left",), image_size=(31, 32), state_dim=2, action_dim=7)
     with pytest.raises(ConversionError, match="even height and width"):
         write_lerobot_v3(tmp_path / "a", odd, _episodes_for(odd, (3,), ("t",)))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "a.partial").exists()  # nothing half-written
+    assert not list(tmp_path.iterdir())  # nothing half-written
     frac = DatasetSpec.robot(cameras=(), state_dim=2, action_dim=7, fps=12.5)
     with pytest.raises(ConversionError, match="integer fps"):
         write_lerobot_v3(tmp_path / "b", frac, _episodes_for(frac, (3,), ("t",)))

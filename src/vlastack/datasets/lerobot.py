@@ -32,11 +32,14 @@ import json
 import math
 import os
 import shutil
+import string
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from vlastack import fsutil
 from vlastack.types import (ACTION, IMAGE_PREFIX, STATE, ActionSpace, DatasetSpec, FeatureSpec)
 
 #: LeRobot's per-frame bookkeeping columns; the store keeps these implicitly.
@@ -68,6 +71,43 @@ def _load_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise ConversionError(f"{path}: missing (v2.x datasets keep their metadata in meta/*.jsonl)")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+#: the fields each path template of info.json may use (LeRobot v3.0 and v2.x).
+_TEMPLATE_FIELDS = {"data_path": {"chunk_index", "file_index", "episode_chunk", "episode_index"},
+                    "video_path": {"chunk_index", "file_index", "episode_chunk", "episode_index", "video_key"}}
+
+
+def _check_template(root: Path, key: str, template: Any) -> None:
+    """Refuse an info.json path template that could point outside the dataset (untrusted input)."""
+    where = f"{root}/meta/info.json: {key}"
+    if not isinstance(template, str) or not template:
+        raise ConversionError(f"{where} must be a non-empty path template string, got {template!r}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ConversionError(f"{where} {template!r} is not a valid template ({e})") from None
+    bad = [f for f in fields if f not in _TEMPLATE_FIELDS[key]]
+    if bad:
+        raise ConversionError(f"{where} {template!r} uses {bad[0]!r}; templates may use only the fields "
+                              f"{sorted(_TEMPLATE_FIELDS[key])}")
+    p = Path(template)
+    if p.is_absolute() or ".." in p.parts:
+        raise ConversionError(f"{where} {template!r} points outside the dataset (absolute or '..'); "
+                              "refusing to read it")
+
+
+def _inside(root: Path, rel: str | Path, what: str) -> Path:
+    """``root / rel``, refused when it is absolute, climbs with '..' or resolves (symlinks) outside ``root``."""
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts:
+        raise ConversionError(f"{what} {str(rel)!r} points outside the dataset {root} (absolute or '..'); "
+                              "refusing to read it")
+    full = root / p
+    if not full.resolve().is_relative_to(root.resolve()):
+        raise ConversionError(f"{full}: resolves outside the dataset {root} (to {full.resolve()}); "
+                              "refusing to read it")
+    return full
 
 
 def lerobot_version(root: str | Path) -> str:
@@ -192,7 +232,7 @@ def _decode_image_cell(cell: Mapping[str, Any] | None, root: Path, key: str) -> 
         p = cell.get("path")
         if not p:
             raise ConversionError(f"{key}: image cell has neither bytes nor path")
-        path = Path(p) if Path(p).is_absolute() else root / p
+        path = _inside(root, p, f"{key}: image path")
         if not path.is_file():
             raise ConversionError(f"{key}: image file {path} not found")
         data = path.read_bytes()
@@ -311,6 +351,11 @@ class LeRobotReader:
         self.fps = float(self.info.get("fps", 0))
         if self.fps <= 0:
             raise ConversionError(f"{self.root}/meta/info.json: fps must be positive, got {self.info.get('fps')!r}")
+        for key, default in (("data_path", V3_DATA_PATH if self.version == "v3.0" else None),
+                             ("video_path", None)):
+            template = self.info.get(key) or default
+            if template is not None or key == "data_path":
+                _check_template(self.root, key, template)
         self.features: dict[str, dict] = self.info.get("features", {})
         self.spec, self._source = spec_from_lerobot_info(self.info)
         self.spec = _restore_our_spec(self.info, self.spec)
@@ -383,7 +428,7 @@ class LeRobotReader:
         else:
             chunk = ep // int(self.info.get("chunks_size", 1000))
             rel = self.info["data_path"].format(episode_chunk=chunk, episode_index=ep)
-        table = self._data_table(self.root / rel)
+        table = self._data_table(_inside(self.root, rel, "data file"))
         if "episode_index" in table.column_names:
             table = table.filter(pc.equal(table["episode_index"], ep))
         if "frame_index" in table.column_names:
@@ -403,9 +448,10 @@ class LeRobotReader:
             rel = self.info.get("video_path") or V3_VIDEO_PATH
             rel = rel.format(video_key=key, chunk_index=int(row[col + "chunk_index"]),
                              file_index=int(row[col + "file_index"]))
-            return self.root / rel, float(row.get(col + "from_timestamp") or 0.0)
+            return _inside(self.root, rel, "video file"), float(row.get(col + "from_timestamp") or 0.0)
         chunk = ep // int(self.info.get("chunks_size", 1000))
-        return self.root / self.info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=ep), 0.0
+        rel = self.info["video_path"].format(episode_chunk=chunk, video_key=key, episode_index=ep)
+        return _inside(self.root, rel, "video file"), 0.0
 
     def read_episode(self, i: int) -> tuple[dict[str, np.ndarray], str, dict]:
         """Episode ``i`` as (frames, task, meta): frames maps each spec key to (T, ...) arrays."""
@@ -655,6 +701,8 @@ def write_lerobot_v3(dst: str | Path, spec: DatasetSpec, episodes, num_episodes:
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise ConversionError(f"{dst}: already exists (pass overwrite=True / --overwrite to replace it)")
+    if os.path.lexists(dst):
+        _check_replaceable(dst)
     fps = int(round(spec.fps))
     if abs(fps - spec.fps) > 1e-6 or fps <= 0:
         raise ConversionError(f"LeRobot stores an integer fps; this dataset has fps={spec.fps}")
@@ -662,21 +710,34 @@ def write_lerobot_v3(dst: str | Path, spec: DatasetSpec, episodes, num_episodes:
         if k in BOOKKEEPING:
             raise ConversionError(f"feature {k!r} collides with LeRobot's bookkeeping column of that name")
     codec = pick_video_codec(vcodec)
-    tmp = dst.parent / (dst.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
         _write_v3_into(tmp, spec, episodes, num_episodes, fps, codec, crf, gop, robot_type, progress,
                        data_files_size_in_mb, video_files_size_in_mb, chunks_size)
+        if os.path.lexists(dst):
+            _check_replaceable(dst)  # again: it may have changed while we wrote
+        # one atomic exchange where the system allows (see vlastack.fsutil); ``old`` is the previous dataset
+        old = fsutil.swap_in(tmp, dst, trash=dst.parent / f".{dst.name}.old-{os.getpid()}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return dst
+
+
+def _check_replaceable(dst: Path) -> None:
+    """Refuse to replace ``dst`` unless it is a LeRobot dataset directory that vlastack wrote."""
+    if dst.is_symlink() or not dst.is_dir():
+        raise ConversionError(f"{dst}: exists and is not a directory; refusing to replace it")
+    try:
+        info = json.loads((dst / "meta" / "info.json").read_text())
+    except (OSError, ValueError):
+        info = None
+    if not (isinstance(info, dict) and isinstance(info.get("vlastack"), dict)):
+        raise ConversionError(f"{dst}: not a dataset written by vlastack (no meta/info.json with a 'vlastack' "
+                              "entry); refusing to replace it with overwrite. Choose another output directory")
 
 
 def _write_v3_into(tmp: Path, spec: DatasetSpec, episodes, num_episodes, fps: int, codec: str, crf, gop: int,

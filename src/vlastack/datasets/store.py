@@ -14,24 +14,49 @@ Layout (one store per dataset: a directory, a ``.zip``, or any fsspec URL zarr v
 
 Atomic append: an episode's rows are written *past* the committed end (arrays grow first),
 then its ``episode_ends`` / ``episodes`` rows, and only then the commit record in the root
-``zarr.json`` is replaced in one write (zarr's local store writes every key to a temporary file
-and ``os.replace``s it). Readers trust only the commit record and ignore rows past it, so a
-process killed at any point leaves every earlier episode intact and no partial episode; the
-next append overwrites the leftovers. This protects against process crashes, not power loss
-(no fsync). One writer at a time.
+``zarr.json`` is replaced in one step: written to a temporary file, fsynced and renamed over the
+old one (by this module, not by zarr). Readers trust only the commit record and ignore rows past
+it, so a process killed at any point leaves every earlier episode intact and no partial episode;
+the next append overwrites the leftovers. An append also rewrites the chunk that holds the last
+committed rows, so it needs zarr >= 3.1.3, whose local store writes every chunk to a temporary
+file and renames it (older zarr wrote in place; the store refuses to write with it). Chunks are
+not fsynced: this protects against process crashes, not against power loss.
 
-Zip stores are built in a staging directory and packed into the zip on :meth:`close` (use the
-store as a context manager). ``file://`` URLs open as local directories; other URLs go through
-fsspec. Every problem raises :class:`StoreError` naming the key and the problem.
+Writers: every write (append, feature cache, stats) holds an exclusive ``fcntl.flock`` on the
+store's lock file (``<store>/.vlastack-writer.lock``, holding the writer's pid) and re-reads the
+commit record under it, so any number of processes may keep a store open in append mode and
+append concurrently. A writer waits up to ``lock_timeout`` seconds for the lock and then raises
+:class:`StoreError` naming the holder's pid (``lock_timeout=0`` refuses at once);
+:meth:`TrajectoryStore.locked` holds the lock across several writes. Waiters poll every few
+milliseconds, so the lock is not fair: a writer that appends back to back with no pause at all
+can keep the others waiting. Temporary files of killed
+writes (``*.partial``) are removed only by a process holding the lock. Remote (fsspec) stores
+have no lock: one writer at a time is the caller's job there. A read-only directory or a full
+disk raises :class:`StoreError` naming the path and the problem; committed data stay intact.
+
+Zip stores are built in a staging directory beside the zip (``.<name>.zip.staging-*``) and packed
+into the zip on :meth:`close` (use the store as a context manager); a writer holds the zip's lock
+(``<name>.zip.lock``) from open to close. A writer killed before ``close`` therefore loses every
+episode it appended since it opened the zip (the zip itself stays as it was) and leaves its
+staging directory behind; the next writer removes it. Append to a directory store when a crash
+must not lose the session, and pack it into a zip at the end. ``file://`` URLs open as local
+directories; other URLs go through fsspec. Every problem raises :class:`StoreError` naming the
+key and the problem.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
+import uuid
+import warnings
 import weakref
 import zipfile
 from pathlib import Path
@@ -63,6 +88,13 @@ VERIFY_LEVELS = ("none", "fast", "full")
 _EPISODE_FIELDS = ("task_id", "instruction", "success", "length", "source", "has_action")
 _PARTIAL_RE = re.compile(r"\.[0-9a-f]{32}\.partial$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+#: the writer lock file inside a directory store (a zip store's is ``<name>.zip.lock`` beside it).
+LOCK_NAME = ".vlastack-writer.lock"
+#: seconds a writer waits for another writer's lock by default.
+DEFAULT_LOCK_TIMEOUT = 60.0
+#: the first zarr whose local store writes every key to a temporary file and renames it.
+MIN_ZARR = (3, 1, 3)
 
 
 class StoreError(ValueError):
@@ -120,27 +152,65 @@ class _Location:
             return ZipStore(self.local, mode="r", read_only=True)
         return LocalStore(self.local, read_only=read_only)
 
+    def lock(self, timeout: float) -> "_WriterLock | None":
+        """The writer lock of this location (None for remote stores, which have none)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise StoreError(f"lock_timeout: expected seconds >= 0 (0 refuses at once), got {timeout!r}")
+        if self.is_url:
+            return None
+        path = self.local.with_name(self.local.name + ".lock") if self.is_zip else self.local / LOCK_NAME
+        return _WriterLock(path, self.raw, timeout)
+
 
 def _pack_zip(src: Path, dst: Path) -> None:
     """Write directory ``src`` as zip ``dst`` atomically (temporary file, then replace)."""
     tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for p in sorted(src.rglob("*")):
-            if p.is_file() and not _PARTIAL_RE.search(p.name):
-                zf.write(p, p.relative_to(src).as_posix())
-    os.replace(tmp, dst)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for p in sorted(src.rglob("*")):
+                if p.is_file() and not _PARTIAL_RE.search(p.name) and p.name != LOCK_NAME:
+                    zf.write(p, p.relative_to(src).as_posix())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
-def _finish_staging(staging: str, zip_path: str, pack: bool) -> None:
+def _finish_staging(staging: str, zip_path: str, pack: bool, lock: "_WriterLock | None") -> None:
     try:
         if pack:
             _pack_zip(Path(staging), Path(zip_path))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+
+
+def _staging_prefix(zip_path: Path) -> str:
+    """Name prefix of a zip store's staging directories (beside the zip)."""
+    return f".{zip_path.name}.staging-"
+
+
+def _remove_stale_staging(zip_path: Path) -> list[str]:
+    """Remove what killed writers of ``zip_path`` left: staging directories and half-packed zips.
+
+    Call only while holding the zip's writer lock (every other writer of this zip is gone)."""
+    removed = []
+    for p in zip_path.parent.glob(f"{_staging_prefix(zip_path)}*"):
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p.name)
+    for p in zip_path.parent.glob(f"{zip_path.name}.tmp-*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p.name)
+    return removed
 
 
 def _remove_partials(root: Path) -> None:
-    """Delete temporary files left by a write that was killed (``*.<uuid>.partial``)."""
+    """Delete temporary files left by a write that was killed (``*.<uuid>.partial``).
+
+    Call only while holding the store's writer lock: another writer's temporary files are in flight."""
     for dirpath, _, files in os.walk(root):
         for name in files:
             if _PARTIAL_RE.search(name):
@@ -148,6 +218,130 @@ def _remove_partials(root: Path) -> None:
                     os.unlink(os.path.join(dirpath, name))
                 except OSError:
                     pass
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: temporary file, fsync, rename.
+
+    The fsync keeps a power loss from leaving an empty or torn file under the final name; the
+    directory is not synced (the store promises crash safety, not durability of the last append)."""
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+_OS_HINTS = {errno.EROFS: "open the store with mode='r' or copy it somewhere writable",
+             errno.EACCES: "open the store with mode='r' or copy it somewhere writable",
+             errno.EPERM: "open the store with mode='r' or copy it somewhere writable",
+             errno.ENOSPC: "free some space and write again",
+             errno.EDQUOT: "free some space (disk quota) and write again"}
+
+
+def _os_error(where: str, doing: str, e: OSError) -> StoreError:
+    """A StoreError for an OSError raised while ``doing`` something to the store at ``where``."""
+    problem = os.strerror(e.errno).lower() if e.errno else str(e)
+    path = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    hint = _OS_HINTS.get(e.errno, "")
+    return StoreError(f"{where}: cannot {doing}: {problem}{path}; committed episodes are intact"
+                      + (f"; {hint}" if hint else ""))
+
+
+def _undo_open(loc: "_Location", staging: str | None, lock: "_WriterLock | None", e: BaseException,
+               doing: str) -> BaseException:
+    """Clean up after a failed create/open (staging directory, lock); returns the exception to raise."""
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    while lock is not None and lock.held:
+        lock.release()
+    return _os_error(loc.raw, doing, e) if isinstance(e, OSError) else e
+
+
+def _require_atomic_zarr() -> None:
+    """Refuse to write with a zarr that writes chunks in place (a crash could tear committed rows)."""
+    import zarr
+
+    have = tuple(int(x) for x in re.findall(r"\d+", zarr.__version__)[:3])
+    if have < MIN_ZARR:
+        raise StoreError(f"zarr {zarr.__version__} writes chunks in place, so a crash mid-append could damage "
+                         f"committed episodes; writing needs zarr>={'.'.join(map(str, MIN_ZARR))} "
+                         "(pip install -U zarr)")
+
+
+class _WriterLock:
+    """An exclusive ``fcntl.flock`` on a lock file, re-entrant within one handle; the file holds the
+    holder's pid so a waiting writer can name it. The kernel drops the lock when the holder dies."""
+
+    def __init__(self, path: Path, where: str, timeout: float):
+        self.path, self.where, self.timeout = Path(path), where, float(timeout)
+        self._fd: int | None = None
+        self._depth = 0
+
+    @property
+    def held(self) -> bool:
+        """Whether this handle holds the lock now."""
+        return self._depth > 0
+
+    def _holder(self, fd: int) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            pid = os.pread(fd, 32, 0).decode().strip()
+            if pid.isdigit():
+                return pid
+        return "unknown"
+
+    def acquire(self, wait: bool = True) -> bool:
+        """Take the lock (waiting up to ``timeout`` s); ``wait=False`` returns False when it is busy."""
+        if self._depth:
+            self._depth += 1
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _os_error(self.where, "take the writer lock", e) from None
+        deadline = time.monotonic() + max(self.timeout, 0.0)
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait and time.monotonic() < deadline:
+                    time.sleep(min(delay, max(deadline - time.monotonic(), 0.001)))
+                    delay = min(delay * 2, 0.02)
+                    continue
+                holder = self._holder(fd)
+                os.close(fd)
+                if not wait:
+                    return False
+                raise StoreError(f"{self.where}: locked by another writer (pid {holder}) through {self.path}; "
+                                 f"waited {self.timeout:g} s. Let that writer finish, or pass a longer "
+                                 "lock_timeout= (0 refuses at once)") from None
+            except OSError as e:
+                os.close(fd)
+                raise _os_error(self.where, "take the writer lock", e) from None
+        with contextlib.suppress(OSError):  # the pid is only for messages
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd, self._depth = fd, 1
+        return True
+
+    def release(self) -> None:
+        """Drop one level of the lock; the last one unlocks."""
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,17 +422,19 @@ class _LocalChunkReader:
 class TrajectoryStore:
     """A Zarr v3 store of robot episodes. Build with :meth:`create` or :meth:`open`."""
 
-    def __init__(self, group, location: _Location, mode: str, spec: DatasetSpec, staging: str | None = None):
-        """Internal: use :meth:`create` or :meth:`open`."""
+    def __init__(self, group, location: _Location, mode: str, spec: DatasetSpec, staging: str | None = None,
+                 lock: _WriterLock | None = None):
+        """Internal: use :meth:`create` or :meth:`open`. ``lock``: the writer lock (held already for zip staging)."""
         self._group = group
         self._loc = location
         self._mode = mode
         self._spec = spec
         self._staging = staging
+        self._lock = lock
         self._closed = False
         self._finalizer = None
         if staging is not None:
-            self._finalizer = weakref.finalize(self, _finish_staging, staging, str(location.local), mode != "r")
+            self._finalizer = weakref.finalize(self, _finish_staging, staging, str(location.local), mode != "r", lock)
         self._readers: dict[str, Any] = {}
         self._load_commit()
 
@@ -246,11 +442,12 @@ class TrajectoryStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, spec: DatasetSpec, overwrite: bool = False,
-               image_chunk_frames: int = 1) -> "TrajectoryStore":
+               image_chunk_frames: int = 1, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> "TrajectoryStore":
         """A new empty store for ``spec`` at ``path`` (directory, ``*.zip`` or fsspec URL).
 
         ``overwrite`` replaces an existing store (never a non-empty directory that is not one).
         Images are chunked ``image_chunk_frames`` frames per chunk (1-4 is sensible).
+        ``lock_timeout``: seconds to wait for another writer's lock (see the module docstring).
         """
         if not isinstance(spec, DatasetSpec):
             raise StoreError(f"spec: expected a DatasetSpec, got {type(spec).__name__}")
@@ -261,29 +458,52 @@ class TrajectoryStore:
         for k in spec.features:
             if "/" in k or not k:
                 raise StoreError(f"{k!r}: feature keys may not be empty or contain '/'")
-        import zarr
-
+        _require_atomic_zarr()
         loc = _Location(path)
         if loc.exists() and not overwrite:
             raise StoreError(f"{loc.raw}: a store already exists; pass overwrite=True to replace it")
+        lock = loc.lock(lock_timeout)
         staging = None
-        if loc.is_zip:
-            if not loc.local.parent.is_dir():
-                raise StoreError(f"{loc.raw}: parent directory does not exist")
-            staging = tempfile.mkdtemp(prefix=".vlastack-zip-", dir=loc.local.parent)
-            zstore = loc.zarr_store(read_only=False, root=Path(staging))
-        elif loc.is_url:
-            zstore = loc.zarr_store(read_only=False)
-        else:
-            p = loc.local
-            if p.exists():
-                if not p.is_dir():
-                    raise StoreError(f"{loc.raw}: exists and is not a directory")
-                if any(p.iterdir()) and not (p / "zarr.json").is_file():
-                    raise StoreError(f"{loc.raw}: non-empty directory that is not a store; refusing to overwrite")
-                shutil.rmtree(p)
-            zstore = loc.zarr_store(read_only=False)
-        root = zarr.open_group(store=zstore, mode="w")
+        try:
+            if loc.is_zip:
+                if not loc.local.parent.is_dir():
+                    raise StoreError(f"{loc.raw}: parent directory does not exist")
+                lock.acquire()  # held until close: the zip is rewritten then
+                _remove_stale_staging(loc.local)
+                staging = tempfile.mkdtemp(prefix=_staging_prefix(loc.local), dir=loc.local.parent)
+                zstore = loc.zarr_store(read_only=False, root=Path(staging))
+            elif loc.is_url:
+                zstore = loc.zarr_store(read_only=False)
+            else:
+                p = loc.local
+                if p.exists():
+                    if not p.is_dir():
+                        raise StoreError(f"{loc.raw}: exists and is not a directory")
+                    if any(c.name != LOCK_NAME for c in p.iterdir()) and not (p / "zarr.json").is_file():
+                        raise StoreError(f"{loc.raw}: non-empty directory that is not a store; refusing to overwrite")
+                p.mkdir(parents=True, exist_ok=True)
+                lock.acquire()  # no writer of the old store is mid-write while it is replaced
+                for c in p.iterdir():
+                    if c.name != LOCK_NAME:
+                        shutil.rmtree(c) if c.is_dir() and not c.is_symlink() else c.unlink()
+                zstore = loc.zarr_store(read_only=False)
+            root = cls._init_group(zstore, spec, image_chunk_frames, mode="w" if loc.is_url else "a")
+            store = cls(root, loc, "a", spec, staging, lock)
+        except BaseException as e:
+            err = _undo_open(loc, staging, lock, e, "create the store")
+            if err is e:
+                raise
+            raise err from None
+        if lock is not None and staging is None:
+            lock.release()  # directory stores lock per write
+        return store
+
+    @staticmethod
+    def _init_group(zstore, spec: DatasetSpec, image_chunk_frames: int, mode: str):
+        """Write an empty store's arrays and attributes into ``zstore``; returns the root group."""
+        import zarr
+
+        root = zarr.open_group(store=zstore, mode=mode)
         data = root.create_group("data")
         for key, f in spec.features.items():
             shape = tuple(f.shape)
@@ -307,15 +527,18 @@ class TrajectoryStore:
             "features": sd["features"], "action_space": sd["action_space"], "stats": None,
             "num_episodes": 0, "num_frames": 0,
         })
-        return cls(root, loc, "a", spec, staging)
+        return root
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r", verify: str = "fast") -> "TrajectoryStore":
+    def open(cls, path: str | os.PathLike, mode: str = "r", verify: str = "fast",
+             lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> "TrajectoryStore":
         """Open and validate an existing store.
 
         ``mode``: "r" (read only) or "a" (append). ``verify``: "none" (structure only),
         "fast" (structure, plus every low-dim array decoded and checked for NaN/inf) or
-        "full" (also decode every image chunk). Problems raise :class:`StoreError`.
+        "full" (also decode every image chunk). ``lock_timeout``: seconds each write waits for
+        another writer's lock (a zip store is locked from open to close, so open waits there).
+        Problems raise :class:`StoreError`.
         """
         if mode not in ("r", "a"):
             raise StoreError(f"mode: {mode!r} not one of ('r', 'a')")
@@ -331,34 +554,48 @@ class TrajectoryStore:
         if not exists:
             what = "file" if loc.is_zip else "store (no zarr.json)"
             raise StoreError(f"{loc.raw}: no such {what}; create it with TrajectoryStore.create")
+        if mode == "a":
+            _require_atomic_zarr()
+        lock = loc.lock(lock_timeout) if mode == "a" else None
         staging = None
-        if loc.is_zip:
-            if mode == "a":
-                staging = tempfile.mkdtemp(prefix=".vlastack-zip-", dir=loc.local.parent)
-                try:
-                    with zipfile.ZipFile(loc.local) as zf:
-                        zf.extractall(staging)
-                except zipfile.BadZipFile as e:
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise StoreError(f"{loc.raw}: not a valid zip file ({e})") from None
-                zstore = loc.zarr_store(read_only=False, root=Path(staging))
-            else:
-                if not zipfile.is_zipfile(loc.local):
-                    raise StoreError(f"{loc.raw}: not a valid zip file")
-                zstore = loc.zarr_store(read_only=True)
-        else:
-            if mode == "a" and loc.local is not None:
-                _remove_partials(loc.local)
-            zstore = loc.zarr_store(read_only=(mode == "r"))
+        store = None
         try:
-            root = zarr.open_group(store=zstore, mode="r" if mode == "r" else "r+")
-        except Exception as e:
-            if staging:
-                shutil.rmtree(staging, ignore_errors=True)
-            raise StoreError(f"{loc.raw}: not a readable zarr v3 group ({type(e).__name__}: {e})") from None
-        spec = cls._spec_from_attrs(loc.raw, dict(root.attrs))
-        store = cls(root, loc, mode, spec, staging)
-        store.verify(verify)
+            if loc.is_zip:
+                if mode == "a":
+                    lock.acquire()  # held until close: the zip is rewritten then
+                    _remove_stale_staging(loc.local)
+                    staging = tempfile.mkdtemp(prefix=_staging_prefix(loc.local), dir=loc.local.parent)
+                    try:
+                        with zipfile.ZipFile(loc.local) as zf:
+                            zf.extractall(staging)
+                    except zipfile.BadZipFile as e:
+                        raise StoreError(f"{loc.raw}: not a valid zip file ({e})") from None
+                    zstore = loc.zarr_store(read_only=False, root=Path(staging))
+                else:
+                    if not zipfile.is_zipfile(loc.local):
+                        raise StoreError(f"{loc.raw}: not a valid zip file")
+                    zstore = loc.zarr_store(read_only=True)
+            else:
+                if lock is not None and lock.acquire(wait=False):  # busy: the holder may be mid-write
+                    try:
+                        _remove_partials(loc.local)
+                    finally:
+                        lock.release()
+                zstore = loc.zarr_store(read_only=(mode == "r"))
+            try:
+                root = zarr.open_group(store=zstore, mode="r" if mode == "r" else "r+")
+            except Exception as e:
+                raise StoreError(f"{loc.raw}: not a readable zarr v3 group ({type(e).__name__}: {e})") from None
+            spec = cls._spec_from_attrs(loc.raw, dict(root.attrs))
+            store = cls(root, loc, mode, spec, staging, lock)
+            store.verify(verify)
+        except BaseException as e:
+            if store is not None and store._finalizer is not None:
+                store._finalizer.detach()  # nothing was written: no repacking
+            err = _undo_open(loc, staging, lock, e, "open the store for writing")
+            if err is e:
+                raise
+            raise err from None
         return store
 
     @staticmethod
@@ -652,6 +889,58 @@ class TrajectoryStore:
         if self._mode != "a":
             raise StoreError(f"{self._loc.raw}: opened read-only; open with mode='a' to write")
 
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the store's writer lock (re-entrant) across several writes; other writers wait.
+
+        Each write takes the lock by itself; use this to make several appends one unit that no
+        other writer interleaves with. The commit record is re-read when the lock is taken.
+        """
+        with self._write_op("write"):
+            yield self
+
+    @contextlib.contextmanager
+    def _write_op(self, doing: str):
+        """Writer lock + fresh commit record around a write; OSError -> StoreError naming the problem."""
+        self._require_writable()
+        lock = self._lock
+        first = lock is not None and not lock.held
+        if lock is not None:
+            lock.acquire()
+        try:
+            if first:
+                self._refresh()
+            yield
+        except OSError as e:
+            raise _os_error(self._loc.raw, doing, e) from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _refresh(self) -> None:
+        """Re-read the commit record (another writer may have appended since this handle last looked)."""
+        import zarr
+
+        self._group = zarr.open_group(store=self._group.store, mode="r+")
+        attrs = dict(self._group.attrs)
+        if (attrs.get("num_episodes"), attrs.get("num_frames")) != (len(self._episodes), self._num_frames):
+            self._load_commit()
+        self._attrs = attrs
+        self._readers.clear()
+
+    def _commit(self, updates: dict[str, Any]) -> None:
+        """Replace the root attributes' ``updates`` in one atomic write of the root ``zarr.json``."""
+        root = getattr(self._group.store, "root", None)
+        if isinstance(root, Path):
+            doc = json.loads((root / "zarr.json").read_bytes())
+            doc.setdefault("attributes", {}).update(updates)
+            _write_file(root / "zarr.json", json.dumps(doc, indent=2).encode())
+            # the group object's cached attributes are stale now; writes re-open it (_refresh)
+            self._attrs = doc["attributes"]
+        else:  # remote object stores replace a key in one put
+            self._group.update_attributes(updates)
+            self._attrs = dict(self._group.attrs)
+
     def _check_frames(self, frames: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
         if not isinstance(frames, Mapping):
             raise StoreError(f"frames: expected a dict of key -> (T, ...) arrays, got {type(frames).__name__}")
@@ -715,28 +1004,27 @@ class TrajectoryStore:
             doc_json = json.dumps(doc, sort_keys=True)
         except (TypeError, ValueError) as e:
             raise StoreError(f"meta: not JSON-serialisable ({e})") from None
-        n0, e0 = self.num_frames, self.num_episodes
-        n1 = n0 + t
-        # 1) frames past the committed end
-        for key, value in arrays.items():
-            arr = self._group[f"data/{key}"]
-            arr.resize((n1, *arr.shape[1:]))
-            arr[n0:n1] = value
-        # 2) meta rows past the committed count
-        ends = self._group["meta/episode_ends"]
-        ends.resize((e0 + 1,))
-        ends[e0:e0 + 1] = np.array([n1], np.int64)
-        eps = self._group["meta/episodes"]
-        eps.resize((e0 + 1,))
-        eps[e0:e0 + 1] = np.array([doc_json], dtype=object)
-        # 3) commit: one atomic replace of the root zarr.json. (Not ``attrs.update``: zarr's
-        #    Attributes inherits MutableMapping.update, which writes zarr.json once per key.)
-        self._group.update_attributes({"num_episodes": e0 + 1, "num_frames": n1, "stats": None})
-        self._attrs = dict(self._group.attrs)
-        self._ends = np.append(self._ends, np.int64(n1))
-        self._episodes.append(json.loads(doc_json))
-        self._num_frames = n1
-        self._readers.clear()
+        with self._write_op("append an episode"):
+            n0, e0 = self.num_frames, self.num_episodes
+            n1 = n0 + t
+            # 1) frames past the committed end
+            for key, value in arrays.items():
+                arr = self._group[f"data/{key}"]
+                arr.resize((n1, *arr.shape[1:]))
+                arr[n0:n1] = value
+            # 2) meta rows past the committed count
+            ends = self._group["meta/episode_ends"]
+            ends.resize((e0 + 1,))
+            ends[e0:e0 + 1] = np.array([n1], np.int64)
+            eps = self._group["meta/episodes"]
+            eps.resize((e0 + 1,))
+            eps[e0:e0 + 1] = np.array([doc_json], dtype=object)
+            # 3) commit: one atomic replace of the root zarr.json
+            self._commit({"num_episodes": e0 + 1, "num_frames": n1, "stats": None})
+            self._ends = np.append(self._ends, np.int64(n1))
+            self._episodes.append(json.loads(doc_json))
+            self._num_frames = n1
+            self._readers.clear()
         return e0
 
     def compute_stats(self, keys: Iterable[str] | None = None, max_image_frames: int = 2000,
@@ -749,10 +1037,15 @@ class TrajectoryStore:
 
         if self.num_frames == 0:
             raise StoreError(f"{self._loc.raw}: no frames; append episodes before computing stats")
+        n = self.num_frames
         stats = compute_store_stats(self, self._check_keys(keys), max_image_frames=max_image_frames, seed=seed)
         if self._mode == "a" and not self._closed:
-            self._group.update_attributes({"stats": stats_to_json(stats)})
-            self._attrs = dict(self._group.attrs)
+            with self._write_op("save statistics"):
+                if self.num_frames != n:
+                    warnings.warn(f"{self._loc.raw}: another writer appended while statistics were computed "
+                                  f"({n} -> {self.num_frames} frames); not saving them", stacklevel=2)
+                else:
+                    self._commit({"stats": stats_to_json(stats)})
         return stats
 
     # ----------------------------------------------------------------- feature cache
@@ -776,23 +1069,24 @@ class TrajectoryStore:
         values = np.asarray(values)
         if values.dtype not in (np.float16, np.float32):
             raise StoreError(f"{name}: wrong dtype {values.dtype}, expected float16 or float32")
-        if values.ndim < 2 or values.shape[0] != self.num_frames:
-            raise StoreError(f"{name}: mismatched length: shape {values.shape}, expected ({self.num_frames}, ...)")
         if not np.isfinite(values).all():
             raise StoreError(f"{name}: NaN or inf in features")
         try:
             json.dumps(meta or {})
         except (TypeError, ValueError) as e:
             raise StoreError(f"meta: not JSON-serialisable ({e})") from None
-        row = int(np.prod(values.shape[1:], dtype=np.int64)) * values.dtype.itemsize
-        chunks = (max(1, min(max(1, values.shape[0]), (1 << 20) // max(1, row))), *values.shape[1:])
-        grp = self._group.require_group(f"features/{encoder}")
-        arr = grp.create_array(key, shape=values.shape, chunks=chunks, dtype=values.dtype,
-                               compressors=_blosc(3, "shuffle"), fill_value=0, overwrite=True,
-                               attributes={"complete": False})
-        arr[:] = values
-        arr.update_attributes({"complete": True, "num_frames": self.num_frames, "meta": meta or {}})
-        self._readers.pop(name, None)
+        with self._write_op(f"write the feature cache {name}"):
+            if values.ndim < 2 or values.shape[0] != self.num_frames:
+                raise StoreError(f"{name}: mismatched length: shape {values.shape}, expected ({self.num_frames}, ...)")
+            row = int(np.prod(values.shape[1:], dtype=np.int64)) * values.dtype.itemsize
+            chunks = (max(1, min(max(1, values.shape[0]), (1 << 20) // max(1, row))), *values.shape[1:])
+            grp = self._group.require_group(f"features/{encoder}")
+            arr = grp.create_array(key, shape=values.shape, chunks=chunks, dtype=values.dtype,
+                                   compressors=_blosc(3, "shuffle"), fill_value=0, overwrite=True,
+                                   attributes={"complete": False})
+            arr[:] = values
+            arr.update_attributes({"complete": True, "num_frames": self.num_frames, "meta": meta or {}})
+            self._readers.pop(name, None)
 
     def has_features(self, encoder: str, key: str) -> bool:
         """Whether a complete, up-to-date cache exists for (encoder, key)."""
@@ -839,7 +1133,13 @@ class TrajectoryStore:
         self._closed = True
         self._readers.clear()
         if self._finalizer is not None:
-            self._finalizer()  # packs (when writable) and removes the staging directory
+            try:
+                self._finalizer()  # packs (when writable), removes the staging directory, drops the lock
+            except OSError as e:
+                raise _os_error(self._loc.raw, "pack the zip (this session's episodes are lost; the zip is "
+                                "as it was before it was opened)", e) from None
+        while self._lock is not None and self._lock.held:  # closed inside ``locked()``
+            self._lock.release()
 
     def __enter__(self) -> "TrajectoryStore":
         return self
@@ -851,9 +1151,10 @@ class TrajectoryStore:
         raise TypeError("TrajectoryStore does not pickle; pass its path and open it in each process")
 
 
-def open_store(path: str | os.PathLike, mode: str = "r", verify: str = "fast") -> TrajectoryStore:
+def open_store(path: str | os.PathLike, mode: str = "r", verify: str = "fast",
+               lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> TrajectoryStore:
     """Shorthand for :meth:`TrajectoryStore.open`."""
-    return TrajectoryStore.open(path, mode=mode, verify=verify)
+    return TrajectoryStore.open(path, mode=mode, verify=verify, lock_timeout=lock_timeout)
 
 
 def episodes_from_store(store: TrajectoryStore, episodes: Sequence[int] | None = None):

@@ -315,14 +315,21 @@ def ensure_feature_cache(stores: Sequence[TrajectoryStore], encoder, keys: Seque
                 raise TrainConfigError(f"dataset.cache_features: cannot write the feature cache of {store.path}: {e}")
             log(f"feature cache: {store.path} is not writable ({e}); training on images")
             return None
-        log(f"feature cache: encoding {writable.num_frames} frames x {len(keys)} cameras of {store.path} with "
-            f"{encoder.name} (once; later runs reuse it)")
-        reports = fc.cache_features(writable, encoder, keys=list(keys), batch_size=batch_size, progress=progress)
+        try:  # each cache write holds the store's writer lock; the handle is closed on every path
+            log(f"feature cache: encoding {writable.num_frames} frames x {len(keys)} cameras of {store.path} with "
+                f"{encoder.name} (once; later runs reuse it)")
+            reports = fc.cache_features(writable, encoder, keys=list(keys), batch_size=batch_size, progress=progress)
+        except StoreError as e:  # e.g. another writer holds the lock past the timeout, or the disk is full
+            if mode == "on":
+                raise TrainConfigError(f"dataset.cache_features: cannot write the feature cache of {store.path}: {e}")
+            log(f"feature cache: {store.path}: {e}; training on images")
+            return None
+        finally:
+            writable.close()
         for r in reports.values():
             if r.status != "skipped":
                 log(f"feature cache: {r.key} {r.status} {r.shape} in {r.seconds:.1f} s "
                     f"({r.frames_per_second:.0f} frames/s)")
-        writable.close()
     return encoder.name
 
 

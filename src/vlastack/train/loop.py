@@ -189,9 +189,7 @@ class Trainer:
 
     def _resume_dir(self) -> Path | None:
         mode = self.app.resume
-        last = ck.read_pointer(self.ckpt_root, "last") if mode != "never" else None
-        if last is not None and not (last / ck.STATE_FILE).is_file():
-            last = None
+        last = ck.resume_dir(self.ckpt_root, log=self._say) if mode != "never" else None
         if mode == "always" and last is None:
             raise TrainConfigError(f"resume: 'always' but {self.ckpt_root}/last is missing; run with resume=auto")
         return last
