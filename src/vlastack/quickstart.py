@@ -41,7 +41,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 DEFAULT_OUT = "runs/quickstart"
-DEFAULT_TASK = "OpenDrawer"
+DEFAULT_TASK = "OpenDrawer"  # the single-task smoke path (--single, make quickstart-drawer)
+#: the multi-task default: tasks of one kitchen task group, one shared scene, the instruction decides
+DEFAULT_GROUP = "sink_stove"
+DEFAULT_GROUP_TASKS = ("TurnOnStove", "TurnOnSinkFaucet", "OpenSingleDoor")
+DEFAULT_GROUP_DEMOS = 25  # per task
+DEFAULT_GROUP_EVAL = 10  # per task, swapped instructions from shared starts
+DEFAULT_BLANK_EVAL = 4  # per task, blank instruction (the control)
 DEFAULT_DEMOS = 40
 DEFAULT_CAMERAS = ("left", "wrist")
 DEFAULT_EVAL_EPISODES = 20
@@ -66,22 +72,37 @@ class Stage:
         return "vlastack " + shlex.join(self.argv)
 
 
-def stage_commands(out: Path, task: str, demos: int, cameras: Sequence[str], eval_episodes: int,
-                   minutes: float | None) -> list[tuple[str, list[str]]]:
-    """(title, ``vlastack`` argv) of every stage, in order."""
+def stage_commands(out: Path, task: str | Sequence[str], demos: int, cameras: Sequence[str], eval_episodes: int,
+                   minutes: float | None, group: str | None = None,
+                   blank_episodes: int = 0) -> list[tuple[str, list[str]]]:
+    """(title, ``vlastack`` argv) of every stage, in order.
+
+    With ``group``, the tasks run in that task group's shared scene: demos of every task from the
+    same kind of start, evaluation with swapped instructions (``language=swap``) and, with
+    ``blank_episodes``, the blank-instruction control.
+    """
+    tasks = [task] if isinstance(task, str) else list(task)
     store, train_dir = out / "demos.zarr", out / "train"
-    train = ["train", "experiment=quickstart", f"dataset.path={store}", f"run_dir={train_dir}"]
+    train = ["train", "experiment=quickstart" if group is None else "experiment=quickstart_group",
+             f"dataset.path={store}", f"run_dir={train_dir}"]
     if minutes is not None:
         train.append(f"train.max_minutes={minutes:g}")
-    return [
-        ("collect demos", ["collect", "env=kitchen", f"task={task}", f"episodes={demos}",
-                           f"cameras=[{','.join(cameras)}]", f"out={store}"]),
+    scene = [] if group is None else ["scene=group", f"group={group}"]
+    ckpt = f"checkpoint={train_dir / 'checkpoints' / 'last'}"
+    evaluate = ["eval", ckpt, "env=kitchen", f"tasks=[{','.join(tasks)}]", *scene,
+                f"n_action_steps={N_ACTION_STEPS}", "videos=1"]
+    stages = [
+        ("collect demos", ["collect", "env=kitchen", f"task=[{','.join(tasks)}]" if group else f"task={task}",
+                           *scene, f"episodes={demos}", f"cameras=[{','.join(cameras)}]", f"out={store}"]),
         ("inspect store", ["inspect", str(store)]),
         ("train DUST small", train),
-        ("evaluate", ["eval", f"checkpoint={train_dir / 'checkpoints' / 'last'}", "env=kitchen", f"tasks=[{task}]",
-                      f"episodes={eval_episodes}", f"n_action_steps={N_ACTION_STEPS}", "videos=1",
+        ("evaluate", [*evaluate, f"episodes={eval_episodes}", *(["language=swap"] if group else []),
                       f"out={out / 'eval'}"]),
     ]
+    if group is not None and blank_episodes:
+        stages.append(("evaluate, blank instruction", [*evaluate[:-1], "videos=0", f"episodes={blank_episodes}",
+                                                       "language=blank", f"out={out / 'eval_blank'}"]))
+    return stages
 
 
 def run_stage(title: str, argv: list[str]) -> Stage:
@@ -181,7 +202,38 @@ def record_run(out: str | os.PathLike, stages: Sequence[Stage]) -> None:
     os.replace(tmp, out / HISTORY)
 
 
-def write_report(out: str | os.PathLike, task: str, stages: Sequence[Stage]) -> str:
+def _task_table(doc: Mapping[str, Any]) -> list[str]:
+    rows = ["| task | success | 95% Wilson interval |", "| --- | ---: | ---: |"]
+    for t, b in doc["summary"]["per_task"].items():
+        rows.append(f"| {t} | {b['successes']}/{b['episodes']} = {_pct(b['success_rate'])} | "
+                    f"{_pct(b['ci_low'])}-{_pct(b['ci_high'])} |")
+    return rows + [""]
+
+
+def _language_lines(out: Path, doc: Mapping[str, Any]) -> list[str]:
+    """The swap block (language-grounded success vs the ignore-language bound) and the blank control."""
+    lines: list[str] = []
+    sw = doc["summary"].get("language_swap")
+    if sw:
+        lo, hi = sw["grounded_ci"]
+        lines += [f"**Language-grounded success: {sw['grounded_successes']}/{sw['pairs']} = "
+                  f"{_pct(sw['grounded_success'])}** ({_pct(lo)}-{_pct(hi)}) over {sw['seeds']} shared start states x "
+                  f"{len(sw['tasks'])} instructions, against the **ignore-language bound "
+                  f"{_pct(sw['ignore_bound'])}** (a policy that does the same thing whatever it is told solves at most "
+                  f"one task per start: at most {_pct(sw['chance_bound'])}); every task solved from "
+                  f"{sw['all_solved_seeds']} of {sw['seeds']} starts.", ""]
+    blank_path = out / "eval_blank" / "eval_info.json"
+    if blank_path.is_file():
+        b = json.loads(blank_path.read_text())["summary"]["overall"]
+        o = doc["summary"]["overall"]
+        lines += [f"Blank-instruction control: {b['successes']}/{b['episodes']} = {_pct(b['success_rate'])} "
+                  f"({_pct(b['ci_low'])}-{_pct(b['ci_high'])}) with no instruction, against "
+                  f"{_pct(o['success_rate'])} when told the task: the effect of language is "
+                  f"{100 * (o['success_rate'] - b['success_rate']):+.0f} points.", ""]
+    return lines
+
+
+def write_report(out: str | os.PathLike, task: str | Sequence[str], stages: Sequence[Stage]) -> str:
     """Write ``out/report.md`` (and ``out/train_loss.png``) from the run's files; returns the markdown.
 
     Reads ``out/eval/eval_info.json`` (success, Wilson interval, first video), ``out/train/metrics.jsonl``
@@ -190,16 +242,23 @@ def write_report(out: str | os.PathLike, task: str, stages: Sequence[Stage]) -> 
     missing says so instead of a figure.
     """
     out = Path(out)
-    lines = [f"# vlastack quickstart: DUST small on {task}", ""]
+    tasks = [task] if isinstance(task, str) else list(task)
+    name = tasks[0] if len(tasks) == 1 else f"{len(tasks)} tasks ({', '.join(tasks)})"
+    lines = [f"# vlastack quickstart: DUST small on {name}", ""]
     info_path = out / "eval" / "eval_info.json"
     doc: dict[str, Any] | None = json.loads(info_path.read_text()) if info_path.is_file() else None
     if doc is not None:
         o = doc["summary"]["overall"]
         seeds = sorted(int(e["seed"]) for e in doc["episodes"])
+        scene = doc.get("settings", {}).get("env_kwargs", {})
+        where = f" in task group `{scene['group']}`'s shared scene" if scene.get("scene") == "group" else ""
         lines += [f"**Success: {o['successes']}/{o['episodes']} = {_pct(o['success_rate'])}** "
                   f"(95% Wilson interval {_pct(o['ci_low'])}-{_pct(o['ci_high'])}) on held-out seeds "
-                  f"{seeds[0]}-{seeds[-1]}, {o['mean_steps']:.0f} steps per episode on average"
+                  f"{seeds[0]}-{seeds[-1]}{where}, {o['mean_steps']:.0f} steps per episode on average"
                   + ("" if doc.get("complete") else " (evaluation incomplete)") + ".", ""]
+        if len(doc["summary"]["per_task"]) > 1:
+            lines += _task_table(doc)
+        lines += _language_lines(out, doc)
     else:
         lines += ["No evaluation result (`eval/eval_info.json` is missing).", ""]
     # stages
@@ -236,18 +295,21 @@ def write_report(out: str | os.PathLike, task: str, stages: Sequence[Stage]) -> 
     if metrics_path.is_file():
         curves = read_metrics(metrics_path)
         if curves["train"] or curves["val"]:
-            plot_loss(curves, out / LOSS_PNG, title=f"DUST small on {task}")
+            plot_loss(curves, out / LOSS_PNG, title=f"DUST small on {name}")
             lines += [f"![training loss]({LOSS_PNG})", ""]
     else:
         lines += ["No training metrics (`train/metrics.jsonl` is missing).", ""]
     # video
     if doc is not None:
-        first = next((e for e in doc["episodes"] if e.get("video")), None)
-        lines += ["## Video", ""]
-        if first is not None:
+        videos = [e for e in doc["episodes"] if e.get("video")]
+        lines += ["## Video" if len(videos) < 2 else "## Videos", ""]
+        for first in videos:  # the first episode of each task
             rel = Path("eval") / first["video"]
-            lines += [f"[{first['task']}, seed {first['seed']}: {'success' if first['success'] else 'failure'} "
-                      f"in {first['steps']} steps]({rel.as_posix()})", ""]
+            told = f", told \"{first['instruction']}\"" if len(tasks) > 1 and first.get("instruction") else ""
+            lines += [f"- [{first['task']}, seed {first['seed']}{told}: {'success' if first['success'] else 'failure'} "
+                      f"in {first['steps']} steps]({rel.as_posix()})"]
+        if videos:
+            lines += [""]
         else:
             lines += ["No video was recorded.", ""]
         lines += ["Per-episode results: `eval/eval_info.json`; summary table: `eval/eval_summary.md`.", ""]
@@ -271,11 +333,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vlastack.quickstart", description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.environ.get("VLASTACK_QUICKSTART_DIR", DEFAULT_OUT),
                    help=f"run directory (default {DEFAULT_OUT}; reruns resume every stage)")
-    p.add_argument("--task", default=os.environ.get("VLASTACK_QUICKSTART_TASK", DEFAULT_TASK))
-    p.add_argument("--demos", type=int, default=int(os.environ.get("VLASTACK_QUICKSTART_EPISODES", DEFAULT_DEMOS)),
-                   help="expert demos to collect")
+    p.add_argument("--single", action="store_true",
+                   help=f"the single-task smoke path: {DEFAULT_TASK} in its own scene (make quickstart-drawer)")
+    p.add_argument("--group", default=DEFAULT_GROUP, help="kitchen task group whose shared scene the tasks run in")
+    p.add_argument("--task", default=os.environ.get("VLASTACK_QUICKSTART_TASK"),
+                   help=f"comma-separated tasks (default: {','.join(DEFAULT_GROUP_TASKS)}; --single: {DEFAULT_TASK})")
+    p.add_argument("--demos", type=int, default=None,
+                   help=f"expert demos per task (default {DEFAULT_GROUP_DEMOS}; --single: {DEFAULT_DEMOS})")
+    p.add_argument("--blank-episodes", type=int, default=DEFAULT_BLANK_EVAL,
+                   help="per task, evaluated with a blank instruction (the control); 0 skips it")
     p.add_argument("--cameras", default=",".join(DEFAULT_CAMERAS), help="comma-separated kitchen cameras")
-    p.add_argument("--eval-episodes", type=int, default=DEFAULT_EVAL_EPISODES)
+    p.add_argument("--eval-episodes", type=int, default=None,
+                   help=f"per task (default {DEFAULT_GROUP_EVAL}; --single: {DEFAULT_EVAL_EPISODES})")
     p.add_argument("--minutes", type=float, default=None,
                    help="training budget (default: configs/experiment/quickstart.yaml's train.max_minutes)")
     return p
@@ -284,6 +353,24 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the stages in order (stopping at the first failure), then write the report."""
     a = _parser().parse_args(argv)
+    group = None if a.single else a.group
+    task = a.task or (DEFAULT_TASK if a.single else ",".join(DEFAULT_GROUP_TASKS))
+    tasks = [t for t in task.split(",") if t]
+    if a.demos is None:
+        a.demos = int(os.environ.get("VLASTACK_QUICKSTART_EPISODES", DEFAULT_DEMOS if a.single else DEFAULT_GROUP_DEMOS))
+    if a.eval_episodes is None:
+        a.eval_episodes = DEFAULT_EVAL_EPISODES if a.single else DEFAULT_GROUP_EVAL
+    if a.single and len(tasks) != 1:
+        raise SystemExit(f"quickstart: --single takes one task, got {tasks}")
+    if group is not None:
+        from vlastack.envs.kitchen.groups import TASK_GROUPS
+
+        if group not in TASK_GROUPS:
+            raise SystemExit(f"quickstart: unknown --group {group!r}; valid: {', '.join(TASK_GROUPS)}")
+        outside = [t for t in tasks if t not in TASK_GROUPS[group]]
+        if outside or len(tasks) < 2:
+            raise SystemExit(f"quickstart: --task needs at least two tasks of group {group!r} "
+                             f"({', '.join(TASK_GROUPS[group])}); not in it: {outside}")
     cameras = [c for c in a.cameras.split(",") if c]
     if a.demos < 2:
         raise SystemExit("quickstart: --demos must be >= 2 (one episode is held out for validation)")
@@ -293,14 +380,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stages: list[Stage] = []
     rc = 0
-    for title, args in stage_commands(out, a.task, a.demos, cameras, a.eval_episodes, a.minutes):
+    for title, args in stage_commands(out, tasks[0] if a.single else tasks, a.demos, cameras, a.eval_episodes,
+                                      a.minutes, group=group, blank_episodes=a.blank_episodes):
         stages.append(run_stage(title, args))
         if stages[-1].rc:
             rc = stages[-1].rc
             print(f"quickstart: {title} failed with exit code {rc}", file=sys.stderr)
             break
     record_run(out, stages)
-    text = write_report(out, a.task, stages)
+    text = write_report(out, tasks, stages)
     print("\n" + text.split("\n## Training")[0].strip())
     print(f"\nreport: {out / REPORT}")
     return rc

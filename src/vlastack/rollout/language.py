@@ -110,8 +110,9 @@ class InstructionOverride:
 
 
 def swap_tasks(tasks: Sequence[str], env_kwargs: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """(group, every task of it) for ``language=swap``: the group from ``env_kwargs["group"]`` or the
-    one group that holds all of ``tasks``; raises naming the valid choices."""
+    """(group, tasks) for ``language=swap``: the group from ``env_kwargs["group"]`` or the one group
+    that holds all of ``tasks``; one task expands to every task of the group, several stay as
+    given (at least two of one group). Raises naming the valid choices."""
     from vlastack.envs.kitchen.groups import TASK_GROUPS
 
     if env_kwargs.get("scene", "group") != "group":
@@ -121,13 +122,15 @@ def swap_tasks(tasks: Sequence[str], env_kwargs: Mapping[str, Any]) -> tuple[str
     if group is not None:
         if group not in TASK_GROUPS:
             raise LanguageError(f"group: unknown {group!r}; valid groups: {list(TASK_GROUPS)}")
-        return group, list(TASK_GROUPS[group])
-    holding = [g for g, ts in TASK_GROUPS.items() if set(tasks) <= set(ts)]
+        holding = [group] if set(tasks) <= set(TASK_GROUPS[group]) else []
+    else:
+        holding = [g for g, ts in TASK_GROUPS.items() if set(tasks) <= set(ts)]
     if len(holding) != 1:
         found = "no group holds them all" if not holding else f"several groups hold them: {holding}"
         raise LanguageError(f"language=swap: tasks {list(tasks)}: {found}; name one with group=<name> "
                             f"(groups: {dict(TASK_GROUPS)})")
-    return holding[0], list(TASK_GROUPS[holding[0]])
+    # one task: every task of its group; several: just those (a policy trained on part of a group)
+    return holding[0], list(TASK_GROUPS[holding[0]]) if len(tasks) == 1 else list(tasks)
 
 
 def swap_summary(episodes: Sequence[Mapping[str, Any]], tasks: Sequence[str],

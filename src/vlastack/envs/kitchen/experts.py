@@ -389,7 +389,7 @@ def plan_coffee_button(scene) -> list[Phase]:
 
     return [
         *approach("above", lambda s: button(0.05), CLOSE, cm.site("button")[2] + 0.05),
-        Phase("press", lambda s: button(-0.016), CLOSE, speed=0.3, max_steps=40, wait_pose=False,
+        Phase("press", lambda s: button(-0.016), CLOSE, speed=0.3, max_steps=80, wait_pose=False,
               until=lambda s: cm.on and cm.qpos("button") > cm.press_depth + 0.001),
         Phase("lift", lambda s: button(0.06), CLOSE, tol=0.02, max_steps=20),
     ]

@@ -201,18 +201,17 @@ def _drop_spot(scene, rng) -> np.ndarray:
 
 def setup_sink_stove(scene, rng) -> dict:
     """Sink off (spout anywhere), all burners off, wall cabinet closed; a target object and
-    1-3 distractors on the counter. One burner and one spout side are named."""
+    1-3 distractors on the counter. One burner is named."""
     sink, stove, cab = scene.fixtures["sink"], scene.fixtures["stove"], scene.fixtures["cabinet_single"]
     sink.set_qpos("handle", 0.0)
     sink.set_qpos("spout", rng.uniform(-0.2, 0.2))
     for b in stove.burners:
         stove.set_qpos(f"knob_{b}", 0.0)
     burner = str(stove.burners[int(rng.integers(len(stove.burners)))])
-    side = str(rng.choice(["left", "right"]))
     _doors(cab, rng, opened=False)
     (target,), distractors = _draw_objects(rng, SMALL, 1)
     names = place_on_counter(scene, rng, [target, *distractors])
-    return {"burner_id": burner, "burner": burner.replace("_", " "), "side": side,
+    return {"burner_id": burner, "burner": burner.replace("_", " "),
             "active": {"PnPCounterToSink": target, "PnPCounterToStove": target},
             "names": names, "distractors": distractors}
 
@@ -258,10 +257,12 @@ def setup_pantry(scene, rng) -> dict:
 
 GROUP_SPECS: dict[str, TaskGroup] = {g.name: g for g in (
     TaskGroup("sink_stove",
-              ("OpenSingleDoor", "TurnOnSinkFaucet", "TurnSinkSpout", "TurnOnStove", "PnPCounterToSink",
-               "PnPCounterToStove"),
+              # (TurnSinkSpout is left out: its expert cannot reach above the spout of a sink this far
+              # to the side, 4/8 in a trial)
+              ("OpenSingleDoor", "TurnOnSinkFaucet", "TurnOnStove", "PnPCounterToSink", "PnPCounterToStove"),
               left="sink", wall="cabinet_single", right="stove", object_categories=SMALL,
-              setup=setup_sink_stove, description="sink | wall cabinet over the counter | stove", offset=-0.03),
+              setup=setup_sink_stove, description="sink | wall cabinet over the counter | stove",
+              offset=-0.05, forward=0.06),
     TaskGroup("coffee_microwave",
               ("TurnOnMicrowave", "CoffeePressButton", "CoffeeServeMug", "OpenDoubleDoor"),
               left="microwave", wall="cabinet_double", right="coffee_machine",
