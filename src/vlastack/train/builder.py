@@ -4,7 +4,7 @@ scratch or from a checkpoint (``train.init_from``).
 Precedence of a policy field, lowest first: the preset (or, with ``init_from``, the checkpoint's
 config); for the data-contract fields (``cameras``, ``image_size``, ``state_dim``,
 ``action_dim``) the dataset's value; then every non-null key of the ``policy`` section.
-A preset that sets ``state_dim: 0`` (no proprioception, Dita's ``paper``) keeps it.
+A preset that sets ``state_dim: 0`` (no proprioception, Dita's ``paper_sized``) keeps it.
 """
 
 from __future__ import annotations
@@ -55,11 +55,12 @@ def policy_config(section: Mapping[str, Any], data: Mapping[str, Any] | None = N
         preset = section.get("preset")
         if preset is None:
             base = {}
-        elif preset not in cls.PRESETS:
-            raise TrainConfigError(f"policy.preset: unknown preset {preset!r} of {name!r}; presets: "
-                                   f"{sorted(cls.PRESETS)}")
         else:
-            base = dict(cls.PRESETS[preset])
+            try:
+                base = dict(cls.PRESETS[cls.preset_name(preset)])
+            except ValueError:
+                raise TrainConfigError(f"policy.preset: unknown preset {preset!r} of {name!r}; presets: "
+                                       f"{sorted(cls.PRESETS)}") from None
     merged = dict(base)
     for k, v in (data or {}).items():
         if k not in DATA_FIELDS:
