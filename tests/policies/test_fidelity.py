@@ -197,7 +197,7 @@ def _overfit(policy, batch, steps, lr=1e-2, copies=8):
         loss.backward()
         opt.step()
         sched.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 @pytest.mark.parametrize("name", ["dust", "dita"])
