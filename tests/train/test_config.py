@@ -105,6 +105,12 @@ def test_policy_config_precedence():
     # encoder kwargs merge key by key with the preset's
     pc = policy_config({"name": "dust", "preset": "tiny", "vision_encoder_kwargs": {"hidden": 4}}, data)
     assert pc.vision_encoder_kwargs == {"out_dim": 16, "stride": 16, "hidden": 4}
+    # ... unless the section names another encoder: the preset's kwargs were for its own
+    pc = policy_config({"name": "dust", "preset": "paper_sized", "vision_encoder": "hf:/models/siglip2",
+                        "vision_encoder_kwargs": {"image_size": [256, 256]}}, data)
+    assert pc.vision_encoder_kwargs == {"image_size": [256, 256]}  # not the preset's EfficientNet layer
+    pc = policy_config({"name": "dust", "preset": "paper_sized", "text_encoder": "hf:/models/t5"}, data)
+    assert pc.vision_encoder_kwargs == {"layer": "block5"} and pc.text_encoder_kwargs == {}
     # Dita paper_sized reads no proprioception on purpose: the store's state_dim does not turn it on
     pc = policy_config({"name": "dita", "preset": "paper_sized"}, data)
     assert pc.state_dim == 0 and pc.action_dim == 6

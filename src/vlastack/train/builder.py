@@ -5,6 +5,9 @@ Precedence of a policy field, lowest first: the preset (or, with ``init_from``, 
 config); for the data-contract fields (``cameras``, ``image_size``, ``state_dim``,
 ``action_dim``) the dataset's value; then every non-null key of the ``policy`` section.
 A preset that sets ``state_dim: 0`` (no proprioception, Dita's ``paper_sized``) keeps it.
+Encoder kwargs merge key by key with the base's, unless the section names another encoder
+(e.g. ``vision_encoder: hf:/models/siglip2``): then the base's kwargs, meant for its own
+encoder, are dropped.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ def policy_config(section: Mapping[str, Any], data: Mapping[str, Any] | None = N
         if k == "state_dim" and merged.get("state_dim") == 0:
             continue  # the preset reads no proprioception on purpose
         merged[k] = v
+    for enc in ("vision_encoder", "text_encoder"):  # another encoder: the base's kwargs were for the old one
+        if enc in explicit and explicit[enc] != merged.get(enc):
+            merged.pop(enc + "_kwargs", None)
     for k, v in explicit.items():
         merged[k] = _merge(merged.get(k), v)
     try:
