@@ -66,7 +66,7 @@ class DUSTConfig(PolicyConfig):
     width: int = 1536
     heads: int = 32
     mlp_ratio: float = 4.0
-    n_mmdit: int = 12  # joint-attention blocks
+    n_mmdit: int = 12  # joint-attention blocks (dit_* strategies: n_mmdit + n_stream_blocks shared DiT blocks)
     n_stream_blocks: int = 4  # stream-specific DiT blocks after them, per stream
     mmdit_cross_attention: bool = True  # MMDiT blocks cross-attend to the conditioning too
 
