@@ -182,6 +182,21 @@ def test_noise_levels_and_noise_inside_compute_loss(monkeypatch, strategy):
     assert m["loss_world"] == pytest.approx(float(loss_o), rel=1e-5)
 
 
+def test_no_world_model_row_draws_action_noise_only(monkeypatch):
+    """The no-world-model baseline: one interpolation (the actions), no future tokens or tau_o given
+    to the network, and the loss is the action loss alone."""
+    p = _dust("no_wm")
+    cfg = p.config
+    batch = fake_batch(_spec(cfg), batch_size=64, n_obs=cfg.n_obs_steps, horizon=cfg.horizon, seed=0)
+    probe = _LossProbe(p, monkeypatch)
+    loss, m = p.compute_loss(batch)
+    a, eps_a, tau_a = probe.modality((cfg.horizon, cfg.action_dim))
+    assert len(probe.interp) == 1 and probe.net_in.get("o_t") is None and probe.net_in.get("tau_o") is None
+    v_a, v_o = probe.net_out
+    assert v_o is None and "loss_world" not in m
+    assert float(loss.detach()) == pytest.approx(float((v_a - (a - eps_a)).pow(2).mean()), rel=1e-5)
+
+
 # ---------------------------------------------------------------- (b) sampling recovers overfit training data
 
 
