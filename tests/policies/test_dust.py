@@ -358,6 +358,32 @@ def test_parameter_sharing_tells_dit_from_mmdit(strategy):
         assert (size < 0.8 * mm_size) == (network == "dit"), (size, mm_size)
 
 
+@pytest.mark.parametrize("strategy", ["dit_decoupled", "dit_joint"])
+def test_shared_dit_modulates_each_token_by_its_modality_timestep(strategy):
+    """In the shared DiT, action tokens (state + H actions) get the adaLN modulation of tau_A and
+    future-frame tokens that of tau_o, from the same (shared) timestep embedding and adaLN weights."""
+    p = _policy(strategy=strategy)
+    _randomise(p.net)
+    net, cfg = p.net, p.config
+    seen = []
+    net.blocks[0].register_forward_pre_hook(lambda _m, args, kw: seen.append(kw["mod"]), with_kwargs=True)
+    batch = _batch(cfg, b=3)
+    g = torch.Generator().manual_seed(0)
+    tau_a, tau_o = torch.rand(3, generator=g), torch.rand(3, generator=g)
+    with torch.no_grad():
+        state = p._state(batch)
+        ctx, valid = p._condition(p._camera_frames(batch, {c: [0] for c in cfg.cameras}, 3), batch["task"])
+        net(state, torch.randn(3, cfg.horizon, cfg.action_dim), tau_a, ctx, valid,
+            torch.randn(3, cfg.num_future_tokens, p.feat_dim), tau_o)
+        ada = net.blocks[0].ada
+        want_a, want_o = ada(net.t_embed(tau_a)), ada(net.t_embed(tau_o))  # 6 x (3, W) each
+    n_a = 1 + cfg.horizon
+    for got, wa, wo in zip(seen[0], want_a, want_o):  # got: (3, 1+H+N_v, W)
+        assert got.shape == (3, n_a + cfg.num_future_tokens, cfg.width)
+        torch.testing.assert_close(got[:, :n_a], wa[:, None].expand(-1, n_a, -1))
+        torch.testing.assert_close(got[:, n_a:], wo[:, None].expand(-1, cfg.num_future_tokens, -1))
+
+
 @pytest.mark.parametrize("strategy", list(GRID))
 def test_every_row_trains_and_samples_with_its_world_model_loss(strategy):
     network, noise, world = GRID[strategy]
