@@ -1,6 +1,6 @@
 """Policy speed: parameters, training throughput and sample_actions latency, per policy entry.
 
-    python bench/policy_speed.py                          # every entry (tiny, small, bf16, paper)
+    python bench/policy_speed.py                          # every entry (tiny, small, bf16, paper_sized)
     python bench/policy_speed.py --entries dust-small     # one entry
     python bench/policy_speed.py --device cpu --entries dust-tiny,dust-small,dust-small-bf16,dita-tiny,dita-small
     python bench/policy_speed.py --json out.json          # also write the figures as JSON
@@ -178,7 +178,8 @@ ENTRIES: list[Entry] = [
           target=({"num_action_steps": 4, "num_vision_steps": 4}, 2, 50.0),
           notes="sampling with the conditioning stack and denoiser in bfloat16, Linear weights prepacked for "
                 "oneDNN (DUSTPolicy.for_inference)"),
-    Entry("dust-paper", "dust", "paper", train_batch=1, train_steps=2, optimizer=False, sampling=_dust_points(),
+    Entry("dust-paper_sized", "dust", "paper_sized", train_batch=1, train_steps=2, optimizer=False,
+          sampling=_dust_points(),
           point_label=lambda kw: f"N_A={kw['num_action_steps']} N_o={kw['num_vision_steps']}",
           no_skip={"skip_action_blocks": False}, no_skip_at=(1,), repeats=1, warmup=0,
           notes="single timed run per point, no warm-up; training step is forward + backward only "
@@ -190,7 +191,8 @@ ENTRIES: list[Entry] = [
     Entry("dita-small", "dita", "small", train_batch=16, train_steps=5, sampling=[{"num_inference_steps": 10}],
           point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
           no_skip_name="no-cache", repeats=7, breakdown=dita_parts, breakdown_summary=dita_loop_ratio),
-    Entry("dita-paper", "dita", "paper", train_batch=2, train_steps=2, sampling=[{"num_inference_steps": 10}],
+    Entry("dita-paper_sized", "dita", "paper_sized", train_batch=2, train_steps=2,
+          sampling=[{"num_inference_steps": 10}],
           point_label=lambda kw: f"DDIM {kw['num_inference_steps']}", no_skip={"use_prefix_cache": False},
           no_skip_name="no-cache", repeats=1, notes="vision backbone trainable (0.1x lr): no feature-cache pass"),
 ]

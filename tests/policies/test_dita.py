@@ -413,7 +413,7 @@ def test_config_round_trip_presets_and_windows():
     for name in DitaConfig.PRESETS:
         cfg = DitaConfig.preset(name)
         assert DitaConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    paper = DitaConfig.preset("paper")
+    paper = DitaConfig.preset("paper_sized")
     assert (paper.layers, paper.width, paper.mlp_hidden, paper.heads, paper.num_queries, paper.qformer_layers,
             paper.n_obs_steps, paper.horizon, paper.n_past_actions, paper.num_train_timesteps,
             paper.num_inference_steps) == (12, 768, 2048, 12, 32, 4, 2, 16, 1, 1000, 10)

@@ -198,9 +198,9 @@ def test_schedules():
     assert torch.equal(tau_a, tau_o)
     a, o = make_strategy("mmdit_decoupled").train_taus(FlowMatching(), 5, torch.Generator().manual_seed(0))
     assert not torch.equal(a, o)
-    assert make_strategy("dit_single").train_taus(FlowMatching(), 5)[1] is None
+    assert make_strategy("no_wm").train_taus(FlowMatching(), 5)[1] is None
     with pytest.raises(ValueError, match="unknown DUST strategy"):
-        make_strategy("dit_joint")
+        make_strategy("dit_single_stream")
 
 
 def test_seeded_chunks_are_reproducible():
@@ -272,24 +272,168 @@ def test_bfloat16_inference_is_close_to_float32():
     assert torch.allclose(r.sample_actions(obs, seed=2).actions, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("strategy", ["dit_single", "mmdit_joint"])
-def test_ablation_strategies_train_and_sample(strategy):
+# ---------------------------------------------------------------- the ablation grid
+
+GRID = {  # strategy: (network, noise coupling, world model), the paper's 2x2 grid + the no-world-model row
+    "mmdit_decoupled": ("mmdit", "decoupled", True), "mmdit_joint": ("mmdit", "joint", True),
+    "dit_decoupled": ("dit", "decoupled", True), "dit_joint": ("dit", "joint", True),
+    "no_wm": ("mmdit", "action-only", False)}
+
+
+def test_the_grid_has_five_rows_with_presets_and_configs():
+    from vlastack.policies.dust import STRATEGIES, SharedDiTNetwork
+    from vlastack.rollout.common import configs_dir
+
+    assert {n: (s.network, s.noise.name, s.world_model) for n, s in STRATEGIES.items()} == GRID
+    for name in GRID:
+        cfg = DUSTConfig.preset("small" if name == "mmdit_decoupled" else f"small_{name}")
+        assert cfg.strategy == name and cfg.width == DUSTConfig.preset("small").width
+        yaml = configs_dir("train.yaml") / "policy" / ("dust.yaml" if name == "mmdit_decoupled" else f"dust_{name}.yaml")
+        assert yaml.is_file(), yaml
+    assert isinstance(_policy(strategy="dit_joint").net, SharedDiTNetwork)
+    # the former name of the no-world-model row still loads (old checkpoints / configs), as no_wm
+    with pytest.warns(DeprecationWarning, match="now named 'no_wm'"):
+        assert DUSTConfig.preset("tiny", strategy="dit_single").strategy == "no_wm"
+
+
+def _randomise(net, seed=0):
+    """Non-zero weights everywhere (adaLN gates start at zero, which hides what a block does)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for q in net.parameters():
+            q.copy_(torch.randn(q.shape, generator=g) * 0.2)
+    net._mod_cache.clear()
+
+
+def _velocities(p, batch, seed=0):
+    """The network's (v_a, v_o) on a fixed input built from ``batch``."""
+    cfg = p.config
+    g = torch.Generator().manual_seed(seed)
+    b = batch["observation.state"].shape[0]
+    with torch.no_grad():
+        state = p._state(batch)
+        frames = p._camera_frames(batch, {c: [0] for c in cfg.cameras}, b)
+        ctx, valid = p._condition(frames, batch["task"])
+        a = torch.randn(b, cfg.horizon, cfg.action_dim, generator=g)
+        o = torch.randn(b, max(cfg.num_future_tokens, 1), p.feat_dim, generator=g)[:, :cfg.num_future_tokens]
+        tau = torch.rand(b, generator=g)
+        return p.net(state, a, tau, ctx, valid, o if cfg.world_model else None, tau if cfg.world_model else None)
+
+
+@pytest.mark.parametrize("strategy", list(GRID))
+def test_parameter_sharing_tells_dit_from_mmdit(strategy):
+    """DiT rows: one set of block / adaLN / timestep weights serves both modalities, so a change to
+    the last block's MLP moves both velocities. MMDiT rows: per-stream weights, so a change to the
+    action stream's MLP in the last joint block moves the action velocity only (the vision stream
+    reads the action tokens' keys/values, computed before that MLP)."""
+    p = _policy(strategy=strategy)
+    net, (network, _, world) = p.net, GRID[strategy]
+    _randomise(net)
+    batch = _batch(p.config)
+    v_a, v_o = _velocities(p, batch)
+    if network == "dit":
+        assert net.time_embed(0) is net.time_embed(1)
+        shared_a, shared_o = net.ada_layers(0)[:-1], net.ada_layers(1)[:-1]
+        assert len(shared_a) == 3 and all(x is y for x, y in zip(shared_a, shared_o))
+        assert not hasattr(net, "mmdit") and not hasattr(net, "t_embed_o")
+        mlp = net.blocks[-1].mlp
+    else:
+        assert all(len(b.qkv) == (2 if world else 1) for b in net.mmdit)
+        if world:
+            assert net.time_embed(0) is not net.time_embed(1)
+            assert not {id(m) for m in net.ada_layers(0)} & {id(m) for m in net.ada_layers(1)}
+            assert net.mmdit[0].qkv[0].weight.data_ptr() != net.mmdit[0].qkv[1].weight.data_ptr()
+        mlp = net.mmdit[-1].mlp[0]
+    with torch.no_grad():
+        mlp.fc1.weight.add_(1.0)
+    net._mod_cache.clear()
+    w_a, w_o = _velocities(p, batch)
+    assert not torch.allclose(v_a, w_a)
+    if world:
+        assert (not torch.allclose(v_o, w_o)) == (network == "dit")
+    # the DiT rows hold one block stack (n_mmdit + n_stream_blocks deep) instead of per-stream copies
+    if world:
+        size = sum(q.numel() for q in net.parameters())
+        mm_size = sum(q.numel() for q in _policy(strategy="mmdit_decoupled").net.parameters())
+        assert (size < 0.8 * mm_size) == (network == "dit"), (size, mm_size)
+
+
+@pytest.mark.parametrize("strategy", ["dit_decoupled", "dit_joint"])
+def test_shared_dit_modulates_each_token_by_its_modality_timestep(strategy):
+    """In the shared DiT, action tokens (state + H actions) get the adaLN modulation of tau_A and
+    future-frame tokens that of tau_o, from the same (shared) timestep embedding and adaLN weights."""
+    p = _policy(strategy=strategy)
+    _randomise(p.net)
+    net, cfg = p.net, p.config
+    seen = []
+    net.blocks[0].register_forward_pre_hook(lambda _m, args, kw: seen.append(kw["mod"]), with_kwargs=True)
+    batch = _batch(cfg, b=3)
+    g = torch.Generator().manual_seed(0)
+    tau_a, tau_o = torch.rand(3, generator=g), torch.rand(3, generator=g)
+    with torch.no_grad():
+        state = p._state(batch)
+        ctx, valid = p._condition(p._camera_frames(batch, {c: [0] for c in cfg.cameras}, 3), batch["task"])
+        net(state, torch.randn(3, cfg.horizon, cfg.action_dim), tau_a, ctx, valid,
+            torch.randn(3, cfg.num_future_tokens, p.feat_dim), tau_o)
+        ada = net.blocks[0].ada
+        want_a, want_o = ada(net.t_embed(tau_a)), ada(net.t_embed(tau_o))  # 6 x (3, W) each
+    n_a = 1 + cfg.horizon
+    for got, wa, wo in zip(seen[0], want_a, want_o):  # got: (3, 1+H+N_v, W)
+        assert got.shape == (3, n_a + cfg.num_future_tokens, cfg.width)
+        torch.testing.assert_close(got[:, :n_a], wa[:, None].expand(-1, n_a, -1))
+        torch.testing.assert_close(got[:, n_a:], wo[:, None].expand(-1, cfg.num_future_tokens, -1))
+
+
+@pytest.mark.parametrize("strategy", list(GRID))
+def test_every_row_trains_and_samples_with_its_world_model_loss(strategy):
+    network, noise, world = GRID[strategy]
     p = _policy(strategy=strategy)
     batch = _batch(p.config)
     loss, m = p.compute_loss(batch)
     loss.backward()
-    calls = _count(p.net)
-    chunk = p.sample_actions(fake_observation(_spec(p.config), batch_size=1), seed=0)
-    assert chunk.actions.shape == (1, p.config.horizon, p.config.action_dim)
-    assert calls[0] == p.config.num_action_steps
-    if strategy == "dit_single":
-        assert "loss_world" not in m and chunk.extras["future"] is None and not hasattr(p.net, "vision_out")
-        assert p.config.num_future_tokens == 0 and len(p.net.mmdit[0].qkv) == 1
+    assert ("loss_world" in m) == world
+    if world:  # the world-model loss trains the vision decoder
+        assert m["loss"] == pytest.approx(m["loss_action"] + p.config.lambda_wm * m["loss_world"], rel=1e-5)
+        assert torch.count_nonzero(p.net.vision_out.head[-1].weight.grad) > 0
+        assert p.config.delta_indices()["observation.images.left"] == [0, p.config.future_offset]
+    else:
+        assert m["loss"] == m["loss_action"] and not hasattr(p.net, "vision_out") and p.config.num_future_tokens == 0
+        assert p.config.delta_indices()["observation.images.left"] == [0]
         batch["action_is_pad"][:] = True
         with pytest.raises(ValueError, match="no world-model stream"):
             p.compute_loss(batch)
-    else:
-        assert "loss_world" in m and len(p.net.mmdit[0].qkv) == 2
+    calls = _count(p.net)
+    n_o = 2 * p.config.num_action_steps if noise == "decoupled" else None
+    chunk = p.sample_actions(fake_observation(_spec(p.config), batch_size=1), num_vision_steps=n_o, seed=0)
+    assert chunk.actions.shape == (1, p.config.horizon, p.config.action_dim)
+    assert calls[0] == (n_o or p.config.num_action_steps) and (chunk.extras["future"] is None) != world
+    if noise == "joint":
+        with pytest.raises(ValueError, match="must equal N_A"):
+            p.sample_actions(fake_observation(_spec(p.config), batch_size=1), num_vision_steps=8)
+
+
+@pytest.mark.parametrize("strategy", list(GRID))
+def test_sampler_plan_matches_the_plain_forward(strategy):
+    """The sampler's precomputed plan (cached keys/values and modulations) gives the chunk that
+    plain forward calls give on the same schedule, for every row of the grid."""
+    p = _policy(strategy=strategy)
+    _randomise(p.net, seed=1)
+    cfg, obs = p.config, fake_observation(_spec(p.config), batch_size=2)
+    n_a, n_o = 2, (4 if GRID[strategy][1] == "decoupled" else 2)
+    fast = p.sample_actions(obs, num_action_steps=n_a, num_vision_steps=n_o, seed=4)
+    data = obs.to_flat()
+    with torch.no_grad():
+        state = p._state(data)
+        ctx, valid = p._condition(p._camera_frames(data, {c: [0] for c in cfg.cameras}, 2), data["task"])
+        g = torch.Generator().manual_seed(4)
+        a = torch.randn(2, cfg.horizon, cfg.action_dim, generator=g)
+        o = torch.randn(2, cfg.num_future_tokens, p.feat_dim, generator=g) if cfg.world_model else None
+        for st in p.strategy.schedule(n_a, n_o):
+            tau_o = torch.full((2,), st.tau_o) if o is not None else None
+            v_a, v_o = p.net(state, a, torch.full((2,), st.tau_a), ctx, valid, o, tau_o)
+            o = o + st.dt_o * v_o if o is not None else None
+            a = a + st.dt_a * v_a if st.advance else a
+    assert torch.allclose(fast.actions, p.normalizer.unnormalize("action", a), atol=1e-4)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -387,20 +531,20 @@ def test_bad_configs_raise_clear_errors():
     with pytest.raises(ValueError, match="frozen"):
         _policy(vision_encoder_kwargs={"out_dim": 16, "stride": 16, "hidden": 8, "frozen": False})
     # a trainable encoder is fine without the world-model stream
-    assert _policy(strategy="dit_single", vision_encoder_kwargs={"frozen": False}).vision.frozen is False
+    assert _policy(strategy="no_wm", vision_encoder_kwargs={"frozen": False}).vision.frozen is False
 
 
 def test_config_round_trip_presets_and_windows():
     for name in DUSTConfig.PRESETS:
         cfg = DUSTConfig.preset(name)
         assert DUSTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    paper = DUSTConfig.preset("paper")
+    paper = DUSTConfig.preset("paper_sized")
     assert (paper.n_mmdit + paper.n_stream_blocks, paper.width, paper.heads, paper.horizon,
             paper.num_future_tokens) == (16, 1536, 32, 16, 64)
     tiny = DUSTConfig.preset("tiny")
     d = tiny.delta_indices()
     assert d["observation.images.left"] == [0, 4] and d["observation.state"] == [0] and d["action"] == [0, 1, 2, 3]
-    assert DUSTConfig.preset("tiny", strategy="dit_single").delta_indices()["observation.images.left"] == [0]
+    assert DUSTConfig.preset("tiny", strategy="no_wm").delta_indices()["observation.images.left"] == [0]
 
 
 def test_small_preset_size_and_chunk():

@@ -105,9 +105,17 @@ def test_policy_config_precedence():
     # encoder kwargs merge key by key with the preset's
     pc = policy_config({"name": "dust", "preset": "tiny", "vision_encoder_kwargs": {"hidden": 4}}, data)
     assert pc.vision_encoder_kwargs == {"out_dim": 16, "stride": 16, "hidden": 4}
-    # Dita paper reads no proprioception on purpose: the store's state_dim does not turn it on
-    pc = policy_config({"name": "dita", "preset": "paper"}, data)
+    # ... unless the section names another encoder: the preset's kwargs were for its own
+    pc = policy_config({"name": "dust", "preset": "paper_sized", "vision_encoder": "hf:/models/siglip2",
+                        "vision_encoder_kwargs": {"image_size": [256, 256]}}, data)
+    assert pc.vision_encoder_kwargs == {"image_size": [256, 256]}  # not the preset's EfficientNet layer
+    pc = policy_config({"name": "dust", "preset": "paper_sized", "text_encoder": "hf:/models/t5"}, data)
+    assert pc.vision_encoder_kwargs == {"layer": "block5"} and pc.text_encoder_kwargs == {}
+    # Dita paper_sized reads no proprioception on purpose: the store's state_dim does not turn it on
+    pc = policy_config({"name": "dita", "preset": "paper_sized"}, data)
     assert pc.state_dim == 0 and pc.action_dim == 6
+    with pytest.warns(DeprecationWarning, match="deprecated alias of 'paper_sized'"):
+        assert policy_config({"name": "dita", "preset": "paper"}, data) == pc
 
 
 def test_video_store_gets_neutral_action_stats():
@@ -120,3 +128,70 @@ def test_video_store_gets_neutral_action_stats():
 
 def test_configs_dir_is_the_repository_one():
     assert Path(CONFIGS, "train.yaml").is_file()
+
+
+# ---------------------------------------------------------------- optimiser defaults per policy
+
+DUST_OPTIM = dict(lr=1e-4, betas=[0.95, 0.999], eps=1e-8, weight_decay=1e-5)  # DUST paper
+DITA_OPTIM = dict(lr=1e-4, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.05)  # Dita paper
+
+
+def _trainer_cfg(*overrides):
+    """The training config the loop runs with (nulls filled from the policy's published values)."""
+    from vlastack.train.loop import Trainer
+
+    return Trainer(from_hydra(compose("train", [*BASE, *overrides]))).cfg
+
+
+def _optim(cfg) -> dict:
+    return {k: getattr(cfg.optim, k) for k in ("lr", "betas", "eps", "weight_decay")}
+
+
+@pytest.mark.parametrize("policy,expected,warmup", [
+    *[(p, DUST_OPTIM, (None, 0.05)) for p in ("dust", "dust_mmdit_joint", "dust_dit_decoupled", "dust_dit_joint",
+                                              "dust_no_wm")],
+    ("dita", DITA_OPTIM, (500, None))])
+def test_each_policy_trains_with_its_papers_optimiser(policy, expected, warmup):
+    cfg = _trainer_cfg(f"policy={policy}")
+    assert _optim(cfg) == expected
+    assert (cfg.schedule.warmup_steps, cfg.schedule.warmup_fraction) == warmup
+
+
+def test_train_settings_still_win_over_the_policy_defaults():
+    cfg = _trainer_cfg("policy=dust", "train.optim.betas=[0.9,0.95]", "train.optim.weight_decay=0.1",
+                       "train.optim.lr=3e-4", "train.schedule.warmup_steps=7")
+    assert _optim(cfg) == dict(DUST_OPTIM, betas=[0.9, 0.95], weight_decay=0.1, lr=3e-4)
+    assert (cfg.schedule.warmup_steps, cfg.schedule.warmup_fraction) == (7, None)
+    cfg = _trainer_cfg("policy=dita", "train.schedule.warmup_fraction=0.1")
+    assert (cfg.schedule.warmup_steps, cfg.schedule.warmup_fraction) == (None, 0.1)
+    # a recipe's own values (the quickstart's lr and warmup) stay; what it leaves null is DUST's
+    cfg = _trainer_cfg("experiment=quickstart")
+    assert _optim(cfg) == dict(DUST_OPTIM, lr=5e-4) and cfg.schedule.warmup_steps == 20
+    with pytest.raises(TrainConfigError, match="not both"):
+        _trainer_cfg("policy=dust", "train.schedule.warmup_steps=7", "train.schedule.warmup_fraction=0.1")
+
+
+def test_dust_adamw_groups_and_warmup_follow_the_paper():
+    """AdamW betas (0.95, 0.999), eps 1e-8, wd 1e-5 on weight matrices and none on biases / norms;
+    cosine schedule with 5% linear warmup."""
+    import torch
+
+    from vlastack.policies.base import make_policy
+    from vlastack.train.optim import CosineSchedule, make_optimizer
+
+    cfg = _trainer_cfg("policy=dust")
+    torch.manual_seed(0)
+    pc = policy_class("dust").config_class.preset("tiny")
+    policy = make_policy("dust", pc)
+    opt = make_optimizer(policy, cfg.optim)
+    assert opt.defaults["betas"] == (0.95, 0.999) and opt.defaults["eps"] == 1e-8
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["decay"]["weight_decay"] == 1e-5 and groups["no_decay"]["weight_decay"] == 0.0
+    names = {id(q): n for n, q in policy.named_parameters() if q.requires_grad}
+    no_decay = {names[id(q)] for q in groups["no_decay"]["params"]}
+    assert all(n in no_decay for n in names.values() if n.endswith(".bias"))
+    assert "condition.norm_in.weight" in no_decay and "net.mmdit.0.qkv.0.weight" not in no_decay
+    sched = CosineSchedule(cfg.schedule, cfg.optim.lr, total_steps=1000)
+    lrs = [sched.factor(s) for s in range(1000)]
+    assert sched.warmup_steps == 50 and lrs[49] < lrs[50] == max(lrs) and lrs[0] < 0.05
+    assert all(x > y for x, y in zip(lrs[50:-1], lrs[51:]))

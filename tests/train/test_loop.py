@@ -113,10 +113,10 @@ def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path, store):
 
 
 def test_cli_writes_resolved_config_and_multirun(tmp_path, store):
-    rc = main(["-m", "policy=dust,dust_single_stream", *TINY, f"dataset.path={store}", f"run_dir={tmp_path / 'sw'}",
+    rc = main(["-m", "policy=dust,dust_no_wm", *TINY, f"dataset.path={store}", f"run_dir={tmp_path / 'sw'}",
                "train.steps=2"])
     assert rc == 0
-    for job, strategy in (("0", "mmdit_decoupled"), ("1", "dit_single")):
+    for job, strategy in (("0", "mmdit_decoupled"), ("1", "no_wm")):
         cfg = (tmp_path / "sw" / job / "config.yaml").read_text()
         assert "run_dir: " + str(tmp_path / "sw" / job) in cfg
         ck = resolve_checkpoint(tmp_path / "sw" / job)
@@ -132,9 +132,10 @@ def test_video_only_store_trains_the_world_model_stream(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
     train_lines = [x for x in lines if x["split"] == "train"]
     assert all(x["action_fraction"] == 0.0 for x in train_lines) and all(x["loss_world"] > 0 for x in train_lines)
-    # the single-stream ablation has nothing to learn from videos: refused at start
-    with pytest.raises(TrainConfigError, match="action-free"):
-        run(tmp_path / "bad", videos, "train.steps=2", policy="dust_single_stream")
+    # the no-world-model baseline has nothing to learn from videos: refused at start (also by its former name)
+    for name in ("dust_no_wm", "dust_single_stream"):
+        with pytest.raises(TrainConfigError, match="action-free"):
+            run(tmp_path / "bad", videos, "train.steps=2", policy=name)
     # stage 2: fine-tune the pretrained world model on demos (normalizer refitted on the demos)
     demos = make_store(tmp_path / "demos.zarr", episodes=4, length=10, seed=3)
     ft = run(tmp_path / "ft", demos, "experiment=dust_finetune", *TINY, f"train.init_from={tmp_path / 'pre'}",
@@ -185,7 +186,7 @@ def test_feature_cache_modes(tmp_path):
 
     assert TrajectoryStore.open(st).list_features() == {"tiny": ["observation.images.left", "observation.images.wrist"]}
     # a trainable encoder cannot use the cache: 'on' refuses, 'auto' trains on images
-    trainable = ["policy.vision_encoder_kwargs={frozen: false}", "policy.strategy=dit_single"]
+    trainable = ["policy.vision_encoder_kwargs={frozen: false}", "policy.strategy=no_wm"]
     with pytest.raises(TrainConfigError, match="frozen"):
         run(tmp_path / "t", st, "train.steps=1", "dataset.cache_features=on", *trainable)
     assert run(tmp_path / "t", st, "train.steps=1", *trainable)["feature_encoder"] is None

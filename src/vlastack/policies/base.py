@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -68,10 +69,16 @@ class PolicyConfig:
     """Base of policy configs: JSON round trip, presets, derived time windows.
 
     Subclasses are dataclasses validated in ``__post_init__`` and may define
-    ``PRESETS: dict[str, dict]`` (field overrides per preset name).
+    ``PRESETS: dict[str, dict]`` (field overrides per preset name), ``PRESET_ALIASES``
+    (former preset name -> current one) and ``OPTIM_DEFAULTS`` (the policy's published
+    optimiser: ``lr``, ``betas``, ``eps``, ``weight_decay``, and ``warmup_steps`` or
+    ``warmup_fraction``; what ``vlastack train`` uses where ``train.optim`` / ``train.schedule``
+    leave a value null, see :func:`vlastack.train.config.resolve_optim`).
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    PRESET_ALIASES: ClassVar[dict[str, str]] = {}
+    OPTIM_DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples become lists)."""
@@ -87,11 +94,21 @@ class PolicyConfig:
         return cls(**{k: _from_json(v, _is_tuple_type(fields[k].type)) for k, v in d.items()})
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "PolicyConfig":
-        """The named preset with ``overrides`` applied on top."""
+    def preset_name(cls, name: str) -> str:
+        """The current name of preset ``name`` (a former name warns); raises naming the valid presets."""
+        if name in cls.PRESET_ALIASES:
+            new = cls.PRESET_ALIASES[name]
+            warnings.warn(f"{cls.__name__}: preset {name!r} is a deprecated alias of {new!r}", DeprecationWarning,
+                          stacklevel=3)
+            return new
         if name not in cls.PRESETS:
             raise ValueError(f"{cls.__name__}: unknown preset {name!r}; presets: {sorted(cls.PRESETS)}")
-        return cls.from_dict({**cls.PRESETS[name], **_to_json(overrides)})
+        return name
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "PolicyConfig":
+        """The named preset with ``overrides`` applied on top."""
+        return cls.from_dict({**cls.PRESETS[cls.preset_name(name)], **_to_json(overrides)})
 
     def replace(self, **changes: Any) -> "PolicyConfig":
         """A copy with ``changes`` (validated again)."""

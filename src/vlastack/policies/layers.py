@@ -76,9 +76,14 @@ class TimestepEmbedding(nn.Module):
 # ---------------------------------------------------------------- helpers
 
 
+def _over_tokens(v: Tensor) -> Tensor:
+    """A modulation vector per sample (B, D) -> (B, 1, D); one per token (B, L, D) stays as is."""
+    return v[:, None] if v.dim() == 2 else v
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN modulation: x (B, L, D), shift/scale (B, D) -> (B, L, D)."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """adaLN modulation: x (B, L, D), shift/scale (B, D) or per token (B, L, D) -> (B, L, D)."""
+    return x * (1 + _over_tokens(scale)) + _over_tokens(shift)
 
 
 def norm_modulate(norm: nn.LayerNorm, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -86,16 +91,17 @@ def norm_modulate(norm: nn.LayerNorm, x: Tensor, shift: Tensor, scale: Tensor) -
 
     When the modulation is shared by the whole batch (shift/scale (1, D), as in sampling, where
     every sample is at the same noise level) it is one ``layer_norm`` call with weight 1 + scale
-    and bias shift instead of four element-wise passes.
+    and bias shift instead of four element-wise passes. Per-token modulations (B or 1, L, D)
+    take the element-wise path.
     """
-    if shift.shape[0] == 1 and scale.shape[0] == 1 and norm.weight is None:
+    if shift.dim() == 2 and shift.shape[0] == 1 and scale.shape[0] == 1 and norm.weight is None:
         return F.layer_norm(x, norm.normalized_shape, 1 + scale[0], shift[0], norm.eps)  # (B, L, D)
     return modulate(norm(x), shift, scale)
 
 
 def gated_add(x: Tensor, gate: Tensor, y: Tensor) -> Tensor:
-    """Gated residual ``x + gate * y`` in one pass: x, y (B, L, D), gate (B or 1, D) -> (B, L, D)."""
-    return torch.addcmul(x, gate[:, None], y)
+    """Gated residual ``x + gate * y`` in one pass: x, y (B, L, D), gate (B or 1, D) or (B or 1, L, D) -> (B, L, D)."""
+    return torch.addcmul(x, _over_tokens(gate), y)
 
 
 def _split_heads(x: Tensor, heads: int) -> Tensor:
@@ -245,7 +251,8 @@ class DiTBlock(nn.Module):
                 context_valid: Tensor | None = None, mod: Sequence[Tensor] | None = None) -> Tensor:
         """x (B, L, D), c (B, D), context (B, S, C) or its cached (k, v) -> (B, L, D).
 
-        ``mod``: the six modulation vectors ``self.ada(c)`` precomputed (each (B or 1, D)); c is then unused.
+        ``mod``: the six modulation vectors ``self.ada(c)`` precomputed (each (B or 1, D), or one per
+        token (B or 1, L, D)); c is then unused.
         """
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(c) if mod is None else mod  # 6 x (B, D)
         x = gated_add(x, g1, self.attn(norm_modulate(self.norm1, x, sh1, sc1)))  # (B, L, D)

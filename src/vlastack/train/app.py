@@ -20,11 +20,12 @@ USAGE = """usage: vlastack train [Hydra overrides...]
   vlastack train policy=dita dataset=multi "dataset.paths=[a.zarr,b.zarr]" run_dir=runs/mt
   vlastack train policy=dust dataset=video dataset.path=videos.zarr run_dir=runs/pre   (action-free)
   vlastack train experiment=dita_fewshot train.init_from=runs/mt dataset.path=new.zarr run_dir=runs/ft
-  vlastack train -m policy=dust,dust_single_stream dataset.path=... run_dir=runs/sweep
+  vlastack train -m policy=dust,dust_no_wm dataset.path=... run_dir=runs/sweep
   torchrun --nproc-per-node=2 -m vlastack.cli train train=gpu train.strategy=fsdp ...
 
-Groups (configs/): policy={dust,dust_single_stream,dust_joint,dita} dataset={store,multi,video,fewshot}
-train={default,cpu,gpu,debug} experiment={quickstart,dust_video_pretrain,dust_finetune,multitask,dita_fewshot}
+Groups (configs/): policy={dust,dust_mmdit_joint,dust_dit_decoupled,dust_dit_joint,dust_no_wm,dita}
+dataset={store,multi,video,fewshot} train={default,cpu,gpu,debug}
+experiment={quickstart,dust_video_pretrain,dust_finetune,multitask,dita_fewshot,learning}
 Hydra flags: --cfg job (print the composed config), -m (multirun), --help.
 """
 

@@ -4,7 +4,10 @@ scratch or from a checkpoint (``train.init_from``).
 Precedence of a policy field, lowest first: the preset (or, with ``init_from``, the checkpoint's
 config); for the data-contract fields (``cameras``, ``image_size``, ``state_dim``,
 ``action_dim``) the dataset's value; then every non-null key of the ``policy`` section.
-A preset that sets ``state_dim: 0`` (no proprioception, Dita's ``paper``) keeps it.
+A preset that sets ``state_dim: 0`` (no proprioception, Dita's ``paper_sized``) keeps it.
+Encoder kwargs merge key by key with the base's, unless the section names another encoder
+(e.g. ``vision_encoder: hf:/models/siglip2``): then the base's kwargs, meant for its own
+encoder, are dropped.
 """
 
 from __future__ import annotations
@@ -55,11 +58,12 @@ def policy_config(section: Mapping[str, Any], data: Mapping[str, Any] | None = N
         preset = section.get("preset")
         if preset is None:
             base = {}
-        elif preset not in cls.PRESETS:
-            raise TrainConfigError(f"policy.preset: unknown preset {preset!r} of {name!r}; presets: "
-                                   f"{sorted(cls.PRESETS)}")
         else:
-            base = dict(cls.PRESETS[preset])
+            try:
+                base = dict(cls.PRESETS[cls.preset_name(preset)])
+            except ValueError:
+                raise TrainConfigError(f"policy.preset: unknown preset {preset!r} of {name!r}; presets: "
+                                       f"{sorted(cls.PRESETS)}") from None
     merged = dict(base)
     for k, v in (data or {}).items():
         if k not in DATA_FIELDS:
@@ -69,6 +73,9 @@ def policy_config(section: Mapping[str, Any], data: Mapping[str, Any] | None = N
         if k == "state_dim" and merged.get("state_dim") == 0:
             continue  # the preset reads no proprioception on purpose
         merged[k] = v
+    for enc in ("vision_encoder", "text_encoder"):  # another encoder: the base's kwargs were for the old one
+        if enc in explicit and explicit[enc] != merged.get(enc):
+            merged.pop(enc + "_kwargs", None)
     for k, v in explicit.items():
         merged[k] = _merge(merged.get(k), v)
     try:

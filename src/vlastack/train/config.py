@@ -44,21 +44,28 @@ def _check(cond: bool, key: str, msg: str) -> None:
 
 @dataclass
 class OptimConfig:
-    """AdamW with parameter groups (no weight decay on norms, biases and embeddings)."""
+    """AdamW with parameter groups (no weight decay on norms, biases and embeddings).
 
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
+    A null ``lr``, ``weight_decay``, ``betas`` or ``eps`` takes the trained policy's published value
+    (its config class's ``OPTIM_DEFAULTS``: DUST's AdamW betas (0.95, 0.999), wd 1e-5; Dita's betas
+    (0.9, 0.95), wd 0.05), see :func:`resolve_optim`; a value set here (any ``train.optim.*``
+    override) wins.
+    """
+
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    betas: Optional[List[float]] = None
+    eps: Optional[float] = None
     backbone_lr_scale: float = 0.1  # lr multiplier of a trainable vision backbone (policies may set their own)
     grad_clip: Optional[float] = 1.0  # max global gradient norm; null or 0: no clipping
 
     def __post_init__(self):
-        _check(self.lr > 0, "train.optim.lr", f"must be > 0, got {self.lr}")
-        _check(self.weight_decay >= 0, "train.optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.optim.betas",
-               f"must be two numbers in [0, 1), got {list(self.betas)}")
-        _check(self.eps > 0, "train.optim.eps", f"must be > 0, got {self.eps}")
+        _check(self.lr is None or self.lr > 0, "train.optim.lr", f"must be > 0 or null, got {self.lr}")
+        _check(self.weight_decay is None or self.weight_decay >= 0, "train.optim.weight_decay",
+               f"must be >= 0 or null, got {self.weight_decay}")
+        _check(self.betas is None or (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)),
+               "train.optim.betas", f"must be two numbers in [0, 1) or null, got {self.betas}")
+        _check(self.eps is None or self.eps > 0, "train.optim.eps", f"must be > 0 or null, got {self.eps}")
         _check(self.backbone_lr_scale >= 0, "train.optim.backbone_lr_scale", f"must be >= 0, got {self.backbone_lr_scale}")
         _check(self.grad_clip is None or self.grad_clip >= 0, "train.optim.grad_clip",
                f"must be >= 0 or null, got {self.grad_clip}")
@@ -66,15 +73,52 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Linear warmup, then cosine decay to ``final_lr_ratio * lr`` at the last step."""
+    """Linear warmup, then cosine decay to ``final_lr_ratio * lr`` at the last step.
 
-    warmup_steps: int = 500
+    Warmup: ``warmup_steps`` or ``warmup_fraction`` of the schedule's length (re-planned with a
+    wall-clock budget), not both; both null: the policy's published warmup (DUST: 5%).
+    """
+
+    warmup_steps: Optional[int] = None
+    warmup_fraction: Optional[float] = None
     final_lr_ratio: float = 0.0
 
     def __post_init__(self):
-        _check(self.warmup_steps >= 0, "train.schedule.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(self.warmup_steps is None or self.warmup_steps >= 0, "train.schedule.warmup_steps",
+               f"must be >= 0 or null, got {self.warmup_steps}")
+        _check(self.warmup_fraction is None or 0 <= self.warmup_fraction < 1, "train.schedule.warmup_fraction",
+               f"must be in [0, 1) or null, got {self.warmup_fraction}")
+        _check(self.warmup_steps is None or self.warmup_fraction is None, "train.schedule.warmup_steps",
+               f"give warmup_steps ({self.warmup_steps}) or warmup_fraction ({self.warmup_fraction}), not both")
         _check(0 <= self.final_lr_ratio <= 1, "train.schedule.final_lr_ratio",
                f"must be in [0, 1], got {self.final_lr_ratio}")
+
+
+#: where a policy publishes no optimiser value (its OPTIM_DEFAULTS lack the key)
+FALLBACK_OPTIM: Dict[str, Any] = dict(lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05, warmup_steps=500)
+OPTIM_KEYS = ("lr", "betas", "eps", "weight_decay")
+WARMUP_KEYS = ("warmup_steps", "warmup_fraction")
+
+
+def resolve_optim(train: "TrainConfig", policy_defaults: Dict[str, Any]) -> "TrainConfig":
+    """``train`` with every null optimiser / warmup value filled from the policy's ``OPTIM_DEFAULTS``.
+
+    Precedence, lowest first: :data:`FALLBACK_OPTIM`, the policy's defaults, then what
+    ``train.optim`` / ``train.schedule`` set (configs/train/*.yaml, experiments, overrides).
+    A warmup set either way (steps or fraction) replaces the policy's warmup as a whole.
+    """
+    unknown = sorted(set(policy_defaults) - set(OPTIM_KEYS) - set(WARMUP_KEYS))
+    if unknown:
+        raise ValueError(f"OPTIM_DEFAULTS: unknown keys {unknown}; valid: {list(OPTIM_KEYS + WARMUP_KEYS)}")
+    base = {**FALLBACK_OPTIM, **policy_defaults}
+    optim = dataclasses.replace(train.optim, **{
+        k: (list(base[k]) if k == "betas" else base[k]) for k in OPTIM_KEYS if getattr(train.optim, k) is None})
+    sched = train.schedule
+    if sched.warmup_steps is None and sched.warmup_fraction is None:
+        warm = {k: policy_defaults[k] for k in WARMUP_KEYS if k in policy_defaults} or \
+            {"warmup_steps": FALLBACK_OPTIM["warmup_steps"]}
+        sched = dataclasses.replace(sched, **warm)
+    return dataclasses.replace(train, optim=optim, schedule=sched)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from . import checkpoint as ck
 from . import data as D
 from . import distributed as dd
 from .builder import build_policy, data_fields
-from .config import TrainAppConfig, TrainConfigError
+from .config import TrainAppConfig, TrainConfigError, resolve_optim
 from .optim import EMA, CosineSchedule, make_optimizer
 
 _SEED_MULT = 1_000_003
@@ -160,6 +160,12 @@ class Trainer:
 
     def __init__(self, app: TrainAppConfig):
         check_logger(app.train.logger)
+        try:
+            defaults = policy_class(app.policy.get("name")).config_class.OPTIM_DEFAULTS
+        except ValueError as e:
+            raise TrainConfigError(f"policy.name: {e}") from None
+        # null optimiser / warmup values take the policy's published ones (train.* settings win)
+        app.train = resolve_optim(app.train, defaults)
         self.app = app
         self.cfg = app.train
         self.info = dd.setup(self.cfg.device, self.cfg.backend)

@@ -52,7 +52,10 @@ def param_groups(policy: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
 
 
 def make_optimizer(policy: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; raises when nothing is trainable."""
+    """AdamW over :func:`param_groups`; raises when nothing is trainable or a value is unresolved (null)."""
+    unset = [k for k in ("lr", "betas", "eps", "weight_decay") if getattr(cfg, k) is None]
+    if unset:
+        raise ValueError(f"train.optim: {unset} still null; fill them with train.config.resolve_optim first")
     groups = param_groups(policy, cfg)
     if not groups:
         raise ValueError("the policy has no trainable parameters")
@@ -67,13 +70,24 @@ class CosineSchedule:
     """
 
     def __init__(self, cfg: ScheduleConfig, base_lr: float, total_steps: int):
-        self.warmup, self.final = int(cfg.warmup_steps), float(cfg.final_lr_ratio)
+        if cfg.warmup_steps is None and cfg.warmup_fraction is None:
+            raise ValueError("CosineSchedule: no warmup set; resolve the config first (train.config.resolve_optim)")
+        self.warmup = None if cfg.warmup_steps is None else int(cfg.warmup_steps)
+        self.warmup_fraction = None if cfg.warmup_fraction is None else float(cfg.warmup_fraction)
+        self.final = float(cfg.final_lr_ratio)
         self.base_lr = float(base_lr)
         self.total_steps = int(total_steps)
 
+    @property
+    def warmup_steps(self) -> int:
+        """Warmup length in steps: fixed, or the fraction of the (current) total."""
+        if self.warmup is not None:
+            return self.warmup
+        return int(round(self.warmup_fraction * self.total_steps))
+
     def factor(self, step: int) -> float:
         """Multiplier of the base rate for optimizer step ``step`` (0-based)."""
-        warm = min(self.warmup, max(self.total_steps - 1, 0))
+        warm = min(self.warmup_steps, max(self.total_steps - 1, 0))
         if step < warm:
             return (step + 1) / (warm + 1)
         span = max(self.total_steps - warm, 1)
@@ -93,7 +107,8 @@ class CosineSchedule:
 
     def state_dict(self) -> dict[str, Any]:
         """Resumable state."""
-        return {"total_steps": self.total_steps, "warmup": self.warmup, "final": self.final, "base_lr": self.base_lr}
+        return {"total_steps": self.total_steps, "warmup": self.warmup, "warmup_fraction": self.warmup_fraction,
+                "final": self.final, "base_lr": self.base_lr}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""

@@ -2,13 +2,19 @@
 
 Presets (``DitaConfig.preset(name, **overrides)``):
 
-    tiny    tests: tiny random encoders, 32x32 images, width 32, 2 layers; a train step in milliseconds
-    small   CPU benchmarks: frozen EfficientNet-lite0 + MiniLM, three 128x128 cameras, 2 frames,
-            16 queries x 2 Q-Former blocks, 8 layers of width 384 (about 20M trainable parameters)
-    paper   the published sizes: 12 layers, width 768, MLP 2048, 12 heads; 32 queries x 4 Q-Former
-            blocks; 2 frames; chunk 16 = 1 past + 15 future actions; DDPM 1000 linear, DDIM 10;
-            the vision backbone trained at 0.1x the learning rate (the paper fine-tunes DINOv2 and
-            reads one third-person camera: pass ``cameras=["left"]`` and an ``hf:`` tower to match)
+    tiny         tests: tiny random encoders, 32x32 images, width 32, 2 layers; a train step in
+                 milliseconds
+    small        CPU benchmarks: frozen EfficientNet-lite0 + MiniLM, three 128x128 cameras, 2 frames,
+                 16 queries x 2 Q-Former blocks, 8 layers of width 384 (about 20M trainable parameters)
+    paper_sized  the published sizes, not the published encoders: 12 layers, width 768, MLP 2048,
+                 12 heads; 32 queries x 4 Q-Former blocks; 2 frames; chunk 16 = 1 past + 15 future
+                 actions; DDPM 1000 linear, DDIM 10; the vision backbone trained at 0.1x the learning
+                 rate; on the offline EfficientNet-lite0 + MiniLM. The paper fine-tunes DINOv2
+                 ViT-B/14 (with registers) and reads CLIP ViT-L/14 text states, from one third-person
+                 camera; no such weights can be had offline. With local copies, pass
+                 ``cameras=["left"]``, ``vision_encoder="hf:/path/to/dinov2-with-registers-base"`` and
+                 ``text_encoder="hf:/path/to/clip-vit-large-patch14"`` (see
+                 :mod:`vlastack.policies.encoders.hf`). ``paper`` is a deprecated alias.
 
 Few-shot fine-tuning (the paper's 100-step cosine schedule) is ``num_train_timesteps=100,
 beta_schedule="squaredcos_cap_v2"`` on top of any preset; timesteps are embedded as
@@ -75,6 +81,9 @@ class DitaConfig(PolicyConfig):
     norm_on_constant: str = "raise"  # or "unit": constant dims are only centred
 
     PRESETS = {}  # filled below the class
+    PRESET_ALIASES = {"paper": "paper_sized"}
+    #: the Dita paper's optimiser: AdamW lr 1e-4, betas (0.9, 0.95), wd 0.05; warmup not published (assumed 500)
+    OPTIM_DEFAULTS = dict(lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05, warmup_steps=500)
 
     def __post_init__(self):
         self.cameras = tuple(self.cameras)
@@ -171,7 +180,7 @@ DitaConfig.PRESETS = {
         num_queries=16, qformer_layers=2, width=384, layers=8, heads=6, mlp_hidden=1024,
         num_train_timesteps=1000, beta_schedule="linear", num_inference_steps=10,
     ),
-    "paper": dict(
+    "paper_sized": dict(
         cameras=["left", "right", "wrist"], image_size=[128, 128], state_dim=0, action_dim=7, n_obs_steps=2,
         horizon=16, n_past_actions=1, vision_encoder="efficientnet_lite0", vision_encoder_kwargs={"frozen": False},
         vision_lr_scale=0.1, text_encoder="minilm",

@@ -2,14 +2,21 @@
 
 Presets (``DUSTConfig.preset(name, **overrides)``):
 
-    tiny    tests: tiny random encoders, 32x32 images, width 32; a train step well under a second
-    small   CPU benchmarks: frozen EfficientNet-lite0 + MiniLM, three 128x128 cameras,
-            width 256, 4 MMDiT + 2 stream blocks (about 21M trainable parameters)
-    paper   the published sizes: 12 MMDiT + 4 stream blocks, width 1536, 32 heads, H = 16,
-            64 future-feature tokens (for GPUs)
+    tiny         tests: tiny random encoders, 32x32 images, width 32; a train step well under a second
+    small        CPU benchmarks: frozen EfficientNet-lite0 + MiniLM, three 128x128 cameras,
+                 width 256, 4 MMDiT + 2 stream blocks (about 21M trainable parameters)
+    paper_sized  the published sizes, not the published encoders: 12 MMDiT + 4 stream blocks,
+                 width 1536, 32 heads, H = 16, 64 future-feature tokens (for GPUs), on the
+                 offline EfficientNet-lite0 + MiniLM. The paper conditions on Eagle-2 (layer 12)
+                 and predicts SigLIP-2 features; no such weights can be had offline. With a
+                 local copy of a tower, pass ``vision_encoder="hf:/path/to/siglip2"`` (and
+                 ``text_encoder="hf:..."``), see :mod:`vlastack.policies.encoders.hf`.
+                 ``paper`` is a deprecated alias of ``paper_sized``.
 
-Ablations are strategies (see :mod:`.strategies`), picked with ``strategy=``; the presets
-``small_dit`` / ``small_joint`` are ``small`` with the single-stream and joint-noise variants.
+The ablation grid (see :mod:`.strategies`) is picked with ``strategy=``; the presets
+``small_<strategy>`` are ``small`` with each strategy: ``small_mmdit_joint``,
+``small_dit_decoupled``, ``small_dit_joint``, ``small_no_wm`` (``small`` itself is
+``mmdit_decoupled``, DUST as published).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 from ...types import ACTION, STATE, image_key
 from ..base import PolicyConfig
 from ..normalizer import NORM_MODES, ON_CONSTANT
-from .strategies import STRATEGIES
+from .strategies import STRATEGIES, canonical_strategy
 
 FUTURE_TARGET_NORMS = ("layernorm", "none")
 
@@ -59,12 +66,12 @@ class DUSTConfig(PolicyConfig):
     width: int = 1536
     heads: int = 32
     mlp_ratio: float = 4.0
-    n_mmdit: int = 12  # joint-attention blocks
+    n_mmdit: int = 12  # joint-attention blocks (dit_* strategies: n_mmdit + n_stream_blocks shared DiT blocks)
     n_stream_blocks: int = 4  # stream-specific DiT blocks after them, per stream
     mmdit_cross_attention: bool = True  # MMDiT blocks cross-attend to the conditioning too
 
     # --- flow matching -------------------------------------------------------------------------
-    strategy: str = "mmdit_decoupled"  # see strategies.STRATEGIES
+    strategy: str = "mmdit_decoupled"  # DUST; the ablation grid: see strategies.STRATEGIES
     lambda_wm: float = 1.0  # weight of the world-model (vision) loss
     tau_s: float = 0.999
     tau_alpha: float = 1.5
@@ -78,6 +85,9 @@ class DUSTConfig(PolicyConfig):
     norm_on_constant: str = "raise"  # or "unit": constant dims are only centred
 
     PRESETS = {}  # filled below the class
+    PRESET_ALIASES = {"paper": "paper_sized"}
+    #: the DUST paper's optimiser: AdamW, betas (0.95, 0.999), wd 1e-5 (not on biases / norms), 5% warmup
+    OPTIM_DEFAULTS = dict(lr=1e-4, betas=(0.95, 0.999), eps=1e-8, weight_decay=1e-5, warmup_fraction=0.05)
 
     def __post_init__(self):
         self.cameras = tuple(self.cameras)
@@ -103,7 +113,10 @@ class DUSTConfig(PolicyConfig):
         if self.width % 4:
             raise ValueError(f"width {self.width} must be divisible by 4 (2-D sinusoidal positions)")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy {self.strategy!r} is not one of {sorted(STRATEGIES)}")
+            try:
+                self.strategy = canonical_strategy(self.strategy)
+            except ValueError:
+                raise ValueError(f"strategy {self.strategy!r} is not one of {sorted(STRATEGIES)}") from None
         if self.future_cameras is not None:
             unknown = [c for c in self.future_cameras if c not in self.cameras]
             if unknown or not self.future_cameras:
@@ -123,8 +136,7 @@ class DUSTConfig(PolicyConfig):
                 raise ValueError(f"{name} {getattr(self, name)!r} not one of {NORM_MODES}")
         if self.norm_on_constant not in ON_CONSTANT:
             raise ValueError(f"norm_on_constant {self.norm_on_constant!r} not one of {ON_CONSTANT}")
-        from .strategies import make_strategy
-        make_strategy(self.strategy).check_steps(self.num_action_steps, self.num_vision_steps)
+        STRATEGIES[self.strategy].check_steps(self.num_action_steps, self.num_vision_steps)
 
     # --- derived ------------------------------------------------------------------------------
 
@@ -173,7 +185,7 @@ DUSTConfig.PRESETS = {
         cond_layers=2, future_grid=[2, 2], width=256, heads=4, n_mmdit=4, n_stream_blocks=2,
         num_action_steps=4, num_vision_steps=4,
     ),
-    "paper": dict(
+    "paper_sized": dict(
         cameras=["left", "right", "wrist"], image_size=[128, 128], horizon=16, future_offset=16,
         vision_encoder="efficientnet_lite0", vision_encoder_kwargs={"layer": "block5"},  # 8x8 grid at 128x128
         text_encoder="minilm", future_cameras=["left"], future_grid=[8, 8],
@@ -181,5 +193,5 @@ DUSTConfig.PRESETS = {
         num_action_steps=4, num_vision_steps=4,
     ),
 }
-DUSTConfig.PRESETS["small_dit"] = {**DUSTConfig.PRESETS["small"], "strategy": "dit_single"}
-DUSTConfig.PRESETS["small_joint"] = {**DUSTConfig.PRESETS["small"], "strategy": "mmdit_joint"}
+for _s in ("mmdit_joint", "dit_decoupled", "dit_joint", "no_wm"):
+    DUSTConfig.PRESETS[f"small_{_s}"] = {**DUSTConfig.PRESETS["small"], "strategy": _s}

@@ -13,7 +13,7 @@ encoder grid, S conditioning tokens, H action horizon, N_v future tokens, W widt
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,30 +85,27 @@ def _init_linears(module: nn.Module) -> None:
 
 
 class DUSTNetwork(nn.Module):
-    """The denoiser: action stream (+ world-model stream) through MMDiT then stream-specific DiT blocks.
+    """The MMDiT denoiser: action stream (+ world-model stream) through MMDiT then stream-specific DiT blocks.
 
     Knows nothing of noise schedules: it maps noisy streams and their noise levels to velocities.
     Streams: index 0 = action (state token + H action tokens), index 1 = vision (future tokens).
+    Each stream has its own weights everywhere (timestep embedding, adaLN, LayerNorms, QKV,
+    projections, MLPs, cross-attention); the streams meet only in the MMDiT blocks' joint
+    self-attention. Without a world model (strategy ``no_wm``) the MMDiT blocks have one stream
+    and reduce to DiT blocks. :class:`SharedDiTNetwork` is the shared-weight DiT of the ablation.
     """
 
     def __init__(self, cfg: DUSTConfig, feat_dim: int):
         super().__init__()
         w = cfg.width
         self.world_model = cfg.world_model
-        n_streams = 2 if self.world_model else 1
-        ctx_dim = w
-        # action stream
+        # action stream: encoders and positions
         self.state_enc = nn.Linear(cfg.n_obs_steps * cfg.state_dim, w)
         self.action_enc = nn.Linear(cfg.action_dim, w)
         self.register_buffer("action_pos", sinusoidal_1d(torch.arange(cfg.horizon + 1), w), persistent=False)
-        self.t_embed_a = TimestepEmbedding(w)
-        # blocks
-        self.mmdit = nn.ModuleList(
-            MMDiTBlock(w, cfg.heads, n_streams, cfg.mlp_ratio, ctx_dim if cfg.mmdit_cross_attention else None)
-            for _ in range(cfg.n_mmdit))
-        self.action_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, cfg.mlp_ratio, ctx_dim)
-                                           for _ in range(cfg.n_stream_blocks))
-        # vision (world-model) stream
+        # the block stack and its timestep embedding(s)
+        self.build_trunk(cfg)
+        # vision (world-model) stream: encoder and positions
         if self.world_model:
             hidden = cfg.future_mlp_hidden or w
             n_fc = len(cfg.future_camera_list)
@@ -116,17 +113,15 @@ class DUSTNetwork(nn.Module):
             self.future_enc = mlp_stack(feat_dim, hidden, w, layers=3)
             self.future_camera_embed = nn.Parameter(torch.zeros(n_fc, w))  # (K_f, W), normal-init below
             self.register_buffer("future_pos", sinusoidal_2d(gh, gw, w).repeat(n_fc, 1), persistent=False)
-            self.t_embed_o = TimestepEmbedding(w)
-            self.vision_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, cfg.mlp_ratio, ctx_dim)
-                                               for _ in range(cfg.n_stream_blocks))
         _init_linears(self)
         # re-apply the zero / small initialisations that xavier overwrote
         for m in self.modules():
             if hasattr(m, "ada") and isinstance(m.ada, nn.Module):
                 for a in (m.ada if isinstance(m.ada, nn.ModuleList) else [m.ada]):
                     nn.init.zeros_(a.linear.weight), nn.init.zeros_(a.linear.bias)
-        for te in [self.t_embed_a] + ([self.t_embed_o] if self.world_model else []):
+        for te in self.time_embedders():
             nn.init.normal_(te.mlp[0].weight, std=0.02), nn.init.normal_(te.mlp[2].weight, std=0.02)
+        # decoders (zero-initialised last layers)
         self.action_out = FinalLayer(w, cfg.action_dim)
         if self.world_model:
             nn.init.normal_(self.future_camera_embed, std=0.02)
@@ -134,8 +129,33 @@ class DUSTNetwork(nn.Module):
             _init_linears(self.vision_out.head)
             nn.init.zeros_(self.vision_out.head[-1].weight), nn.init.zeros_(self.vision_out.head[-1].bias)
         self.n_future = self.future_pos.shape[0] if self.world_model else 0
-        self.ctx_per_mmdit = cfg.mmdit_cross_attention
         self._mod_cache = ModulationCache()  # per-step adaLN modulations across chunks (not in the state dict)
+
+    # ------------------------------------------------------------ the trunk (what the subclass replaces)
+
+    def build_trunk(self, cfg: DUSTConfig) -> None:
+        """Per-stream timestep embeddings, MMDiT blocks, then per-stream DiT blocks."""
+        w, ctx_dim = cfg.width, cfg.width
+        n_streams = 2 if self.world_model else 1
+        self.t_embed_a = TimestepEmbedding(w)
+        self.mmdit = nn.ModuleList(
+            MMDiTBlock(w, cfg.heads, n_streams, cfg.mlp_ratio, ctx_dim if cfg.mmdit_cross_attention else None)
+            for _ in range(cfg.n_mmdit))
+        self.action_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, cfg.mlp_ratio, ctx_dim)
+                                           for _ in range(cfg.n_stream_blocks))
+        if self.world_model:
+            self.t_embed_o = TimestepEmbedding(w)
+            self.vision_blocks = nn.ModuleList(DiTBlock(w, cfg.heads, cfg.mlp_ratio, ctx_dim)
+                                               for _ in range(cfg.n_stream_blocks))
+        self.ctx_per_mmdit = cfg.mmdit_cross_attention
+
+    def time_embed(self, stream: int) -> TimestepEmbedding:
+        """The timestep embedding of a stream (0 action, 1 vision)."""
+        return self.t_embed_a if stream == 0 else self.t_embed_o
+
+    def time_embedders(self) -> list[TimestepEmbedding]:
+        """Every distinct timestep embedding."""
+        return [self.t_embed_a] + ([self.t_embed_o] if self.world_model else [])
 
     def context_kv(self, ctx: Tensor) -> dict[str, list]:
         """Keys/values of the conditioning for every cross-attention (reused across denoising steps)."""
@@ -146,13 +166,13 @@ class DUSTNetwork(nn.Module):
             out["vision"] = [b.cross.context_kv(ctx) for b in self.vision_blocks]
         return out
 
-    # ------------------------------------------------------------ pieces shared by training and sampling
-
     def ada_layers(self, stream: int) -> list[nn.Module]:
         """The adaLN-zero modules of one stream (0 action, 1 vision), in the order the tokens meet them."""
         if stream == 0:
             return [b.ada[0] for b in self.mmdit] + [b.ada for b in self.action_blocks] + [self.action_out.ada]
         return [b.ada[1] for b in self.mmdit] + [b.ada for b in self.vision_blocks] + [self.vision_out.ada]
+
+    # ------------------------------------------------------------ pieces shared by training and sampling
 
     def modulations(self, c: Tensor, stream: int) -> list[Tensor]:
         """Every adaLN modulation of a stream for conditioning vectors c (N, W): per layer (N, k, W).
@@ -222,13 +242,13 @@ class DUSTNetwork(nn.Module):
         dt = self.action_enc.weight.dtype  # float32, or bfloat16 after DUSTPolicy.for_inference
         state, a_t, ctx = state.to(dt), a_t.to(dt), ctx.to(dt)
         xa = self.embed_action(state, a_t)  # (B, 1+H, W)
-        mods_a = [m.unbind(1) for m in self.modulations(self.t_embed_a(tau_a), 0)]  # per layer k x (B, W)
+        mods_a = [m.unbind(1) for m in self.modulations(self.time_embed(0)(tau_a), 0)]  # per layer k x (B, W)
         xo = mods_o = None
         if self.world_model:
             if o_t is None or tau_o is None:
                 raise ValueError("the world-model stream needs o_t and tau_o")
             xo = self.future_enc(o_t.to(dt)) + self.future_pos_embed()  # (B, N_v, W)
-            mods_o = [m.unbind(1) for m in self.modulations(self.t_embed_o(tau_o), 1)]  # per layer k x (B, W)
+            mods_o = [m.unbind(1) for m in self.modulations(self.time_embed(1)(tau_o), 1)]  # per layer k x (B, W)
         v_a, v_o = self.denoise(xa, xo, mods_a, mods_o, kv if kv is not None else ctx, ctx_valid, need_action)
         return (v_a.float() if v_a is not None else None), (v_o.float() if v_o is not None else None)
 
@@ -263,7 +283,7 @@ class DUSTNetwork(nn.Module):
         gradients they are kept across chunks (:class:`ModulationCache`) and recomputed only when a
         schedule is new or the timestep-embedding / adaLN weights changed.
         """
-        embed = self.t_embed_a if stream == 0 else self.t_embed_o
+        embed = self.time_embed(stream)
         dev = self.action_enc.weight.device
         cache = not torch.is_grad_enabled()
         if cache:
@@ -291,6 +311,75 @@ class DUSTNetwork(nn.Module):
         v_a, v_o = self.denoise(xa, xo, plan.mods_a[i], plan.mods_o[i] if xo is not None else None, plan.kv,
                                 plan.mask, need_action)
         return (v_a.float() if v_a is not None else None), (v_o.float() if v_o is not None else None)
+
+
+def _per_token(mods_a: Sequence[Tensor], mods_o: Sequence[Tensor], len_a: int, len_o: int) -> list[Tensor]:
+    """Two token groups' modulation vectors, each (B or 1, W), spread over their tokens: k x (B or 1, L_a + L_o, W)."""
+    return [torch.cat([a[:, None].expand(-1, len_a, -1), o[:, None].expand(-1, len_o, -1)], dim=1)
+            for a, o in zip(mods_a, mods_o)]
+
+
+class SharedDiTNetwork(DUSTNetwork):
+    """The ablation's DiT denoiser: one shared-weight DiT over action and future-frame tokens.
+
+    Every block weight, every adaLN layer and the timestep embedding are shared by the two
+    modalities; the tokens (state + H actions, then N_v future tokens) run through
+    ``n_mmdit + n_stream_blocks`` DiT blocks as one sequence, and each token is modulated by
+    the timestep of its modality (tau_A for action tokens, tau_o for future tokens: equal
+    under joint noise). Only the modality encoders, positions and decoders are per modality.
+    Blocks past the first ``n_mmdit`` always cross-attend to the conditioning; the first
+    ``n_mmdit`` do when ``mmdit_cross_attention`` (as in :class:`DUSTNetwork`).
+    """
+
+    def build_trunk(self, cfg: DUSTConfig) -> None:
+        """One timestep embedding and one stack of DiT blocks for both modalities."""
+        if not self.world_model:
+            raise ValueError(f"strategy {cfg.strategy!r}: the shared-weight DiT runs action and future-frame "
+                             "tokens together; without a world model use strategy 'no_wm'")
+        w = cfg.width
+        self.t_embed = TimestepEmbedding(w)
+        self.blocks = nn.ModuleList(
+            DiTBlock(w, cfg.heads, cfg.mlp_ratio, w if (i >= cfg.n_mmdit or cfg.mmdit_cross_attention) else None)
+            for i in range(cfg.n_mmdit + cfg.n_stream_blocks))
+
+    def time_embed(self, stream: int) -> TimestepEmbedding:
+        """The shared timestep embedding (both modalities)."""
+        return self.t_embed
+
+    def time_embedders(self) -> list[TimestepEmbedding]:
+        """The one timestep embedding."""
+        return [self.t_embed]
+
+    def context_kv(self, ctx: Tensor) -> dict[str, list]:
+        """Keys/values of the conditioning per block (None for blocks without cross-attention)."""
+        return {"blocks": [b.cross.context_kv(ctx) if b.cross is not None else None for b in self.blocks]}
+
+    def ada_layers(self, stream: int) -> list[nn.Module]:
+        """The shared blocks' adaLN-zero modules, then the modality's decoder adaLN."""
+        return [b.ada for b in self.blocks] + [(self.action_out if stream == 0 else self.vision_out).ada]
+
+    def denoise(self, xa: Tensor, xo: Tensor | None, mods_a: list, mods_o: list | None, ctx: Tensor | dict,
+                ctx_valid: Tensor | None, need_action: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """The shared blocks on [action tokens; future tokens]: xa (B, 1+H, W), xo (B, N_v, W) -> v_a | None, v_o.
+
+        mods_a / mods_o: per adaLN layer (see :meth:`ada_layers`) each modality's modulation vectors
+        (B or 1, W); inside the blocks they become per-token (B or 1, 1+H+N_v, W).
+        """
+        if xo is None or mods_o is None:
+            raise ValueError("the shared-weight DiT needs the future-frame tokens and their modulations")
+        kv = ctx if isinstance(ctx, dict) else None
+        len_a, len_o = xa.shape[1], xo.shape[1]
+        x = torch.cat([xa, xo], dim=1)  # (B, 1+H+N_v, W)
+        for j, blk in enumerate(self.blocks):
+            c = None if blk.cross is None else (kv["blocks"][j] if kv is not None else ctx)
+            x = blk(x, None, c, ctx_valid, mod=_per_token(mods_a[j], mods_o[j], len_a, len_o))  # (B, 1+H+N_v, W)
+        v_a = self.action_out(x[:, 1:len_a], None, mod=mods_a[-1]) if need_action else None  # (B, H, D_a)
+        v_o = self.vision_out(x[:, len_a:], None, mod=mods_o[-1])  # (B, N_v, C)
+        return v_a, v_o
+
+
+#: the denoiser class of each strategy network kind (strategies.NETWORKS)
+NETWORK_CLASSES: dict[str, type[DUSTNetwork]] = {"mmdit": DUSTNetwork, "dit": SharedDiTNetwork}
 
 
 class ModulationCache:
@@ -381,7 +470,7 @@ class DUSTPolicy(Policy):
         if cfg.world_model and not self.vision.frozen:
             raise ValueError(f"DUST's world-model target is the frozen vision encoder's features, but "
                              f"{cfg.vision_encoder!r} is trainable; pass vision_encoder_kwargs={{'frozen': True}}, "
-                             f"a frozen encoder, or strategy='dit_single'")
+                             f"a frozen encoder, or strategy='no_wm'")
         self.grid = tuple(self.vision.grid_size(cfg.image_size))
         self.cond_grid = cfg.cond_grid or self.grid
         for what, g in (("future_grid", cfg.future_grid if cfg.world_model else self.grid), ("cond_grid", self.cond_grid)):
@@ -391,7 +480,7 @@ class DUSTPolicy(Policy):
         self.feat_dim = int(self.vision.out_dim)
         self.condition = ConditionEncoder(self.feat_dim, int(self.text.out_dim), cfg.width, cfg.heads, cfg.cond_layers,
                                           len(cfg.cameras), cfg.n_obs_steps, self.cond_grid, cfg.mlp_ratio)
-        self.net = DUSTNetwork(cfg, self.feat_dim)
+        self.net = NETWORK_CLASSES[self.strategy.network](cfg, self.feat_dim)
         self.normalizer = Normalizer({STATE: cfg.state_dim, ACTION: cfg.action_dim},
                                      {STATE: cfg.state_norm, ACTION: cfg.action_norm}, stats=stats,
                                      on_constant=cfg.norm_on_constant)
