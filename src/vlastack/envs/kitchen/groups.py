@@ -6,7 +6,7 @@ section with three fixtures within the arm's reach and in view of the ``left`` /
 cameras: a fixture on the counter to the robot's left, a wall cabinet over a free stretch of
 counter straight ahead (where the objects stand), and a fixture on the counter to its right.
 For a seed, every task of a group starts from the **same simulator state** (same layout, style,
-fixture joints, objects and arm pose); only the instruction differs. Objects include 1-3
+fixture joints, objects and arm pose); only the instruction differs. Objects include 1-2
 distractors of other categories, so "pick the X" needs the X named.
 
 Groups (left | over the free counter | right):
@@ -35,8 +35,9 @@ from .tasks import SMALL, MicrowaveRegion
 
 COUNTER_Z = 0.8
 # where objects stand in front of the wall cabinet (x range, world metres); y comes from the layout
-ZONE_X = (-0.27, -0.05)
-OBJECT_GAP = 0.09  # minimum distance between object centres on the counter
+ZONE_X = (-0.25, -0.11)  # nearer the robot or the wall cabinet, the arm's links catch on them
+ZONE_MARGIN = 0.085  # objects stay this far inside the free section: the open hand is ~0.2 m wide
+OBJECT_GAP = 0.085  # minimum distance between object centres on the counter
 FIXTURE_JITTER = 0.015  # +- metres per fixture and axis (x, y), drawn per episode
 WALL_BACK_X = 0.42  # wall cabinets hang with their back against the wall
 SPLITS = ("train", "heldout", "all")
@@ -149,7 +150,7 @@ class TaskGroup:
         """(x range, y range) of the free counter where objects stand."""
         half = max(layout.counter, footprints[self.wall][1] + 0.02) / 2
         mid = self.offset + layout.shift
-        return ZONE_X, (mid - half + 0.05, mid + half - 0.05)
+        return ZONE_X, (mid - half + ZONE_MARGIN, mid + half - ZONE_MARGIN)
 
 
 # ------------------------------------------------------------------------------ set-up helpers
@@ -178,11 +179,11 @@ def place_on_counter(scene, rng: np.random.Generator, categories, keep_clear=())
     return names
 
 
-def _draw_objects(rng, pool, n_targets: int) -> tuple[list[str], list[str]]:
-    """``n_targets`` distinct categories from ``pool`` and 1-3 distractors from the rest."""
+def _draw_objects(rng, pool, n_targets: int, most: int = 2) -> tuple[list[str], list[str]]:
+    """``n_targets`` distinct categories from ``pool`` and 1 to ``most`` distractors from the rest."""
     cats = list(rng.permutation(pool))
     targets, rest = cats[:n_targets], cats[n_targets:]
-    k = int(rng.integers(1, min(3, len(rest)) + 1))
+    k = int(rng.integers(1, min(most, len(rest)) + 1))
     return [str(c) for c in targets], [str(c) for c in rest[:k]]
 
 
@@ -201,7 +202,7 @@ def _drop_spot(scene, rng) -> np.ndarray:
 
 def setup_sink_stove(scene, rng) -> dict:
     """Sink off (spout anywhere), all burners off, wall cabinet closed; a target object and
-    1-3 distractors on the counter. One burner is named."""
+    1-2 distractors on the counter. One burner is named."""
     sink, stove, cab = scene.fixtures["sink"], scene.fixtures["stove"], scene.fixtures["cabinet_single"]
     sink.set_qpos("handle", 0.0)
     sink.set_qpos("spout", rng.uniform(-0.2, 0.2))
@@ -218,7 +219,7 @@ def setup_sink_stove(scene, rng) -> dict:
 
 def setup_coffee_microwave(scene, rng) -> dict:
     """Microwave closed and off, double wall cabinet closed, a mug under the coffee nozzle,
-    1-3 distractors on the counter and a clear spot to serve the mug to."""
+    1-2 distractors on the counter and a clear spot to serve the mug to."""
     mw, cab, cm = scene.fixtures["microwave"], scene.fixtures["cabinet_double"], scene.fixtures["coffee_machine"]
     mw.set_qpos("door", 0.0)
     mw.on = False
@@ -237,13 +238,13 @@ def setup_coffee_microwave(scene, rng) -> dict:
 
 def setup_pantry(scene, rng) -> dict:
     """Microwave open with one object inside, drawer open, wall cabinet closed; a second object
-    and 1-3 distractors on the counter, and a clear spot to put things down."""
+    and a distractor on the counter, and a clear spot to put things down."""
     mw, cab, drawer = scene.fixtures["microwave"], scene.fixtures["cabinet_single"], scene.fixtures["drawer"]
     _doors(mw, rng, opened=True)
     mw.on = False
     _doors(cab, rng, opened=False)
     drawer.set_qpos("slide", rng.uniform(0.12, 0.18))
-    (on_counter, inside), distractors = _draw_objects(rng, SMALL, 2)
+    (on_counter, inside), distractors = _draw_objects(rng, SMALL, 2, most=1)  # + the one inside
     obj = scene.objects[inside]
     colour = obj.set_colour(rng)
     region = MicrowaveRegion()
