@@ -68,8 +68,10 @@ def _obs(seed=0, size=32, task="open the drawer"):
             STATE: rng.standard_normal(4).astype(np.float32), TASK: task}
 
 
-def _health(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+def _health(port, key=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
+                                 headers={"Authorization": f"Api-Key {key}"} if key else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200 and r.headers["Content-Type"] == "application/json"
         return json.loads(r.read())
 
@@ -274,8 +276,10 @@ def test_api_key_required_when_configured(serve):
         assert e.value.response.status_code == 401
     client = WebsocketClientPolicy("127.0.0.1", srv.port, api_key=KEY)
     assert client.infer(_obs(0))["actions"].shape == (4, 3)
-    h = _health(srv.port)  # health needs no key
-    assert h["requires_api_key"] is True and h["rejected"] == 4 and h["connections"] == 1
+    assert _health(srv.port) == {"status": "ok"}  # health needs no key, and without it says nothing else
+    assert _health(srv.port, KEY[:-1] + "x") == {"status": "ok"}
+    h = _health(srv.port, KEY)
+    assert h["requires_api_key"] is True and h["rejected"] == 4 and h["connections"] == 1 and h["policy"] == "dust"
 
 
 def test_exposed_host_needs_a_key(checkpoint, monkeypatch):
