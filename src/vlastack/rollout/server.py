@@ -347,8 +347,9 @@ class PolicyRunner:
             if kind == "image" or isinstance(v, (str, bytes, dict)):
                 raise RequestError(f"{key}: expected a numpy array, got {type(v).__name__}")
             try:
-                v = np.asarray(v, np.float32)
-            except (TypeError, ValueError) as e:
+                with np.errstate(over="ignore"):  # too large for float32: inf, refused by the finite check
+                    v = np.asarray(v, np.float32)
+            except (TypeError, ValueError, OverflowError) as e:
                 raise RequestError(f"{key}: expected a numeric array, got {type(v).__name__}") from e
         if kind == "image" and v.dtype != np.uint8:
             h, w = self.inputs.image_size
@@ -394,7 +395,8 @@ class PolicyRunner:
             s = self._array(obs, STATE, "state")
             if s.dtype.kind not in "iuf":
                 raise RequestError(f"{STATE}: expected a float array, got dtype {s.dtype}")
-            s = self._shape_ok(STATE, s.astype(np.float32, copy=False), (inp.state_dim,), batch)
+            with np.errstate(over="ignore"):  # too large for float32: inf, refused below
+                s = self._shape_ok(STATE, s.astype(np.float32, copy=False), (inp.state_dim,), batch)
             if not np.isfinite(s).all():
                 raise RequestError(f"{STATE}: contains NaN or infinite values")
             flat[STATE] = s
@@ -478,7 +480,7 @@ class HandshakeGuard:
     def __init__(self, max_pending: int, max_per_address: int):
         self.max_pending, self.max_per_address = int(max_pending), int(max_per_address)
         self.pending: dict[Any, str] = {}  # transport -> address, oldest first
-        self.dropped = 0
+        self.dropped = self.peak = 0
 
     def opened(self, transport: Any) -> None:
         """A TCP connection was accepted: track it, dropping the oldest pending ones past a cap."""
@@ -490,6 +492,7 @@ class HandshakeGuard:
         while len(self.pending) >= self.max_pending:
             self._drop(next(iter(self.pending)))
         self.pending[transport] = addr
+        self.peak = max(self.peak, len(self.pending))
 
     def _drop(self, transport: Any) -> None:
         self.pending.pop(transport, None)
