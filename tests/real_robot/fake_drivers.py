@@ -83,21 +83,27 @@ class RecordingDriver:
 
 
 class BlockingTwinDriver(TwinDriver):
-    """The twin's driver whose next read blocks ``block_s`` once ``block`` (an Event) is set; it records
-    when the controller asked for the e-stop in ``estop_t`` (a shared double)."""
+    """The twin's driver whose next read blocks ``block_s`` (a shared double, s) once ``block`` (an Event)
+    is set; it records when the controller asked for the e-stop in ``estop_t`` (a shared double)."""
 
-    def __init__(self, state, cmd, block, estop_t, block_s: float = 1.0):
+    def __init__(self, state, cmd, block, estop_t, block_s):
         super().__init__(state, cmd)
-        self.block, self.estop_t, self.block_s = block, estop_t, float(block_s)
+        self.block, self.estop_t, self.block_s = block, estop_t, block_s
 
     def read(self) -> ArmState:
-        """Block once when asked, then read the twin."""
+        """Block once when asked (``block_s.value`` seconds), then read the twin."""
         if self.block.is_set():
             self.block.clear()
-            time.sleep(self.block_s)
+            time.sleep(self.block_s.value)
         return super().read()
 
     def estop(self) -> None:
         """Record the time."""
         self.estop_t.value = time.monotonic()
         super().estop()
+
+
+class SerialWorldDriver(WorldDriver):
+    """:class:`WorldDriver` on one link that cannot read and write at once (like a motor bus)."""
+
+    concurrent_io = False

@@ -12,8 +12,8 @@ Three layers:
   A measured position further than ``tracking_tol`` from the command (a stuck or pushed arm)
   holds at once: the command is re-anchored at the measured joints, the trajectory dropped and
   actions refused for ``tracking_fault_s``; an error that persists through that hold stops the
-  controller, otherwise actions are taken again and plan from the measured state. A state older
-  than ``read_timeout_s`` (a driver read that blocks) holds the command until reads resume.
+  controller, otherwise actions are taken again and plan from the measured state. A driver read
+  stuck for more than ``read_timeout_s`` makes the state stale: the command holds until reads resume.
   Faults (watchdog trips, invalid actions, tracking errors, driver faults) are counted;
   ``max_faults`` of them within ``fault_window_s`` stop the controller: it holds and rejects
   actions until :meth:`ControllerCore.reset`. The e-stop freezes the command at once and latches.
@@ -83,7 +83,7 @@ class ControllerConfig:
         ik_tol: IK residual (m + 0.3 rad) above which a target counts as not reached.
         log_ticks: ticks kept in the controller's ring-buffer log.
         connect_timeout_s: how long ``connect`` waits for the driver.
-        read_timeout_s: an arm state older than this (a blocked driver read) holds the command.
+        read_timeout_s: a driver read that has not returned after this long holds the command.
         tracking_fault_s: how long a tracking hold lasts; an error that persists through it stops.
     """
 
@@ -97,7 +97,7 @@ class ControllerConfig:
     ik_tol: float = 0.01
     log_ticks: int = 30_000
     connect_timeout_s: float = 30.0
-    read_timeout_s: float = 0.05
+    read_timeout_s: float = 0.1
     tracking_fault_s: float = 0.1
 
     def __post_init__(self):
@@ -571,6 +571,7 @@ class _Reader:
         self._cond = threading.Condition()
         self._asked = self._done = 0
         self._latest: tuple[ArmState | None, str | None, float] = (None, None, -math.inf)
+        self.reading_since: float | None = None  # monotonic start of the driver read in progress
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="controller-reader", daemon=True)
         self._thread.start()
@@ -582,6 +583,7 @@ class _Reader:
                 if self._closed:
                     return
                 k = self._asked
+                self.reading_since = time.monotonic()
             try:
                 st, err = self._calls.read(), None
             except Exception as e:  # noqa: BLE001 - a driver error is a fault; repeated, they stop us
@@ -589,6 +591,7 @@ class _Reader:
             with self._cond:
                 self._latest = (st, err, time.monotonic())
                 self._done = k
+                self.reading_since = None
                 self._cond.notify_all()
 
     def ask(self) -> int:
@@ -598,19 +601,23 @@ class _Reader:
             self._cond.notify_all()
             return self._asked
 
-    def get(self, k: int, wait: float) -> tuple[ArmState | None, str | None, float]:
-        """(newest state, read error, monotonic time it was read), waiting up to ``wait`` s for read ``k``."""
+    def get(self, k: int, wait: float) -> tuple[ArmState | None, str | None, float, float]:
+        """(newest state, read error, monotonic time it was read, how long the driver read in progress has
+        taken so far: 0 when none is), waiting up to ``wait`` s for read ``k``."""
         with self._cond:
             self._cond.wait_for(lambda: self._done >= k, timeout=wait)
-            return self._latest
+            since = self.reading_since
+            return (*self._latest, 0.0 if since is None else max(0.0, time.monotonic() - since))
 
-    def fresh(self, max_age: float) -> ArmState:
-        """The newest state if it is younger than ``max_age`` (never waits); raises :class:`RobotError` otherwise."""
+    def fresh(self, max_stuck: float) -> ArmState:
+        """The newest state unless the last read failed or the read in progress has been stuck for more than
+        ``max_stuck`` s (never waits); raises :class:`RobotError` then."""
         with self._cond:
             st, err, t = self._latest
-        age = time.monotonic() - t
-        if st is None or err is not None or age > max_age:
-            raise RobotError(f"no fresh state from the arm ({err or f'last read {age:.3f} s ago'}); "
+            since = self.reading_since
+        now = time.monotonic()
+        if st is None or err is not None or (since is not None and now - since > max_stuck):
+            raise RobotError(f"no fresh state from the arm ({err or f'last read {now - t:.3f} s ago'}); "
                              "check its connection")
         return st
 
@@ -725,7 +732,7 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
     ch.requests.send(("ready", {"n_joints": limits.n, "rate_hz": config.rate_hz, "q": st.q.tolist()}))
     next_t = time.monotonic()
     estopped = False
-    t_read = t_used = next_t  # when the state in use was read; the newest read already used
+    t_used = next_t  # when the newest read already used was taken
     try:
         while not ch.stop.is_set():
             now = time.monotonic()
@@ -734,12 +741,12 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
                 core.estop(now, "e-stop requested")
             if core.status == "estop" and not estopped:
                 estopped = calls.estop()
-            got, err, t_got = reader.get(k, 0.25 * dt)  # this tick's read, or the newest one
+            got, err, t_got, blocked = reader.get(k, 0.25 * dt)  # this tick's read, or the newest one
             new = t_got > t_used
             if new:
                 t_used = t_got
                 if got is not None:
-                    st, t_read = got, t_got
+                    st = got
             fault = (err or st.fault) if new else None  # each read's fault counts once
             while ch.actions.poll():
                 try:
@@ -751,8 +758,8 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
                     core.fault(now, "invalid", f"unreadable action message ({type(e).__name__})")
                     continue
                 core.submit(now, t_target, action)
-            age = max(0.0, now - t_read)
-            cmd = core.tick(now, st.q, fault, st.estop, state_age=age)
+            # a driver read stuck longer than read_timeout_s makes the state stale (not a starved thread)
+            cmd = core.tick(now, st.q, fault, st.estop, state_age=blocked)
             if cmd.status == "estop":
                 if not estopped:
                     estopped = calls.estop()
