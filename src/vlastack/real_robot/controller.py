@@ -516,12 +516,12 @@ class _DriverCalls:
 
     Drivers may be read from another thread (:class:`_Reader`) while these run. A driver whose
     reads and writes share one link that cannot take both at once (``concurrent_io = False``,
-    e.g. a serial motor bus) gets a lock; a write that finds it taken (a read in progress) is
-    skipped this tick instead of waiting, so the loop never blocks on a read.
+    e.g. a serial motor bus) gets a lock; a write that finds it taken (a read in progress) waits
+    at most ``wait`` seconds, then is skipped this tick, so the loop never blocks on a read.
     """
 
-    def __init__(self, driver: ArmDriver):
-        self.driver = driver
+    def __init__(self, driver: ArmDriver, wait: float = 0.0):
+        self.driver, self.wait = driver, float(wait)
         self.lock = None if getattr(driver, "concurrent_io", True) else threading.Lock()
 
     @contextlib.contextmanager
@@ -544,7 +544,7 @@ class _DriverCalls:
 
     def servo(self, q: np.ndarray, gripper: float, dt: float) -> bool:
         """Send one command; False when the link was busy (nothing sent)."""
-        with self.held(0.0) as got:
+        with self.held(self.wait) as got:
             if got:
                 self.driver.servo(q, gripper, dt)
             return got
@@ -553,7 +553,7 @@ class _DriverCalls:
         """The driver's stop; False when the link was busy (try again next tick). The command is
         frozen by the controller regardless."""
         try:
-            with self.held(0.0) as got:
+            with self.held(self.wait) as got:
                 if got:
                     self.driver.estop()
                 return got
@@ -725,7 +725,7 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
     log = TickLog(config.log_ticks, limits.n)
     dt = config.dt
     seq = 0
-    calls = _DriverCalls(driver)
+    calls = _DriverCalls(driver, wait=0.25 * dt)
     reader = _Reader(calls, limits.n)
     replies = _Replier(ch.requests)
     _publish(ch.state, layout, seq, time.monotonic(), core, st, chain)
