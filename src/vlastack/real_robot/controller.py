@@ -797,7 +797,8 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
         try:
             core.hold(time.monotonic())
             if core.status != "estop":
-                driver.servo(core.q_cmd, core.g_cmd, dt)
+                with calls.held(1.0):  # a single-link driver's read may hold the link a moment
+                    driver.servo(core.q_cmd, core.g_cmd, dt)
         except Exception:  # noqa: BLE001
             pass
         reader.close()
