@@ -112,9 +112,6 @@ class ControllerConfig:
         if self.watchdog_s < 2.0 / self.rate_hz:
             raise ValueError(f"controller.watchdog_s: {self.watchdog_s} s is shorter than two control periods "
                              f"({2.0 / self.rate_hz:.4f} s)")
-        if self.read_timeout_s < 2.0 / self.rate_hz:
-            raise ValueError(f"controller.read_timeout_s: {self.read_timeout_s} s is shorter than two control "
-                             f"periods ({2.0 / self.rate_hz:.4f} s)")
         for name in ("max_faults", "max_waypoints", "log_ticks"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (2 if name == "max_waypoints" else 1):
