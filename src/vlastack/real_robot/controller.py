@@ -263,9 +263,8 @@ class ControllerCore:
     def _track(self, now: float, q_measured) -> None:
         """The tracking check against the command the arm was following (module docstring)."""
         q_m = np.asarray(q_measured, float)
-        err = np.abs(q_m - self.q_cmd)
-        bad = bool(q_m.shape != self.q_cmd.shape or not np.all(np.isfinite(err))
-                   or np.max(err) > self.limits.tracking_tol)
+        err = np.abs(q_m - self.q_cmd) if q_m.shape == self.q_cmd.shape else np.full(self.q_cmd.shape, np.inf)
+        bad = bool(not np.all(np.isfinite(err)) or np.max(err) > self.limits.tracking_tol)
         if self._tracking_since is not None:  # holding after a tracking error
             if bad:
                 self._tracking_since = None
@@ -289,8 +288,9 @@ class ControllerCore:
 
     def tick(self, now: float, q_measured=None, driver_fault: str | None = None, driver_estop: bool = False,
              state_age: float = 0.0) -> Command:
-        """The safe command for time ``now`` (see the module docstring); ``state_age`` is how old
-        ``q_measured`` is (older than ``read_timeout_s``: not used, the command holds)."""
+        """The safe command for time ``now`` (see the module docstring); ``state_age`` is how long the
+        driver read in progress has been stuck (over ``read_timeout_s``: ``q_measured`` is not used and
+        the command holds)."""
         c = self.counters
         c["ticks"] += 1
         if driver_estop and self.status != "estop":
@@ -453,16 +453,17 @@ class TickLog:
         self.count += 1
 
     def raw(self) -> tuple[int, dict[str, np.ndarray]]:
-        """A plain copy of the buffers (memcpy only: cheap enough for the servo loop) and the count."""
-        return self.count, {"t": self.t.copy(), "status": self.status.copy(), "q_cmd": self.q_cmd.copy(),
-                            "q": self.q.copy(), "g_cmd": self.g_cmd.copy()}
+        """A plain copy of the filled buffers (memcpy only: cheap enough for the servo loop) and the count."""
+        n = min(self.count, len(self.t))
+        return self.count, {"t": self.t[:n].copy(), "status": self.status[:n].copy(), "q_cmd": self.q_cmd[:n].copy(),
+                            "q": self.q[:n].copy(), "g_cmd": self.g_cmd[:n].copy()}
 
     @staticmethod
     def ordered(count: int, bufs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The ticks of a :meth:`raw` copy in time order."""
         size = len(bufs["t"])
         if count <= size:
-            return {k: v[:count] for k, v in bufs.items()}
+            return bufs
         i = count % size
         return {k: np.concatenate([v[i:], v[:i]]) for k, v in bufs.items()}
 
@@ -563,8 +564,8 @@ class _Reader:
     """Reads the arm in its own thread: the servo loop asks for a read each tick and waits for it
     only briefly, so a driver read that blocks delays nothing but the freshness of the state."""
 
-    def __init__(self, calls: _DriverCalls, n: int):
-        self._calls, self.n = calls, n
+    def __init__(self, calls: _DriverCalls):
+        self._calls = calls
         self._cond = threading.Condition()
         self._asked = self._done = 0
         self._latest: tuple[ArmState | None, str | None, float] = (None, None, -math.inf)
@@ -723,7 +724,7 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
     dt = config.dt
     seq = 0
     calls = _DriverCalls(driver, wait=0.25 * dt)
-    reader = _Reader(calls, limits.n)
+    reader = _Reader(calls)
     replies = _Replier(ch.requests)
     _publish(ch.state, layout, seq, time.monotonic(), core, st, chain)
     ch.requests.send(("ready", {"n_joints": limits.n, "rate_hz": config.rate_hz, "q": st.q.tolist()}))
