@@ -166,7 +166,7 @@ def test_a_stuck_arm_holds_at_once_and_stops():
     assert st.counters["rejected"] > 0  # the policy's actions during the holds and after the stop
 
 
-def _estop_trials(robot, block, pressed_at, n=5, hold_s=0.5):
+def _estop_trials(robot, block, pressed_at, n=5, hold_s=1.0):
     """``n`` e-stops, each pressed 0.2 s into a driver read that blocks ``hold_s``; ``block(s)`` starts a
     blocked read, ``pressed_at(k)`` is the monotonic time of the driver's k-th e-stop call (None before).
     Returns the latencies in ms (the machine is shared: the median is asserted, every trial printed)."""
