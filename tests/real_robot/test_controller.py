@@ -180,7 +180,15 @@ def _estop_trials(robot, block, pressed_at, n=5, hold_s=1.0):
             time.sleep(0.0005)
         out.append((pressed_at(k) - t_press) * 1e3)
         time.sleep(hold_s - 0.2 + 0.1)
-        assert robot.clear_estop() == "idle"
+        for _ in range(20):  # the read may end late on a loaded machine: reset refuses until it has
+            try:
+                assert robot.clear_estop() == "idle"
+                break
+            except RobotError as e:
+                assert "no fresh state" in str(e)
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the e-stop could not be cleared after the blocked read")
     return out
 
 

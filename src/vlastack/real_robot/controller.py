@@ -161,7 +161,7 @@ class ControllerCore:
         self.traj: list[tuple[float, np.ndarray, float]] = [(now, self.q_cmd.copy(), self.g_cmd)]
         self.last_arrival: float | None = None
         self._tracking_since: float | None = None  # start of a tracking hold
-        self._stale = False  # the arm state is older than read_timeout_s
+        self.stale = False  # a driver read has been stuck for more than read_timeout_s
         self.status = "idle"
 
     def _stop(self, now: float, message: str) -> None:
@@ -216,7 +216,7 @@ class ControllerCore:
     def submit(self, now: float, t: float, action: Any) -> str:
         """Take a target for time ``t``: returns accepted | stale | invalid | rejected (stopped, e-stop or
         a tracking hold, no fresh arm state)."""
-        if self.status in ("stopped", "estop") or self._tracking_since is not None or self._stale:
+        if self.status in ("stopped", "estop") or self._tracking_since is not None or self.stale:
             self.counters["rejected"] += 1
             return "rejected"
         try:
@@ -300,13 +300,13 @@ class ControllerCore:
         stale = state_age > self.cfg.read_timeout_s
         if stale:  # blind: hold the command until the arm reports again
             q_measured = None
-            if not self._stale:
+            if not self.stale:
                 self.fault(now, "driver_faults", f"no state from the arm for {state_age:.3f} s "
                                                  f"(read_timeout_s={self.cfg.read_timeout_s}); holding")
             if self.status == "running":
                 self.status = "holding"
             self.traj = [(now, self.q_cmd.copy(), self.g_cmd)]
-        self._stale = stale
+        self.stale = stale
         if q_measured is not None and self.status != "estop":
             self._track(now, q_measured)
         if self.status == "running" and self.last_arrival is not None and now - self.last_arrival > self.cfg.watchdog_s:
@@ -740,6 +740,8 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
             if core.status == "estop" and not estopped:
                 estopped = calls.estop()
             got, err, t_got, blocked = reader.get(k, 0.25 * dt)  # this tick's read, or the newest one
+            if blocked > config.read_timeout_s and not core.stale:  # a starved reader thread, or a stuck read?
+                got, err, t_got, blocked = reader.get(k, dt)  # a starved one finishes once it gets the CPU
             new = t_got > t_used
             if new:
                 t_used = t_got
