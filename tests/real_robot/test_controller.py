@@ -346,12 +346,13 @@ def test_a_single_link_driver_never_blocks_the_loop_on_a_busy_link():
             time.sleep(0.0005)
         seen = time.monotonic() - t_press
         time.sleep(0.9)
-        st, log = robot.state(), robot.log()
+        st, log, faults = robot.state(), robot.log(), robot.faults()
     t = log["t"]
     during = (t > t_block) & (t < t_block + 1.0)
     print(f"single-link driver, read blocked 1 s: e-stop published {seen * 1e3:.2f} ms after the press, "
           f"driver e-stop sent {(world.estops[0] - t_press) * 1e3:.0f} ms after (when the link was free)")
-    assert seen < 0.1 and st.status == "estop"  # not the 0.7 s left of the blocked read
+    assert seen < 0.3 and st.status == "estop"  # not the 0.7 s left of the blocked read
     assert world.servos == servos and world.estops[0] >= t_block + 1.0  # nothing sent while the link was busy
     assert during.sum() > 0.5 * rate and np.diff(t[during]).max() < 0.1  # and the loop kept ticking
     assert st.counters["overruns"] > 0  # the skipped commands are counted
+    assert any("no state from the arm" in m for _, m in faults)  # the stuck read held the command (0.1 s)

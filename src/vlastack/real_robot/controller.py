@@ -570,6 +570,7 @@ class _Reader:
         self._asked = self._done = 0
         self._latest: tuple[ArmState | None, str | None, float] = (None, None, -math.inf)
         self.reading_since: float | None = None  # monotonic start of the driver read in progress
+        self._reading_k = 0  # the request that read serves
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="controller-reader", daemon=True)
         self._thread.start()
@@ -580,7 +581,7 @@ class _Reader:
                 self._cond.wait_for(lambda: self._closed or self._asked > self._done)
                 if self._closed:
                     return
-                k = self._asked
+                k = self._reading_k = self._asked
                 self.reading_since = time.monotonic()
             try:
                 st, err = self._calls.read(), None
@@ -599,13 +600,17 @@ class _Reader:
             self._cond.notify_all()
             return self._asked
 
-    def get(self, k: int, wait: float) -> tuple[ArmState | None, str | None, float, float]:
+    def get(self, k: int, wait: float) -> tuple[ArmState | None, str | None, float, float, int]:
         """(newest state, read error, monotonic time it was read, how long the driver read in progress has
-        taken so far: 0 when none is), waiting up to ``wait`` s for read ``k``."""
+        taken so far in seconds and in reads asked meanwhile: 0, 0 when none is), waiting up to ``wait`` s
+        for read ``k``. Both measures must grow for a read to count as stuck: a whole process that the
+        machine did not schedule for a while asks for no reads meanwhile."""
         with self._cond:
             self._cond.wait_for(lambda: self._done >= k, timeout=wait)
             since = self.reading_since
-            return (*self._latest, 0.0 if since is None else max(0.0, time.monotonic() - since))
+            if since is None:
+                return (*self._latest, 0.0, 0)
+            return (*self._latest, max(0.0, time.monotonic() - since), self._asked - self._reading_k)
 
     def fresh(self, max_stuck: float) -> ArmState:
         """The newest state unless the last read failed or the read in progress has been stuck for more than
@@ -739,9 +744,11 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
                 core.estop(now, "e-stop requested")
             if core.status == "estop" and not estopped:
                 estopped = calls.estop()
-            got, err, t_got, blocked = reader.get(k, 0.25 * dt)  # this tick's read, or the newest one
-            if blocked > config.read_timeout_s and not core.stale:  # a starved reader thread, or a stuck read?
-                got, err, t_got, blocked = reader.get(k, dt)  # a starved one finishes once it gets the CPU
+            got, err, t_got, blocked, ticks = reader.get(k, 0.25 * dt)  # this tick's read, or the newest one
+            stuck = blocked > config.read_timeout_s and ticks * dt > config.read_timeout_s
+            if stuck and not core.stale:  # a starved reader thread, or a stuck read?
+                got, err, t_got, blocked, ticks = reader.get(k, dt)  # a starved one finishes once it gets the CPU
+                stuck = blocked > config.read_timeout_s and ticks * dt > config.read_timeout_s
             new = t_got > t_used
             if new:
                 t_used = t_got
@@ -759,7 +766,7 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
                     continue
                 core.submit(now, t_target, action)
             # a driver read stuck longer than read_timeout_s makes the state stale (not a starved thread)
-            cmd = core.tick(now, st.q, fault, st.estop, state_age=blocked)
+            cmd = core.tick(now, st.q, fault, st.estop, state_age=blocked if stuck else 0.0)
             if cmd.status == "estop":
                 if not estopped:
                     estopped = calls.estop()
