@@ -217,7 +217,7 @@ def test_estop_and_watchdog_are_served_while_a_driver_read_blocks():
     assert st.counters["watchdog"] == 1 and st.status == "holding"
     t = log["t"]
     during = (t > t_block) & (t < t_block + 1.0)
-    assert during.sum() > 0.5 * rate and np.diff(t[during]).max() < 0.1  # ticking through the read
+    assert during.sum() > 0.5 * rate and np.diff(t[during]).max() < 0.25  # ticking through the read
     wd = t[np.argmax(log["status"] == STATUSES.index("holding"))]
     assert wd - st.last_arrival <= 0.1 + 0.1  # the watchdog held on time (not after the 1 s blocked read)
     held = t >= wd
@@ -353,6 +353,6 @@ def test_a_single_link_driver_never_blocks_the_loop_on_a_busy_link():
           f"driver e-stop sent {(world.estops[0] - t_press) * 1e3:.0f} ms after (when the link was free)")
     assert seen < 0.3 and st.status == "estop"  # not the 0.7 s left of the blocked read
     assert world.servos == servos and world.estops[0] >= t_block + 1.0  # nothing sent while the link was busy
-    assert during.sum() > 0.5 * rate and np.diff(t[during]).max() < 0.1  # and the loop kept ticking
+    assert during.sum() > 0.5 * rate and np.diff(t[during]).max() < 0.25  # and the loop kept ticking
     assert st.counters["overruns"] > 0  # the skipped commands are counted
     assert any("no state from the arm" in m for _, m in faults)  # the stuck read held the command (0.1 s)

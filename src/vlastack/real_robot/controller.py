@@ -18,8 +18,8 @@ Three layers:
   ``max_faults`` of them within ``fault_window_s`` stop the controller: it holds and rejects
   actions until :meth:`ControllerCore.reset`. The e-stop freezes the command at once and latches.
 - :func:`control_loop` — the servo loop around a core and an :class:`ArmDriver`: take the newest
-  arm state, queued actions and requests, tick, send the command, publish the state, wait for
-  the next period (or an e-stop, which wakes it at once). Driver reads run in their own thread
+  arm state, queued actions and requests, tick, send the command, publish the state, sleep to
+  the next period (an e-stop is seen at the next tick). Driver reads run in their own thread
   (:class:`_Reader`), so a read that blocks never delays the e-stop, the watchdog or the hold;
   replies to requests (a ``log`` can be megabytes) are sent from another thread. The loop runs
   in its own spawned process (:class:`ControlledRobot`, the default; SIGTERM stops it like a
@@ -793,10 +793,9 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
             next_t += dt
             delay = next_t - time.monotonic()
             if delay > 0:
-                if core.status != "estop" and not ch.estop.is_set():
-                    ch.estop.wait(delay)  # an e-stop wakes the loop at once
-                else:
-                    time.sleep(delay)
+                # not ch.estop.wait(delay): each timed-out wait of a multiprocessing Event leaves a count
+                # that the next set() walks through, so the e-stop would get slower the longer we run
+                time.sleep(delay)
             elif delay < -dt:  # more than a period late: count it and restart the schedule
                 core.counters["overruns"] += 1
                 next_t = time.monotonic()
