@@ -704,9 +704,10 @@ def _handle_request(name: str, args: tuple, core: ControllerCore, calls: _Driver
 
 
 def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: SafetyLimits, chain: Chain | None,
-                 ch: Channels) -> None:
-    """Run the servo loop until ``ch.stop`` is set (module docstring). Replies ("ready", info) or
-    ("error", message) on the request connection once the driver is connected and checked."""
+                 ch: Channels, terminate: threading.Event | None = None) -> None:
+    """Run the servo loop until ``ch.stop`` (or ``terminate``, set by a signal handler) is set (module
+    docstring). Replies ("ready", info) or ("error", message) on the request connection once the driver
+    is connected and checked."""
     driver = None
     try:
         driver = driver_spec.build()
@@ -737,7 +738,7 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
     estopped = False
     t_used = next_t  # when the newest read already used was taken
     try:
-        while not ch.stop.is_set():
+        while not ch.stop.is_set() and not (terminate is not None and terminate.is_set()):
             now = time.monotonic()
             k = reader.ask()
             if ch.estop.is_set() and core.status != "estop":  # before anything that may take time
@@ -818,8 +819,11 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
 def _process_main(driver_spec, config, limits, chain, ch) -> None:
     """Entry point of the spawned controller process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client, which stops us cleanly
-    signal.signal(signal.SIGTERM, lambda *_: ch.stop.set())  # a last hold and the driver's disconnect
-    control_loop(driver_spec, config, limits, chain, ch)
+    # SIGTERM: a last hold and the driver's disconnect. A threading.Event, whose is_set() takes no lock:
+    # setting ch.stop (a multiprocessing Event) here could deadlock on a lock the loop holds
+    terminate = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminate.set())
+    control_loop(driver_spec, config, limits, chain, ch, terminate)
 
 
 @contextlib.contextmanager
