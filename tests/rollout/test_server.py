@@ -544,7 +544,8 @@ def _fuzz_frames(rng, valid, n):
         if k == 1:
             return bool(rng.integers(0, 2))
         if k == 2:
-            return int(rng.integers(-2**63, 2**63 - 1, dtype=np.int64)) if rng.random() < 0.5 else int(rng.integers(0, 300))
+            big = rng.random() < 0.5
+            return int(rng.integers(-2**63, 2**63 - 1, dtype=np.int64)) if big else int(rng.integers(0, 300))
         if k == 3:
             return float(rng.standard_normal() * 10.0 ** int(rng.integers(-5, 300)))
         if k == 4:

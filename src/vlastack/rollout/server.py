@@ -289,7 +289,8 @@ class PolicyRunner:
         if max_batch is None:
             max_batch = default_max_batch(policy.config, self.inputs)
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ServeError(f"max_batch: expected a positive int (or null for the policy's default), got {max_batch!r}")
+            raise ServeError(f"max_batch: expected a positive int (or null for the policy's default), "
+                             f"got {max_batch!r}")
         self.max_batch = max_batch
         self.seed = seed
         self.checkpoint = checkpoint
