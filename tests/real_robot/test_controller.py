@@ -321,7 +321,7 @@ def test_large_log_replies_never_stall_the_servo_loop():
         replies = [robot._req.recv() for _ in range(20)]
         log = robot.log()
     print(f"ticks while 20 log replies waited unread for 0.5 s: {ticks} (expected about {0.5 * RATE:.0f})")
-    assert all(kind == "ok" and len(r["t"]) > 200 for kind, r in replies)
+    assert all(kind == "ok" and len(r["t"]) > 50 for kind, r in replies)
     assert ticks > 0.4 * 0.5 * RATE  # before the fix: 1 (a loaded machine loses a few, never most)
     assert np.diff(log["t"][-100:]).max() < 0.25  # no stall of the 0.5 s the replies waited
 
