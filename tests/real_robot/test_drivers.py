@@ -146,7 +146,7 @@ def test_ur_bad_settings_are_named(fake_ur):
 @pytest.fixture
 def fake_franky(monkeypatch):
     world = types.SimpleNamespace(q=np.array(PANDA.home), moves=[], width=0.08, gripper_moves=[], recovered=0,
-                                  fail_next=False, joined=0)
+                                  fail_next=False, in_error=False, joined=0)
 
     class JointWaypoint:
         def __init__(self, target):
@@ -163,6 +163,7 @@ def fake_franky(monkeypatch):
 
         def recover_from_errors(self):
             world.recovered += 1
+            world.in_error = False
 
         @property
         def current_joint_state(self):
@@ -170,8 +171,9 @@ def fake_franky(monkeypatch):
 
         def move(self, motion, asynchronous=False):
             assert asynchronous
-            if world.fail_next:
-                world.fail_next = False
+            if world.fail_next:  # a reflex: like libfranka, every later motion fails until recovered
+                world.fail_next, world.in_error = False, True
+            if world.in_error:
                 raise RuntimeError("cartesian_reflex")
             world.moves.append(motion.waypoints[0].target)
             world.q = np.array(motion.waypoints[0].target)
@@ -199,12 +201,16 @@ def fake_franky(monkeypatch):
 
 
 def test_franka_driver_servoes_and_reports_motion_errors(fake_franky):
+    """A reflex is never cleared by the servo loop: the arm stays in its error state, the faults stop the
+    controller, and only the operator's recover() clears it. Before the fix the driver called
+    recover_from_errors() on connect and after every motion error, inside the 100 Hz loop."""
     box = _box_around(PANDA, PANDA.home)
     cfg = {"type": "franka", "host": "172.16.0.2", "in_thread": True,
            "controller": {"rate_hz": 100, "action_mode": "joint", "watchdog_s": 0.5, "max_faults": 5},
            "safety": {**box, "max_step": 0.01}, "driver": {"relative_dynamics_factor": 0.2}}
     robot = make_robot(cfg)
     with robot:
+        assert fake_franky.recovered == 0  # nothing cleared behind the operator's back, not even at start
         q0 = robot.state().q
         target = q0 + np.array([0.1, -0.05, 0, 0, 0, 0.05, 0])
         robot.send_action(np.r_[target, 1.0].astype(np.float32), t=time.monotonic() + 0.3)
@@ -212,12 +218,25 @@ def test_franka_driver_servoes_and_reports_motion_errors(fake_franky):
         np.testing.assert_allclose(fake_franky.q, target, atol=1e-6)
         assert robot.state().gripper == pytest.approx(1.0)  # width 0 -> closed
         fake_franky.fail_next = True
-        time.sleep(0.1)
+        time.sleep(0.2)
         st = robot.state()
-    assert st.counters["driver_faults"] == 1 and fake_franky.recovered == 2  # connect + after the error
+        assert fake_franky.recovered == 0 and fake_franky.in_error
+        assert st.status == "stopped" and st.counters["driver_faults"] >= 5
+        assert any("recover" in msg for _, msg in robot.faults())
+        assert robot.recover() == "idle"  # the operator's action
+        assert fake_franky.recovered == 1 and not fake_franky.in_error
+        back = robot.state().q
+        robot.send_action(np.r_[q0, 1.0].astype(np.float32), t=time.monotonic() + 0.3)
+        time.sleep(0.6)
+        np.testing.assert_allclose(fake_franky.q, q0, atol=1e-6)
+    np.testing.assert_allclose(back, target, atol=1e-6)
     assert fake_franky.factor == 0.2 and fake_franky.joined == 1
     assert fake_franky.gripper_moves == [(0.08, 0.05), (0.0, 0.05)]  # opened at start, closed by the action
     _check_stream(fake_franky.moves, SafetyLimits.for_chain(PANDA, cfg["safety"]), PANDA, 100)
+    with make_robot({**cfg, "driver": {"recover_on_connect": True}}):  # the operator's flag at start
+        assert fake_franky.recovered == 2
+    with pytest.raises(RobotError, match="recover_on_connect"):
+        make_robot({**cfg, "driver": {"recover_on_connect": "yes"}}).connect()
 
 
 # ------------------------------------------------------------------------------------ LeRobot

@@ -207,13 +207,52 @@ def test_estop_freezes_at_once_and_latches():
     assert core.status == "estop"
 
 
-def test_driver_estop_and_tracking_faults():
-    core = _core(max_faults=10)
-    cmd = core.tick(DT, q_measured=core.q_cmd + 1.0)
-    assert core.counters["tracking"] == 1 and cmd.status == "idle"
-    core.tick(2 * DT, q_measured=core.q_cmd + 1.0)
-    assert core.counters["tracking"] == 1  # one fault per excursion
-    assert core.tick(3 * DT, driver_fault="protective stop", driver_estop=True).status == "estop"
+def test_tracking_error_holds_at_the_measured_joints_and_a_persistent_one_stops():
+    """Before the fix a tracking error counted a fault and the core kept running toward the target."""
+    core = _core(max_faults=10, tracking_fault_s=0.05, watchdog_s=2.0)
+    tol, cap = core.limits.tracking_tol, core.limits.step_cap(DT)
+    stuck = core.q_cmd.copy()
+    goal = stuck + np.array([1.0, 0, 0, 0, 0, 0, 0])
+    assert core.submit(0.0, 1.0, list(goal) + [0]) == "accepted"
+    t, errs = 0.0, []
+    while core.status == "running" and t < 1.0:  # the arm does not move while the command ramps away
+        t += DT
+        cmd = core.tick(t, q_measured=stuck)
+        errs.append(np.abs(cmd.q - stuck).max())
+    assert core.status == "holding" and core.counters["tracking"] == 1
+    assert max(errs) <= tol + cap.max() + 1e-9  # it held the tick the error passed the tolerance
+    np.testing.assert_array_equal(cmd.q, stuck)  # held where the arm is, not where it was told to go
+    assert core.submit(t, t + 0.5, list(goal) + [0]) == "rejected"  # no actions during the hold
+    for _ in range(int(0.05 / DT) + 1):
+        t += DT
+        np.testing.assert_array_equal(core.tick(t, q_measured=stuck).q, stuck)
+    assert core.submit(t, t + 0.5, list(goal) + [0]) == "accepted"  # resumes from the measured state
+    np.testing.assert_array_equal(core.traj[0][1], stuck)
+    # an arm that keeps going away from the hold (pushed, a brake slipping) stops the controller
+    pushed = stuck + np.array([0, 0, 0, 0, 0, 0, 0.6])
+    core.tick(t + DT, q_measured=pushed)
+    assert core.status == "holding" and core.counters["tracking"] == 2
+    core.tick(t + 2 * DT, q_measured=pushed + np.array([0, 0, 0, 0, 0, 0, 0.6]))
+    assert core.status == "stopped" and "persists" in core.fault_log[-1][1]
+    core.reset(t + 3 * DT, pushed, -1.0)
+    assert core.status == "idle" and np.array_equal(core.q_cmd, pushed)
+    assert core.tick(t + 4 * DT, driver_fault="protective stop", driver_estop=True).status == "estop"
+
+
+def test_a_stale_arm_state_holds_and_refuses_actions():
+    core = _core(max_faults=10, read_timeout_s=0.05)
+    q0 = core.q_cmd.copy()
+    core.submit(0.0, 0.5, list(q0 + 0.2) + [0])
+    core.tick(DT, q_measured=q0)
+    moving = core.q_cmd.copy()
+    cmd = core.tick(2 * DT, q_measured=q0, state_age=0.06)  # the driver's read has blocked for 60 ms
+    assert cmd.status == "holding" and core.counters["driver_faults"] == 1
+    np.testing.assert_array_equal(cmd.q, moving)
+    assert core.submit(3 * DT, 0.5, list(q0 + 0.2) + [0]) == "rejected"
+    core.tick(3 * DT, q_measured=q0, state_age=0.07)
+    assert core.counters["driver_faults"] == 1  # one fault per blocked stretch
+    core.tick(4 * DT, q_measured=moving, state_age=0.0)
+    assert core.submit(5 * DT, 0.5, list(q0 + 0.2) + [0]) == "accepted"
 
 
 def test_start_outside_the_limits_is_refused():

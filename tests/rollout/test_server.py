@@ -68,8 +68,10 @@ def _obs(seed=0, size=32, task="open the drawer"):
             STATE: rng.standard_normal(4).astype(np.float32), TASK: task}
 
 
-def _health(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+def _health(port, key=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/healthz",
+                                 headers={"Authorization": f"Api-Key {key}"} if key else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200 and r.headers["Content-Type"] == "application/json"
         return json.loads(r.read())
 
@@ -274,8 +276,10 @@ def test_api_key_required_when_configured(serve):
         assert e.value.response.status_code == 401
     client = WebsocketClientPolicy("127.0.0.1", srv.port, api_key=KEY)
     assert client.infer(_obs(0))["actions"].shape == (4, 3)
-    h = _health(srv.port)  # health needs no key
-    assert h["requires_api_key"] is True and h["rejected"] == 4 and h["connections"] == 1
+    assert _health(srv.port) == {"status": "ok"}  # health needs no key, and without it says nothing else
+    assert _health(srv.port, KEY[:-1] + "x") == {"status": "ok"}
+    h = _health(srv.port, KEY)
+    assert h["requires_api_key"] is True and h["rejected"] == 4 and h["connections"] == 1 and h["policy"] == "dust"
 
 
 def test_exposed_host_needs_a_key(checkpoint, monkeypatch):
@@ -345,3 +349,283 @@ def test_runner_and_server_setting_checks(checkpoint):
         PolicyServer(runner, max_clients=0)
     with pytest.raises(RequestError, match="list of B strings"):
         runner.infer({**_obs(0), TASK: 3})
+
+
+# ---------------------------------------------------------------- hostile clients (docs/reliability.md)
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _RssPeak:
+    """Samples this process's resident memory every 5 ms while in the block; ``.grew`` is peak - start (MiB)."""
+
+    def __enter__(self):
+        self.start = self.peak = _rss_mb()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.005):
+                self.peak = max(self.peak, _rss_mb())
+
+        self._t = threading.Thread(target=sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.grew = self.peak - self.start
+
+
+def _empty_map_bomb(width):
+    """width**4 empty msgpack maps nested in arrays of ``width`` (each level within max_array_len)."""
+    head = b"\xdc" + width.to_bytes(2, "big")  # array16
+    level = head + b"\x80" * width
+    for _ in range(3):
+        level = head + level * width
+    return level
+
+
+def _timed_infer(port, out, key="ms"):
+    t0 = time.perf_counter()
+    WebsocketClientPolicy("127.0.0.1", port).infer(_obs(3))
+    out[key] = (time.perf_counter() - t0) * 1e3
+
+
+def test_decoding_runs_off_the_event_loop_under_limits_from_the_policy(serve, monkeypatch):
+    """Before the fix a message of 6.25 M empty maps (6.4 MB) decoded on the event loop: every client froze
+    for the whole decode and the process grew by hundreds of MB."""
+    srv = serve()
+    threads = []
+    real = srvmod.unpackb
+
+    def spy(*a, **kw):
+        threads.append(threading.current_thread().name)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(srvmod, "unpackb", spy)
+    client = WebsocketClientPolicy("127.0.0.1", srv.port)
+    client.infer(_obs(0))
+    assert threads and all(n.startswith("vlastack-decode") for n in threads)
+    bomb = _empty_map_bomb(50)
+    other = {}
+    with connect(f"ws://127.0.0.1:{srv.port}", compression=None, max_size=None) as ws, _RssPeak() as mem:
+        ws.recv()
+        t0 = time.perf_counter()
+        ws.send(bomb)
+        probe = threading.Thread(target=_timed_infer, args=(srv.port, other))
+        probe.start()
+        reply = ws.recv(timeout=30)
+        bomb_ms = (time.perf_counter() - t0) * 1e3
+        probe.join(30)
+    print(f"empty-map bomb ({len(bomb) / 2**20:.1f} MiB): error reply in {bomb_ms:.0f} ms, another client served "
+          f"in {other.get('ms', float('nan')):.0f} ms meanwhile, memory grew {mem.grew:.0f} MiB")
+    assert isinstance(reply, str) and "maps and arrays" in reply
+    assert bomb_ms < 500 and other["ms"] < 1000 and mem.grew < 100
+    limits = srv.runner.wire_limits()
+    assert limits["max_bin_len"] == 2**20 and limits["max_array_len"] == 64 and limits["max_ext_len"] == 0
+    for payload, expect in ((msgpack.packb({"task": "x" * (srvmod.MAX_WIRE_STR + 1)}), "max_str_len"),
+                            (msgpack.packb({f"k{i}": 0 for i in range(100)}), "max_map_len"),
+                            (msgpack.packb({"a": b"\0" * (2**20 + 1)}), "max_bin_len")):
+        with pytest.raises(RequestError, match=expect):
+            real(payload, limits)
+
+
+def test_batches_larger_than_max_batch_get_a_clear_error(serve):
+    """Before the fix a request of B = 2600 ran through the policy and blocked every other client."""
+    srv = serve()
+    client = WebsocketClientPolicy("127.0.0.1", srv.port)
+    obs = _obs(0)
+    huge = {k: ([v] * 2600 if k == TASK else np.stack([v] * 2600)) for k, v in obs.items()}  # 15 MiB
+    other = {}
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="max_batch"):
+        probe = threading.Thread(target=_timed_infer, args=(srv.port, other))
+        probe.start()
+        client.infer(huge)
+    ms = (time.perf_counter() - t0) * 1e3
+    probe.join(30)
+    print(f"B=2600 request refused in {ms:.0f} ms; another client served in {other['ms']:.0f} ms meanwhile")
+    assert ms < 3000 and other["ms"] < 3000
+    assert client.get_server_metadata()["max_batch"] == srv.runner.max_batch == 64  # tiny: 6 KiB per sample
+    small = serve(max_batch=2)
+    c2 = WebsocketClientPolicy("127.0.0.1", small.port)
+    three = {k: ([v] * 3 if k == TASK else np.stack([v] * 3)) for k, v in obs.items()}
+    with pytest.raises(RuntimeError, match="a batch of 3 is larger than this server's max_batch=2"):
+        c2.infer(three)
+    two = {k: ([v] * 2 if k == TASK else np.stack([v] * 2)) for k, v in obs.items()}
+    assert c2.infer(two)["actions"].shape == (2, 4, 3)
+    with pytest.raises(ServeError, match="max_batch"):
+        serve(max_batch=0)
+
+
+def test_a_slowloris_flood_does_not_starve_a_legitimate_client(serve):
+    """400 half-open connections from 9 loopback addresses (300 silent, 100 trickling header bytes), held
+    3 s. Before the fix every one kept a server socket until the 10 s handshake timeout: with a file limit
+    the process ran out of descriptors and the legitimate client could not even connect."""
+    import resource
+    import socket
+
+    srv = serve(handshake_timeout_s=1.0)
+    baseline = len(os.listdir("/proc/self/fd"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    flood, stop, opened = [], threading.Event(), threading.Event()
+
+    def run_flood():
+        try:
+            for i in range(400):
+                s = socket.socket()
+                s.bind((f"127.0.0.{2 + i % 9}", 0))
+                s.connect(("127.0.0.1", srv.port))
+                if i % 4 == 0:
+                    s.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                flood.append(s)
+        except OSError:
+            pass  # out of descriptors: the flood stops there
+        opened.set()
+        t_end = time.monotonic() + 3.0
+        while not stop.is_set() and time.monotonic() < t_end:  # trickle a header byte now and then
+            for s in flood[::4]:
+                try:
+                    s.send(b"X")
+                except OSError:
+                    pass
+            time.sleep(0.3)
+        for s in flood:
+            s.close()
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (baseline + 600, hard))
+    try:
+        t = threading.Thread(target=run_flood)
+        t.start()
+        opened.wait(30)
+        result = {}
+        try:
+            _timed_infer(srv.port, result)
+        finally:
+            n_flood = len(flood)
+            time.sleep(1.5)  # past the handshake timeout
+            h = _health(srv.port)
+            stop.set()
+            t.join(30)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    print(f"slowloris: {n_flood} half-open connections; the legitimate client connected and got actions in "
+          f"{result['ms']:.0f} ms; {h['dropped_handshakes']} pending handshakes dropped")
+    assert n_flood == 400 and result["ms"] < 1000
+    assert srv.guard.peak <= 64 and h["dropped_handshakes"] > 0 and h["pending_handshakes"] == 0  # timed out
+    assert WebsocketClientPolicy("127.0.0.1", srv.port).infer(_obs(1))["actions"].shape == (4, 3)
+
+
+def test_idle_connections_are_closed(serve):
+    srv = serve(idle_timeout_s=0.5)
+    with connect(f"ws://127.0.0.1:{srv.port}", compression=None, max_size=None) as ws:
+        ws.recv()
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=5)
+    assert e.value.rcvd is not None and e.value.rcvd.code == 1001 and "idle" in e.value.rcvd.reason
+    assert _health(srv.port)["idle_closed"] == 1
+    with pytest.raises(ServeError, match="idle_timeout_s"):
+        serve(idle_timeout_s=-1)
+
+
+def _fuzz_frames(rng, valid, n):
+    """``n`` hostile frames: random msgpack, truncated and bit-flipped requests, wrong types, huge declared
+    shapes, bad dtypes, nesting and container bombs, random bytes."""
+    import msgpack as mp
+
+    def rand_obj(depth=0):
+        k = rng.integers(0, 9 if depth < 4 else 5)
+        if k == 0:
+            return None
+        if k == 1:
+            return bool(rng.integers(0, 2))
+        if k == 2:
+            big = rng.random() < 0.5
+            return int(rng.integers(-2**63, 2**63 - 1, dtype=np.int64)) if big else int(rng.integers(0, 300))
+        if k == 3:
+            return float(rng.standard_normal() * 10.0 ** int(rng.integers(-5, 300)))
+        if k == 4:
+            return rng.bytes(int(rng.integers(0, 64))).decode("latin-1")
+        if k == 5:
+            return rng.bytes(int(rng.integers(0, 256)))
+        if k == 6:
+            return [rand_obj(depth + 1) for _ in range(int(rng.integers(0, 8)))]
+        if k == 7:
+            return {rng.bytes(4).hex(): rand_obj(depth + 1) for _ in range(int(rng.integers(0, 8)))}
+        return {b"__ndarray__": True, b"data": rng.bytes(int(rng.integers(0, 64))),
+                b"dtype": str(rng.choice(["<f4", "|u1", "<f8", "|O", "<U3", "V8", "<c8", "xx", ">i2"])),
+                b"shape": [int(rng.integers(-3, 2**31)) for _ in range(int(rng.integers(0, 10)))]}
+
+    keys = list(valid)
+    frames = []
+    for i in range(n):
+        kind = i % 8
+        if kind == 0:
+            frames.append(mp.packb(rand_obj(), use_bin_type=True))
+        elif kind == 1:
+            packed = openpi_msgpack.packb(valid)
+            frames.append(packed[:int(rng.integers(0, len(packed)))])
+        elif kind == 2:
+            packed = bytearray(openpi_msgpack.packb(valid))
+            for _ in range(int(rng.integers(1, 8))):
+                packed[int(rng.integers(0, len(packed)))] = int(rng.integers(0, 256))
+            frames.append(bytes(packed))
+        elif kind == 3:
+            obs = dict(valid)
+            obs[keys[int(rng.integers(0, len(keys)))]] = rand_obj(1)
+            frames.append(openpi_msgpack.packb(obs))
+        elif kind == 4:
+            obs = {k: v for k, v in valid.items()}
+            key = keys[int(rng.integers(0, len(keys) - 1))]  # an array key
+            dims = [int(rng.choice([2**40, 2**62, 2**31 - 1, 0, 7])) for _ in range(int(rng.integers(1, 9)))]
+            obs[key] = {b"__ndarray__": True, b"data": b"\0" * int(rng.integers(0, 4096)), b"dtype": "|u1",
+                        b"shape": dims}
+            frames.append(mp.packb(obs, default=openpi_msgpack.pack_array))
+        elif kind == 5:
+            frames.append(b"\x91" * int(rng.integers(1, 3000)) + b"\xc0")  # deep nesting
+        elif kind == 6:
+            frames.append(_empty_map_bomb(int(rng.integers(8, 36))))  # from 4 K to 1.5 M maps
+        else:
+            frames.append(rng.bytes(int(rng.integers(1, 2048))))
+    return frames
+
+
+def test_fuzzed_frames_never_take_the_server_down(serve):
+    srv = serve(max_message_mb=1)
+    rng = np.random.default_rng(1234)
+    frames = _fuzz_frames(rng, _obs(0), 1200)
+    replies, served, closes, crashes = 0, 0, 0, []
+    t0 = time.perf_counter()
+    with _RssPeak() as mem:
+        ws = connect(f"ws://127.0.0.1:{srv.port}", compression=None, max_size=None)
+        ws.recv()
+        for i, frame in enumerate(frames):
+            try:
+                ws.send(frame)
+                reply = ws.recv(timeout=10)
+                replies += 1
+                if not isinstance(reply, str):  # a flipped pixel byte or a string task: still a valid request
+                    served += 1
+                    if i % 8 not in (2, 3) or openpi_msgpack.unpackb(reply)["actions"].shape != (4, 3):
+                        crashes.append((i, "a binary reply to a hostile frame"))
+            except ConnectionClosed as e:  # only "message too big" may close a connection
+                closes += 1
+                if e.rcvd is None or e.rcvd.code != 1009:
+                    crashes.append((i, repr(e)))
+                ws = connect(f"ws://127.0.0.1:{srv.port}", compression=None, max_size=None)
+                ws.recv()
+        ws.close()
+    secs = time.perf_counter() - t0
+    h = _health(srv.port)
+    print(f"fuzz: {len(frames)} frames in {secs:.1f} s, {replies - served} error replies, {served} still-valid "
+          f"requests served, {closes} closed for size, "
+          f"{len(crashes)} crashes, memory grew {mem.grew:.0f} MiB, server errors counted {h['errors']}")
+    assert not crashes, crashes[:5]
+    assert replies + closes == len(frames) and h["status"] == "ok" and mem.grew < 150
+    assert secs < 20  # before the fix the container bombs decoded on the event loop: 50 s for these frames
+    assert srv._thread.is_alive()
+    assert WebsocketClientPolicy("127.0.0.1", srv.port).infer(_obs(1))["actions"].shape == (4, 3)

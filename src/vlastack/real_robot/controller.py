@@ -9,14 +9,23 @@ Three layers:
   :class:`~.safety.SafetyFilter`. Targets whose time has passed on arrival are dropped; a new
   target replaces every waypoint planned after it (Diffusion Policy's waypoint scheduling).
   The watchdog holds position (zero velocity) when no action has arrived for ``watchdog_s``.
+  A measured position further than ``tracking_tol`` from the command (a stuck or pushed arm)
+  holds at once: the command is re-anchored at the measured joints, the trajectory dropped and
+  actions refused for ``tracking_fault_s``; an error that persists through that hold stops the
+  controller, otherwise actions are taken again and plan from the measured state. A driver read
+  stuck for more than ``read_timeout_s`` makes the state stale: the command holds until reads resume.
   Faults (watchdog trips, invalid actions, tracking errors, driver faults) are counted;
   ``max_faults`` of them within ``fault_window_s`` stop the controller: it holds and rejects
   actions until :meth:`ControllerCore.reset`. The e-stop freezes the command at once and latches.
-- :func:`control_loop` — the servo loop around a core and an :class:`ArmDriver`: read the arm,
-  take queued actions and requests, tick, send the command, publish the state, sleep to the
-  next period. It runs in its own spawned process (:class:`ControlledRobot`, the default), or
-  in a thread for drivers that must live in the caller's process (fakes in tests); the path
-  from an action to the driver is the same either way and always goes through the filter.
+- :func:`control_loop` — the servo loop around a core and an :class:`ArmDriver`: take the newest
+  arm state, queued actions and requests, tick, send the command, publish the state, sleep to
+  the next period (an e-stop is seen at the next tick). Driver reads run in their own thread
+  (:class:`_Reader`), so a read that blocks never delays the e-stop, the watchdog or the hold;
+  replies to requests (a ``log`` can be megabytes) are sent from another thread. The loop runs
+  in its own spawned process (:class:`ControlledRobot`, the default; SIGTERM stops it like a
+  client's disconnect: a last hold, then the driver's disconnect), or in a thread for drivers
+  that must live in the caller's process (fakes in tests); the path from an action to the driver
+  is the same either way and always goes through the filter.
 - :class:`ControlledRobot` — the :class:`~.base.Robot` the rollout loop uses: it holds only the
   ends of the pipes to the controller (never the driver), reads the published state and the
   cameras, and sends timestamped actions.
@@ -24,9 +33,12 @@ Three layers:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import multiprocessing as mp
+import queue
+import signal
 import threading
 import time
 import traceback
@@ -71,6 +83,8 @@ class ControllerConfig:
         ik_tol: IK residual (m + 0.3 rad) above which a target counts as not reached.
         log_ticks: ticks kept in the controller's ring-buffer log.
         connect_timeout_s: how long ``connect`` waits for the driver.
+        read_timeout_s: a driver read that has not returned after this long holds the command.
+        tracking_fault_s: how long a tracking hold lasts; an error that persists through it stops.
     """
 
     rate_hz: float = 200.0
@@ -83,12 +97,15 @@ class ControllerConfig:
     ik_tol: float = 0.01
     log_ticks: int = 30_000
     connect_timeout_s: float = 30.0
+    read_timeout_s: float = 0.1
+    tracking_fault_s: float = 0.1
 
     def __post_init__(self):
         check_action_mode(self.action_mode)
         if not (isinstance(self.rate_hz, (int, float)) and 1 <= self.rate_hz <= 2000):
             raise ValueError(f"controller.rate_hz: expected 1..2000 Hz, got {self.rate_hz!r}")
-        for name in ("watchdog_s", "fault_window_s", "max_horizon_s", "ik_tol", "connect_timeout_s"):
+        for name in ("watchdog_s", "fault_window_s", "max_horizon_s", "ik_tol", "connect_timeout_s",
+                     "read_timeout_s", "tracking_fault_s"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"controller.{name}: expected a positive number, got {v!r}")
@@ -143,8 +160,15 @@ class ControllerCore:
         self.g_cmd = float(np.clip(g if np.isfinite(g) else 0.0, -1, 1))
         self.traj: list[tuple[float, np.ndarray, float]] = [(now, self.q_cmd.copy(), self.g_cmd)]
         self.last_arrival: float | None = None
-        self._tracking_bad = False
+        self._tracking_since: float | None = None  # start of a tracking hold
+        self.stale = False  # a driver read has been stuck for more than read_timeout_s
         self.status = "idle"
+
+    def _stop(self, now: float, message: str) -> None:
+        if self.status not in ("stopped", "estop"):
+            self.status = "stopped"
+            self.traj = [(now, self.q_cmd.copy(), self.g_cmd)]
+            self.fault_log.append((now, f"{message}; reset to resume"))
 
     def fault(self, now: float, kind: str, message: str) -> None:
         """Record a fault; ``max_faults`` within ``fault_window_s`` stop the controller."""
@@ -153,11 +177,8 @@ class ControllerCore:
         self._fault_times.append(now)
         while self._fault_times and now - self._fault_times[0] > self.cfg.fault_window_s:
             self._fault_times.popleft()
-        if len(self._fault_times) >= self.cfg.max_faults and self.status not in ("stopped", "estop"):
-            self.status = "stopped"
-            self.traj = [(now, self.q_cmd.copy(), self.g_cmd)]
-            self.fault_log.append((now, f"stopped after {len(self._fault_times)} faults in "
-                                        f"{self.cfg.fault_window_s:g} s; reset to resume"))
+        if len(self._fault_times) >= self.cfg.max_faults:
+            self._stop(now, f"stopped after {len(self._fault_times)} faults in {self.cfg.fault_window_s:g} s")
 
     def estop(self, now: float, reason: str = "e-stop") -> None:
         """Emergency stop: freeze the command now; latched until :meth:`reset`."""
@@ -193,8 +214,9 @@ class ControllerCore:
         return q, float(a[6])
 
     def submit(self, now: float, t: float, action: Any) -> str:
-        """Take a target for time ``t``: returns accepted | stale | invalid | rejected (stopped / e-stop)."""
-        if self.status in ("stopped", "estop"):
+        """Take a target for time ``t``: returns accepted | stale | invalid | rejected (stopped, e-stop or
+        a tracking hold, no fresh arm state)."""
+        if self.status in ("stopped", "estop") or self._tracking_since is not None or self.stale:
             self.counters["rejected"] += 1
             return "rejected"
         try:
@@ -238,14 +260,55 @@ class ControllerCore:
 
     # -------------------------------------------------------------- the tick
 
-    def tick(self, now: float, q_measured=None, driver_fault: str | None = None, driver_estop: bool = False) -> Command:
-        """The safe command for time ``now`` (see the module docstring)."""
+    def _track(self, now: float, q_measured) -> None:
+        """The tracking check against the command the arm was following (module docstring)."""
+        q_m = np.asarray(q_measured, float)
+        err = np.abs(q_m - self.q_cmd) if q_m.shape == self.q_cmd.shape else np.full(self.q_cmd.shape, np.inf)
+        bad = bool(not np.all(np.isfinite(err)) or np.max(err) > self.limits.tracking_tol)
+        if self._tracking_since is not None:  # holding after a tracking error
+            if bad:
+                self._tracking_since = None
+                self._stop(now, f"tracking error persists while holding: measured joints "
+                                f"{np.round(np.nan_to_num(err, nan=np.inf), 3).tolist()} rad from the hold")
+            elif now - self._tracking_since >= self.cfg.tracking_fault_s:
+                self._tracking_since = None  # actions are taken again, planned from the measured hold
+            return
+        if not bad or self.status in ("stopped", "estop"):
+            return
+        finite = q_m.shape == self.q_cmd.shape and bool(np.all(np.isfinite(q_m)))
+        if finite:  # hold where the arm is: a command that does not push on whatever stopped it
+            self.q_cmd = np.clip(q_m, self.limits.lower, self.limits.upper)
+            self.traj = [(now, self.q_cmd.copy(), self.g_cmd)]
+            self.status = "holding"
+            self._tracking_since = now
+        self.fault(now, "tracking", f"measured joints {np.round(np.nan_to_num(err, nan=np.inf), 3).tolist()} "
+                                    f"rad from the command (tracking_tol={self.limits.tracking_tol}); holding")
+        if not finite:
+            self._stop(now, "the arm reports non-finite joints")
+
+    def tick(self, now: float, q_measured=None, driver_fault: str | None = None, driver_estop: bool = False,
+             state_age: float = 0.0) -> Command:
+        """The safe command for time ``now`` (see the module docstring); ``state_age`` is how long the
+        driver read in progress has been stuck (over ``read_timeout_s``: ``q_measured`` is not used and
+        the command holds)."""
         c = self.counters
         c["ticks"] += 1
         if driver_estop and self.status != "estop":
             self.estop(now, driver_fault or "the arm reports an emergency stop")
         elif driver_fault:
             self.fault(now, "driver_faults", driver_fault)
+        stale = state_age > self.cfg.read_timeout_s
+        if stale:  # blind: hold the command until the arm reports again
+            q_measured = None
+            if not self.stale:
+                self.fault(now, "driver_faults", f"no state from the arm for {state_age:.3f} s "
+                                                 f"(read_timeout_s={self.cfg.read_timeout_s}); holding")
+            if self.status == "running":
+                self.status = "holding"
+            self.traj = [(now, self.q_cmd.copy(), self.g_cmd)]
+        self.stale = stale
+        if q_measured is not None and self.status != "estop":
+            self._track(now, q_measured)
         if self.status == "running" and self.last_arrival is not None and now - self.last_arrival > self.cfg.watchdog_s:
             self.fault(now, "watchdog", f"no action for {now - self.last_arrival:.3f} s; holding")
             if self.status == "running":
@@ -264,13 +327,6 @@ class ControllerCore:
         if res.invalid:  # cannot happen for accepted targets; defence in depth
             self.fault(now, "invalid", "non-finite interpolated target")
         self.q_cmd, self.g_cmd = res.q, res.gripper
-        if q_measured is not None:
-            err = np.abs(np.asarray(q_measured, float) - self.q_cmd)
-            bad = bool(np.any(~np.isfinite(err)) or np.max(err) > self.limits.tracking_tol)
-            if bad and not self._tracking_bad:
-                self.fault(now, "tracking", f"measured joints {np.round(np.nan_to_num(err, nan=np.inf), 3).tolist()} "
-                                            f"rad from the command (tracking_tol={self.limits.tracking_tol})")
-            self._tracking_bad = bad
         return Command(self.q_cmd.copy(), self.g_cmd, self.status)
 
 
@@ -396,15 +452,24 @@ class TickLog:
         self.q_cmd[i], self.q[i] = q_cmd, q
         self.count += 1
 
+    def raw(self) -> tuple[int, dict[str, np.ndarray]]:
+        """A plain copy of the filled buffers (memcpy only: cheap enough for the servo loop) and the count."""
+        n = min(self.count, len(self.t))
+        return self.count, {"t": self.t[:n].copy(), "status": self.status[:n].copy(), "q_cmd": self.q_cmd[:n].copy(),
+                            "q": self.q[:n].copy(), "g_cmd": self.g_cmd[:n].copy()}
+
+    @staticmethod
+    def ordered(count: int, bufs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The ticks of a :meth:`raw` copy in time order."""
+        size = len(bufs["t"])
+        if count <= size:
+            return bufs
+        i = count % size
+        return {k: np.concatenate([v[i:], v[:i]]) for k, v in bufs.items()}
+
     def snapshot(self) -> dict[str, np.ndarray]:
         """The logged ticks in time order."""
-        size = len(self.t)
-        if self.count <= size:
-            idx = np.arange(self.count)
-        else:
-            idx = (np.arange(size) + self.count) % size
-        return {"t": self.t[idx].copy(), "status": self.status[idx].copy(), "q_cmd": self.q_cmd[idx].copy(),
-                "q": self.q[idx].copy(), "g_cmd": self.g_cmd[idx].copy()}
+        return self.ordered(*self.raw())
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -424,7 +489,7 @@ class Channels:
 def _publish(arr, layout: StateLayout, seq: int, now: float, core: ControllerCore, st: ArmState,
              chain: Chain | None) -> None:
     s = layout.slices
-    if chain is not None:
+    if chain is not None and np.all(np.isfinite(st.q)):
         p, R = chain.fk(st.q)
         ee = np.concatenate([p, matrix_to_rotvec(R)])
     else:
@@ -444,37 +509,205 @@ def _publish(arr, layout: StateLayout, seq: int, now: float, core: ControllerCor
         v[s["counters"]] = [core.counters[k] for k in COUNTERS]
 
 
-def _handle_request(name: str, args: tuple, core: ControllerCore, driver: ArmDriver, log: TickLog,
-                    ch: Channels, now: float) -> Any:
+class _DriverCalls:
+    """The servo loop's side of the driver: ``servo`` / ``estop`` / ``recover`` calls.
+
+    Drivers may be read from another thread (:class:`_Reader`) while these run. A driver whose
+    reads and writes share one link that cannot take both at once (``concurrent_io = False``,
+    e.g. a serial motor bus) gets a lock; a write that finds it taken (a read in progress) waits
+    at most ``wait`` seconds, then is skipped this tick, so the loop never blocks on a read.
+    """
+
+    def __init__(self, driver: ArmDriver, wait: float = 0.0):
+        self.driver, self.wait = driver, float(wait)
+        self.lock = None if getattr(driver, "concurrent_io", True) else threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self, wait: float):
+        """The link's lock (when the driver needs one), waiting up to ``wait`` s; yields whether it is held."""
+        if self.lock is None:
+            yield True
+            return
+        got = self.lock.acquire(timeout=wait) if wait > 0 else self.lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                self.lock.release()
+
+    def read(self) -> ArmState:
+        """One read (under the lock when the driver needs one)."""
+        with self.held(3600.0):
+            return self.driver.read()
+
+    def servo(self, q: np.ndarray, gripper: float, dt: float) -> bool:
+        """Send one command; False when the link was busy (nothing sent)."""
+        with self.held(self.wait) as got:
+            if got:
+                self.driver.servo(q, gripper, dt)
+            return got
+
+    def estop(self) -> bool:
+        """The driver's stop; False when the link was busy (try again next tick). The command is
+        frozen by the controller regardless."""
+        try:
+            with self.held(self.wait) as got:
+                if got:
+                    self.driver.estop()
+                return got
+        except Exception:  # noqa: BLE001 - the command is frozen regardless; nothing more to do here
+            traceback.print_exc()
+            return True
+
+
+class _Reader:
+    """Reads the arm in its own thread: the servo loop asks for a read each tick and waits for it
+    only briefly, so a driver read that blocks delays nothing but the freshness of the state."""
+
+    def __init__(self, calls: _DriverCalls):
+        self._calls = calls
+        self._cond = threading.Condition()
+        self._asked = self._done = 0
+        self._latest: tuple[ArmState | None, str | None, float] = (None, None, -math.inf)
+        self.reading_since: float | None = None  # monotonic start of the driver read in progress
+        self._reading_k = 0  # the request that read serves
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="controller-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._asked > self._done)
+                if self._closed:
+                    return
+                k = self._reading_k = self._asked
+                self.reading_since = time.monotonic()
+            try:
+                st, err = self._calls.read(), None
+            except Exception as e:  # noqa: BLE001 - a driver error is a fault; repeated, they stop us
+                st, err = None, f"read failed: {type(e).__name__}: {e}"
+            with self._cond:
+                self._latest = (st, err, time.monotonic())
+                self._done = k
+                self.reading_since = None
+                self._cond.notify_all()
+
+    def ask(self) -> int:
+        """Ask for a fresh read; returns its number."""
+        with self._cond:
+            self._asked += 1
+            self._cond.notify_all()
+            return self._asked
+
+    def get(self, k: int, wait: float) -> tuple[ArmState | None, str | None, float, float, int]:
+        """(newest state, read error, monotonic time it was read, how long the driver read in progress has
+        taken so far in seconds and in reads asked meanwhile: 0, 0 when none is), waiting up to ``wait`` s
+        for read ``k``. Both measures must grow for a read to count as stuck: a whole process that the
+        machine did not schedule for a while asks for no reads meanwhile."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._done >= k, timeout=wait)
+            since = self.reading_since
+            if since is None:
+                return (*self._latest, 0.0, 0)
+            return (*self._latest, max(0.0, time.monotonic() - since), self._asked - self._reading_k)
+
+    def fresh(self, max_stuck: float) -> ArmState:
+        """The newest state unless the last read failed or the read in progress has been stuck for more than
+        ``max_stuck`` s (never waits); raises :class:`RobotError` then."""
+        with self._cond:
+            st, err, t = self._latest
+            since = self.reading_since
+        now = time.monotonic()
+        if st is None or err is not None or (since is not None and now - since > max_stuck):
+            raise RobotError(f"no fresh state from the arm ({err or f'last read {now - t:.3f} s ago'}); "
+                             "check its connection")
+        return st
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the thread (a read still blocked in the driver is left to finish on its own)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+
+class _Replier:
+    """Sends request replies from its own thread, in order: a client slow to read a large ``log``
+    reply (megabytes through a pipe) blocks this thread, never the servo loop."""
+
+    def __init__(self, conn: Any):
+        self._conn = conn
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="controller-replies", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            kind, payload = item
+            try:
+                if callable(payload):
+                    payload = payload()
+                self._conn.send((kind, payload))
+            except (OSError, EOFError, BrokenPipeError):
+                return
+            except Exception as e:  # noqa: BLE001 - e.g. an unpicklable payload
+                try:
+                    self._conn.send(("error", f"{type(e).__name__}: {e}"))
+                except OSError:
+                    return
+
+    def send(self, kind: str, payload: Any) -> None:
+        """Queue a reply; a callable payload is evaluated in the reply thread."""
+        self._q.put((kind, payload))
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Send what is queued (up to ``timeout``), then stop."""
+        self._q.put(None)
+        self._thread.join(timeout)
+
+
+REQUESTS = ("log", "faults", "hold", "reset", "recover")
+
+
+def _handle_request(name: str, args: tuple, core: ControllerCore, calls: _DriverCalls, reader: _Reader,
+                    log: TickLog, ch: Channels, now: float) -> Any:
     if name == "log":
-        return log.snapshot()
+        count, bufs = log.raw()  # a plain copy here; ordering and pickling happen in the reply thread
+        return lambda: TickLog.ordered(count, bufs)
     if name == "faults":
         return list(core.fault_log)
     if name == "hold":
         core.hold(now)
         return core.status
-    if name == "reset":
+    if name in ("reset", "recover"):
         if ch.estop.is_set():
-            raise RobotError("reset: the e-stop is still engaged; clear it first")
-        st = driver.read()
+            raise RobotError(f"{name}: the e-stop is still engaged; clear it first")
+        if name == "recover":
+            recover = getattr(calls.driver, "recover", None)
+            if not callable(recover):
+                raise RobotError(f"recover: the {type(calls.driver).__name__} driver has no error recovery; "
+                                 "use reset")
+            if core.status == "running":
+                raise RobotError("recover: the arm is moving; hold first")
+            with calls.held(5.0):
+                recover()
+        st = reader.fresh(core.cfg.read_timeout_s)
         if st.estop:
-            raise RobotError("reset: the arm still reports an emergency stop")
+            raise RobotError(f"{name}: the arm still reports an emergency stop")
         core.reset(now, st.q, st.gripper)
         return core.status
-    raise RobotError(f"unknown controller request {name!r}; valid: log, faults, hold, reset")
-
-
-def _safe_estop(driver: ArmDriver) -> None:
-    try:
-        driver.estop()
-    except Exception:  # noqa: BLE001 - the command is frozen regardless; nothing more to do here
-        traceback.print_exc()
+    raise RobotError(f"unknown controller request {name!r}; valid: {', '.join(REQUESTS)}")
 
 
 def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: SafetyLimits, chain: Chain | None,
-                 ch: Channels) -> None:
-    """Run the servo loop until ``ch.stop`` is set (module docstring). Replies ("ready", info) or
-    ("error", message) on the request connection once the driver is connected and checked."""
+                 ch: Channels, terminate: threading.Event | None = None) -> None:
+    """Run the servo loop until ``ch.stop`` (or ``terminate``, set by a signal handler) is set (module
+    docstring). Replies ("ready", info) or ("error", message) on the request connection once the driver
+    is connected and checked."""
     driver = None
     try:
         driver = driver_spec.build()
@@ -496,23 +729,33 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
     log = TickLog(config.log_ticks, limits.n)
     dt = config.dt
     seq = 0
+    calls = _DriverCalls(driver, wait=0.25 * dt)
+    reader = _Reader(calls)
+    replies = _Replier(ch.requests)
     _publish(ch.state, layout, seq, time.monotonic(), core, st, chain)
     ch.requests.send(("ready", {"n_joints": limits.n, "rate_hz": config.rate_hz, "q": st.q.tolist()}))
     next_t = time.monotonic()
     estopped = False
+    t_used = next_t  # when the newest read already used was taken
     try:
-        while not ch.stop.is_set():
+        while not ch.stop.is_set() and not (terminate is not None and terminate.is_set()):
             now = time.monotonic()
-            try:
-                st = driver.read()
-            except Exception as e:  # noqa: BLE001 - a driver error is a fault; repeated, they stop us
-                st = ArmState(q=core.q_cmd.copy(), dq=np.zeros(limits.n), gripper=core.g_cmd, t=now,
-                              fault=f"read failed: {type(e).__name__}: {e}")
-            if ch.estop.is_set() and core.status != "estop":
+            k = reader.ask()
+            if ch.estop.is_set() and core.status != "estop":  # before anything that may take time
                 core.estop(now, "e-stop requested")
             if core.status == "estop" and not estopped:
-                _safe_estop(driver)
-                estopped = True
+                estopped = calls.estop()
+            got, err, t_got, blocked, ticks = reader.get(k, 0.25 * dt)  # this tick's read, or the newest one
+            stuck = blocked > config.read_timeout_s and ticks * dt > config.read_timeout_s
+            if stuck and not core.stale:  # a starved reader thread, or a stuck read?
+                got, err, t_got, blocked, ticks = reader.get(k, dt)  # a starved one finishes once it gets the CPU
+                stuck = blocked > config.read_timeout_s and ticks * dt > config.read_timeout_s
+            new = t_got > t_used
+            if new:
+                t_used = t_got
+                if got is not None:
+                    st = got
+            fault = (err or st.fault) if new else None  # each read's fault counts once
             while ch.actions.poll():
                 try:
                     t_target, action = ch.actions.recv()
@@ -523,15 +766,16 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
                     core.fault(now, "invalid", f"unreadable action message ({type(e).__name__})")
                     continue
                 core.submit(now, t_target, action)
-            cmd = core.tick(now, st.q, st.fault, st.estop)
+            # a driver read stuck longer than read_timeout_s makes the state stale (not a starved thread)
+            cmd = core.tick(now, st.q, fault, st.estop, state_age=blocked if stuck else 0.0)
             if cmd.status == "estop":
                 if not estopped:
-                    _safe_estop(driver)
-                    estopped = True
+                    estopped = calls.estop()
             else:
                 estopped = False
                 try:
-                    driver.servo(cmd.q, cmd.gripper, dt)
+                    if not calls.servo(cmd.q, cmd.gripper, dt):
+                        core.counters["overruns"] += 1  # the link was busy with a read: nothing sent
                 except Exception as e:  # noqa: BLE001
                     core.fault(now, "driver_faults", f"servo failed: {type(e).__name__}: {e}")
             seq += 1
@@ -544,12 +788,14 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
                     ch.stop.set()
                     break
                 try:
-                    ch.requests.send(("ok", _handle_request(name, args, core, driver, log, ch, now)))
+                    replies.send("ok", _handle_request(name, args, core, calls, reader, log, ch, now))
                 except Exception as e:  # noqa: BLE001
-                    ch.requests.send(("error", f"{type(e).__name__}: {e}"))
+                    replies.send("error", f"{type(e).__name__}: {e}")
             next_t += dt
             delay = next_t - time.monotonic()
             if delay > 0:
+                # not ch.estop.wait(delay): each timed-out wait of a multiprocessing Event leaves a count
+                # that the next set() walks through, so the e-stop would get slower the longer we run
                 time.sleep(delay)
             elif delay < -dt:  # more than a period late: count it and restart the schedule
                 core.counters["overruns"] += 1
@@ -558,9 +804,12 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
         try:
             core.hold(time.monotonic())
             if core.status != "estop":
-                driver.servo(core.q_cmd, core.g_cmd, dt)
+                with calls.held(1.0):  # a single-link driver's read may hold the link a moment
+                    driver.servo(core.q_cmd, core.g_cmd, dt)
         except Exception:  # noqa: BLE001
             pass
+        reader.close()
+        replies.close()
         try:
             driver.disconnect()
         except Exception:  # noqa: BLE001
@@ -569,10 +818,31 @@ def control_loop(driver_spec: DriverSpec, config: ControllerConfig, limits: Safe
 
 def _process_main(driver_spec, config, limits, chain, ch) -> None:
     """Entry point of the spawned controller process."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client, which stops us cleanly
-    control_loop(driver_spec, config, limits, chain, ch)
+    # SIGTERM: a last hold and the driver's disconnect. A threading.Event, whose is_set() takes no lock:
+    # setting ch.stop (a multiprocessing Event) here could deadlock on a lock the loop holds
+    terminate = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: terminate.set())
+    control_loop(driver_spec, config, limits, chain, ch, terminate)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread, so ``kill``, systemd
+    or ``docker stop`` get the same clean stop as Ctrl-C (the arm held, then disconnected).
+    Outside the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------ the robot
@@ -786,7 +1056,7 @@ class ControlledRobot:
             self._a_send.send((t, a))
 
     def request(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
-        """Ask the controller: ``log``, ``faults``, ``hold`` or ``reset``."""
+        """Ask the controller: ``log``, ``faults``, ``hold``, ``reset`` or ``recover``."""
         self._require()
         with self._req_lock:
             self._req.send((name, args))
@@ -815,6 +1085,11 @@ class ControlledRobot:
         """Drop the planned trajectory and hold (not a fault)."""
         return self.request("hold")
 
+    def recover(self) -> str:
+        """The operator's error recovery: the driver clears the arm's errors (e.g. Franka reflexes after a
+        collision; never done automatically), then the controller re-anchors at the measured position."""
+        return self.request("recover", timeout=10.0)
+
     def log(self) -> dict[str, np.ndarray]:
         """The controller's tick log (t, status, q_cmd, q, g_cmd), oldest first."""
         return self.request("log")
@@ -833,4 +1108,5 @@ def tick_jitter(t: np.ndarray, rate_hz: float) -> dict[str, float]:
 
 
 __all__ = ["ACTION_MODES", "ArmDriver", "ArmState", "Command", "ControlledRobot", "ControllerConfig", "ControllerCore",
-           "ControllerState", "DriverSpec", "STATUSES", "control_loop", "tick_jitter"]
+           "ControllerState", "DriverSpec", "REQUESTS", "STATUSES", "control_loop", "sigterm_as_interrupt",
+           "tick_jitter"]

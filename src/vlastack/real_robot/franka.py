@@ -4,7 +4,10 @@ Runs inside the controller process. Each tick replaces franky's running motion w
 asynchronous joint waypoint motion to the safety-filtered command (franky preempts the previous
 motion and plans a smooth, limit-respecting path with Ruckig), reads the joint state, and drives
 the gripper when the command changes between open and closed. Motion errors raised by franky
-(reflexes, collisions) become driver faults; ``recover_from_errors`` is called on connect.
+(reflexes, collisions) become driver faults, and the arm stays in its error state: recovery is
+the operator's action, never automatic (a collision reflex must not be cleared at 200 Hz by the
+servo loop). Recover with ``robot.recover()`` (the controller's ``recover`` request, which then
+re-anchors at the measured joints) or at start with ``driver.recover_on_connect=true``.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ class FrankaDriver:
         relative_dynamics_factor: franky's velocity/acceleration/jerk scale in (0, 1].
         gripper: whether a Franka Hand is attached.
         gripper_speed: m/s for gripper moves.
+        recover_on_connect: clear the arm's errors when connecting (the operator's choice at start).
     """
 
     def __init__(self, host: str, relative_dynamics_factor: float = 0.1, gripper: bool = True,
-                 gripper_speed: float = 0.05, chain: str = "panda"):
+                 gripper_speed: float = 0.05, chain: str = "panda", recover_on_connect: bool = False):
+        if not isinstance(recover_on_connect, bool):
+            raise ValueError(f"franka: recover_on_connect must be true or false, got {recover_on_connect!r}")
         if not host or not isinstance(host, str):
             raise ValueError(f"franka: host must be the robot's FCI IP address, got {host!r}")
         if not 0 < float(relative_dynamics_factor) <= 1:
@@ -48,15 +54,17 @@ class FrankaDriver:
         self.n_joints = self.chain.n
         self.host, self.factor = host, float(relative_dynamics_factor)
         self.use_gripper, self.gripper_speed = bool(gripper), float(gripper_speed)
+        self.recover_on_connect = recover_on_connect
         self.robot = self.gripper = self.franky = None
         self._closed = None
         self._fault: str | None = None
 
     def connect(self) -> None:
-        """Connect, clear errors, set the dynamics factor, open the gripper connection."""
+        """Connect (clearing errors only with ``recover_on_connect``), set the dynamics factor, open the gripper."""
         self.franky = _import_franky()
         self.robot = self.franky.Robot(self.host)
-        self.robot.recover_from_errors()
+        if self.recover_on_connect:
+            self.robot.recover_from_errors()
         self.robot.relative_dynamics_factor = self.factor
         if self.use_gripper:
             self.gripper = self.franky.Gripper(self.host)
@@ -76,12 +84,16 @@ class FrankaDriver:
         try:
             self.robot.move(motion, asynchronous=True)
         except Exception as e:  # noqa: BLE001 - franky raises the previous motion's error here
-            self._fault = f"franky: {type(e).__name__}: {e}"
-            self.robot.recover_from_errors()
+            self._fault = f"franky: {type(e).__name__}: {e} (recover with robot.recover() once the cause is cleared)"
         closed = gripper > 0
         if self.gripper is not None and closed != self._closed:
             self.gripper.move_async(0.0 if closed else MAX_WIDTH, self.gripper_speed)
             self._closed = closed
+
+    def recover(self) -> None:
+        """The operator's recovery: clear the arm's errors (franky's ``recover_from_errors``)."""
+        self.robot.recover_from_errors()
+        self._fault = None
 
     def estop(self) -> None:
         """Hold: preempt with a motion to the current position."""

@@ -62,6 +62,8 @@ class LeRobotDriver:
         calibrate: passed to ``robot.connect(calibrate=...)``.
     """
 
+    concurrent_io = False  # one motor bus: the controller never reads and writes it at once
+
     def __init__(self, robot_type: str, robot_kwargs: Mapping[str, Any] | None = None,
                  joints: Sequence[str] | None = None, gripper: str | None = "gripper",
                  gripper_open: float = 100.0, gripper_closed: float = 0.0, calibrate: bool = False):

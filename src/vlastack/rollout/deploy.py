@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from vlastack.real_robot.base import RobotError, StaleFrameError
-from vlastack.real_robot.controller import tick_jitter
+from vlastack.real_robot.controller import sigterm_as_interrupt, tick_jitter
 from vlastack.real_robot.registry import RobotConfigError, make_robot
 from vlastack.rollout.episode import run_episode
 from vlastack.rollout.executors import ExecutorError, make_executor
@@ -467,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     try:
-        summary = deploy(cfg)
+        with sigterm_as_interrupt():  # kill / systemd / docker stop: the same clean stop as Ctrl-C
+            summary = deploy(cfg)
     except KeyboardInterrupt:
         print("\ninterrupted: the arm was held and the controller stopped cleanly", file=sys.stderr)
         return 130

@@ -30,9 +30,21 @@ Safety of the network side:
   (never object arrays: no pickle, no pointers from the wire). Messages larger than
   ``max_message_mb`` close that connection with code 1009 ("message too big"); malformed messages
   get a text error reply. Either way the server and its other clients carry on.
+- Decoding runs in worker threads, never on the event loop, under msgpack limits derived from
+  the policy's inputs (:meth:`PolicyRunner.wire_limits`: the largest binary is the largest array
+  the policy reads at ``max_batch``; arrays, maps and strings are short; at most
+  ``MAX_CONTAINERS`` maps and arrays per message), so a message of millions of empty maps is
+  refused after a few thousand. A batch larger than ``max_batch`` (default: from the policy's
+  inputs, :func:`default_max_batch`) is refused with an error naming the limit.
+- Before the handshake: at most ``max_pending_handshakes`` connections may be opening at once,
+  and ``max_pending_per_address`` from one address; past either cap the oldest pending one is
+  dropped (a legitimate client completes its handshake in milliseconds, a slowloris never does).
+  A handshake must finish within ``handshake_timeout_s``; an open connection that sends nothing
+  for ``idle_timeout_s`` is closed.
 - Inference runs in one worker thread, so the policy never runs concurrently however many
   clients are connected; ``GET /healthz`` on the same port answers JSON with request counts and
-  the server-side latency p50 / p99 (also in the metadata sent on connect).
+  the server-side latency p50 / p99 (also in the metadata sent on connect). When an API key is
+  configured, a request without it gets only ``{"status": "ok"}``.
 """
 
 from __future__ import annotations
@@ -65,6 +77,12 @@ MIN_API_KEY_LEN = 16
 #: dtype kinds that may arrive over the wire: bool, signed / unsigned integers, floats
 WIRE_DTYPE_KINDS = "biuf"
 MAX_WIRE_NDIM = 8
+#: msgpack maps + arrays one message may hold (a request holds a few dozen)
+MAX_CONTAINERS = 1024
+#: longest string on the wire (instructions, keys, dtypes)
+MAX_WIRE_STR = 4096
+#: the batch budget behind :func:`default_max_batch` (bytes of observations per request)
+DEFAULT_BATCH_BYTES = 8 * 2**20
 
 log = logging.getLogger("vlastack.serve")
 
@@ -148,16 +166,50 @@ def _decode_hook(obj: dict) -> Any:
     return obj
 
 
-def unpackb(data: bytes) -> Any:
-    """Decode one msgpack message (numpy arrays checked); raises :class:`RequestError` when malformed."""
+class _Budget:
+    """Counts the maps and arrays msgpack builds for one message; raises past ``limit``."""
+
+    def __init__(self, limit: int):
+        self.limit, self.n = limit, 0
+
+    def _spend(self) -> None:
+        self.n += 1
+        if self.n > self.limit:
+            raise RequestError(f"message holds more than {self.limit} maps and arrays; a request holds a few dozen")
+
+    def object_hook(self, obj: dict) -> Any:
+        """Count a map, then decode it."""
+        self._spend()
+        return _decode_hook(obj)
+
+    def list_hook(self, obj: list) -> list:
+        """Count an array."""
+        self._spend()
+        return obj
+
+
+def unpackb(data: bytes, limits: Mapping[str, int] | None = None) -> Any:
+    """Decode one msgpack message (numpy arrays checked); raises :class:`RequestError` when malformed.
+
+    ``limits``: msgpack's ``max_str_len``, ``max_bin_len``, ``max_array_len``, ``max_map_len``,
+    ``max_ext_len`` and our ``max_containers`` (maps + arrays); see :meth:`PolicyRunner.wire_limits`.
+    """
     import msgpack
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RequestError(f"expected a binary msgpack message, got {type(data).__name__}")
+    lim = dict(limits or {})
+    budget = _Budget(int(lim.pop("max_containers", 2**62)))
+    hint = lim.pop("hint", "")
     try:
-        return msgpack.unpackb(data, object_hook=_decode_hook, raw=False, strict_map_key=True)
+        return msgpack.unpackb(data, object_hook=budget.object_hook, list_hook=budget.list_hook, raw=False,
+                               strict_map_key=True, **lim)
     except RequestError:
         raise
+    except ValueError as e:  # msgpack's limits: "... exceeds max_bin_len(...)"
+        if "exceeds max_" in str(e):
+            raise RequestError(f"message exceeds the server's limits ({e}){hint}") from e
+        raise RequestError(f"malformed msgpack message ({type(e).__name__}: {e})") from e
     except Exception as e:  # msgpack's ExtraData / FormatError / StackError, bad UTF-8, odd map keys
         raise RequestError(f"malformed msgpack message ({type(e).__name__}: {e})") from e
 
@@ -203,21 +255,43 @@ def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def sample_bytes(inputs: PolicyInputs) -> int:
+    """Bytes of one observation sample the policy reads (uint8 images, float64 state at most)."""
+    h, w = inputs.image_size
+    return inputs.n_obs * (len(inputs.cameras) * h * w * 3 + inputs.state_dim * 8)
+
+
+def default_max_batch(config: Any, inputs: PolicyInputs) -> int:
+    """The largest batch a request may hold: the config's ``max_batch`` when it has one, else as many
+    samples as fit in :data:`DEFAULT_BATCH_BYTES`, between 1 and 64."""
+    own = getattr(config, "max_batch", None)
+    if isinstance(own, int) and not isinstance(own, bool) and own >= 1:
+        return own
+    return int(min(64, max(1, DEFAULT_BATCH_BYTES // max(1, sample_bytes(inputs)))))
+
+
 class PolicyRunner:
     """Checks wire observations against the policy's inputs and runs it, one request at a time.
 
     ``infer(obs)`` takes a decoded dict (see the module doc for the accepted shapes) and returns
     ``{"actions": float32 (H, D_a) or (B, H, D_a)}`` in physical units. A lock serializes calls,
-    so the policy never runs concurrently even when called from several threads.
+    so the policy never runs concurrently even when called from several threads. Batches hold at
+    most ``max_batch`` samples (None: :func:`default_max_batch`).
     """
 
     def __init__(self, policy: LoadedPolicy, seed: int | None = 0, latency_window: int = 1000,
-                 checkpoint: str | None = None):
+                 checkpoint: str | None = None, max_batch: int | None = None):
         """Serve ``policy``; ``seed`` seeds the sampling noise once (after :meth:`warmup`)."""
         if not isinstance(policy, LoadedPolicy):
             raise TypeError(f"PolicyRunner serves a LoadedPolicy, got {type(policy).__name__}")
         self.policy = policy
         self.inputs: PolicyInputs = policy.inputs()
+        if max_batch is None:
+            max_batch = default_max_batch(policy.config, self.inputs)
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ServeError(f"max_batch: expected a positive int (or null for the policy's default), "
+                             f"got {max_batch!r}")
+        self.max_batch = max_batch
         self.seed = seed
         self.checkpoint = checkpoint
         self.infer_ms = LatencyStats(latency_window)
@@ -244,7 +318,23 @@ class PolicyRunner:
                 "cameras": list(inp.cameras), "image_size": list(inp.image_size), "state_dim": inp.state_dim,
                 "action_dim": inp.action_dim, "horizon": inp.horizon, "n_obs_steps": inp.n_obs,
                 "actions": "float32 (H, D_a), physical units; (B, H, D_a) when task is a list",
-                "sampling": {k: v for k, v in self.policy.sampling.items()}, "seed": self.seed}
+                "sampling": {k: v for k, v in self.policy.sampling.items()}, "seed": self.seed,
+                "max_batch": self.max_batch}
+
+    def wire_limits(self) -> dict[str, Any]:
+        """msgpack limits for one request, from the policy's inputs (see :func:`unpackb`).
+
+        Binaries: the largest array the policy reads at ``max_batch`` (at least 1 MiB, so a client
+        may send a camera the policy ignores); arrays: the task list of ``max_batch`` (at least 64);
+        maps: the keys a request holds plus room for extras; strings: :data:`MAX_WIRE_STR`."""
+        inp = self.inputs
+        h, w = inp.image_size
+        largest = self.max_batch * inp.n_obs * max(h * w * 3, inp.state_dim * 8)
+        return {"max_bin_len": max(largest, 2**20), "max_array_len": max(self.max_batch, 64),
+                "max_map_len": len(self.expected_keys()) + 32, "max_str_len": MAX_WIRE_STR, "max_ext_len": 0,
+                "max_containers": MAX_CONTAINERS,
+                "hint": f"; this server takes batches of at most {self.max_batch} (max_batch) of "
+                        f"{list(self.expected_keys())}"}
 
     # ---------------------------------------------------------------- checks
 
@@ -258,8 +348,9 @@ class PolicyRunner:
             if kind == "image" or isinstance(v, (str, bytes, dict)):
                 raise RequestError(f"{key}: expected a numpy array, got {type(v).__name__}")
             try:
-                v = np.asarray(v, np.float32)
-            except (TypeError, ValueError) as e:
+                with np.errstate(over="ignore"):  # too large for float32: inf, refused by the finite check
+                    v = np.asarray(v, np.float32)
+            except (TypeError, ValueError, OverflowError) as e:
                 raise RequestError(f"{key}: expected a numeric array, got {type(v).__name__}") from e
         if kind == "image" and v.dtype != np.uint8:
             h, w = self.inputs.image_size
@@ -288,6 +379,9 @@ class PolicyRunner:
             batch, tasks = None, [task]
         elif isinstance(task, (list, tuple)) and task and all(isinstance(t, str) for t in task):
             batch, tasks = len(task), list(task)
+            if batch > self.max_batch:
+                raise RequestError(f"{TASK!r}: a batch of {batch} is larger than this server's max_batch="
+                                   f"{self.max_batch}; send at most {self.max_batch} samples per request")
         else:
             raise RequestError(f"{TASK!r}: expected the instruction (a string) or a list of B strings, "
                                f"got {type(task).__name__ if task is not None else 'nothing'}")
@@ -302,7 +396,8 @@ class PolicyRunner:
             s = self._array(obs, STATE, "state")
             if s.dtype.kind not in "iuf":
                 raise RequestError(f"{STATE}: expected a float array, got dtype {s.dtype}")
-            s = self._shape_ok(STATE, s.astype(np.float32, copy=False), (inp.state_dim,), batch)
+            with np.errstate(over="ignore"):  # too large for float32: inf, refused below
+                s = self._shape_ok(STATE, s.astype(np.float32, copy=False), (inp.state_dim,), batch)
             if not np.isfinite(s).all():
                 raise RequestError(f"{STATE}: contains NaN or infinite values")
             flat[STATE] = s
@@ -379,6 +474,58 @@ def check_api_key(key: str | None, host: str) -> str | None:
     return key
 
 
+class HandshakeGuard:
+    """Caps the connections still in their opening handshake, in total and per address: past a cap
+    the oldest pending one is aborted (event-loop thread only; see the module docstring)."""
+
+    def __init__(self, max_pending: int, max_per_address: int):
+        self.max_pending, self.max_per_address = int(max_pending), int(max_per_address)
+        self.pending: dict[Any, str] = {}  # transport -> address, oldest first
+        self.dropped = self.peak = 0
+
+    def opened(self, transport: Any) -> None:
+        """A TCP connection was accepted: track it, dropping the oldest pending ones past a cap."""
+        peer = transport.get_extra_info("peername")
+        addr = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else str(peer)
+        same = [t for t, a in self.pending.items() if a == addr]
+        while len(same) >= self.max_per_address:
+            self._drop(same.pop(0))
+        while len(self.pending) >= self.max_pending:
+            self._drop(next(iter(self.pending)))
+        self.pending[transport] = addr
+        self.peak = max(self.peak, len(self.pending))
+
+    def _drop(self, transport: Any) -> None:
+        self.pending.pop(transport, None)
+        self.dropped += 1
+        transport.abort()
+
+    def done(self, transport: Any) -> None:
+        """The handshake request arrived (or the connection closed): no longer pending."""
+        self.pending.pop(transport, None)
+
+
+def _guarded_connection(guard: HandshakeGuard) -> type:
+    """A websockets ``ServerConnection`` class that reports to ``guard``."""
+    from websockets.asyncio.server import ServerConnection
+
+    class GuardedConnection(ServerConnection):
+        def connection_made(self, transport: Any) -> None:
+            guard.opened(transport)
+            super().connection_made(transport)
+
+        def process_event(self, event: Any) -> None:
+            if self.request is None:  # the first event is the handshake request
+                guard.done(self.transport)
+            super().process_event(event)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            guard.done(self.transport)
+            super().connection_lost(exc)
+
+    return GuardedConnection
+
+
 class PolicyServer:
     """The websocket server around a :class:`PolicyRunner`.
 
@@ -388,23 +535,36 @@ class PolicyServer:
     """
 
     def __init__(self, runner: PolicyRunner, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                 max_message_bytes: int = 16 * 2**20, max_clients: int = 16):
-        """Serve ``runner`` on ``host:port``; see :func:`check_api_key` for the key rules."""
+                 max_message_bytes: int = 16 * 2**20, max_clients: int = 16, max_pending_handshakes: int = 64,
+                 max_pending_per_address: int = 8, handshake_timeout_s: float = 5.0,
+                 idle_timeout_s: float | None = 600.0):
+        """Serve ``runner`` on ``host:port``; see :func:`check_api_key` for the key rules and the module
+        docstring for the handshake caps and timeouts (``idle_timeout_s`` None: never)."""
         if not 0 <= int(port) < 65536:
             raise ServeError(f"port: must be in [0, 65535], got {port}")
         if max_message_bytes < 1024:
             raise ServeError(f"max_message_mb: must allow at least 1 KiB, got {max_message_bytes} bytes")
-        if max_clients < 1:
-            raise ServeError(f"max_clients: must be >= 1, got {max_clients}")
+        for name, v in (("max_clients", max_clients), ("max_pending_handshakes", max_pending_handshakes),
+                        ("max_pending_per_address", max_pending_per_address)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ServeError(f"{name}: must be an int >= 1, got {v!r}")
+        for name, v in (("handshake_timeout_s", handshake_timeout_s), ("idle_timeout_s", idle_timeout_s)):
+            if not (v is None and name == "idle_timeout_s") and not (isinstance(v, (int, float)) and 0 < v < 1e6):
+                raise ServeError(f"{name}: must be a positive number of seconds, got {v!r}"
+                                 + (" (null: never)" if name == "idle_timeout_s" else ""))
         self.runner, self.host, self.port = runner, host, int(port)
         self._api_key = check_api_key(api_key, host)
         self._expected_auth = None if self._api_key is None else f"Api-Key {self._api_key}".encode()
         self.max_message_bytes, self.max_clients = int(max_message_bytes), int(max_clients)
+        self.handshake_timeout_s, self.idle_timeout_s = float(handshake_timeout_s), idle_timeout_s
+        self.guard = HandshakeGuard(max_pending_handshakes, max_pending_per_address)
+        self.wire_limits = runner.wire_limits()
         self.latency = LatencyStats(runner.infer_ms.window)  # whole server-side time per request
-        self.counts = {"connections": 0, "requests": 0, "errors": 0, "rejected": 0}
+        self.counts = {"connections": 0, "requests": 0, "errors": 0, "rejected": 0, "idle_closed": 0}
         self.clients = 0
         self._started = time.time()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlastack-infer")
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlastack-decode")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -418,11 +578,15 @@ class PolicyServer:
         """Whether connections must present the API key."""
         return self._api_key is not None
 
-    def health(self) -> dict[str, Any]:
-        """Status, counts and latency (ms, server-side: receipt of a request to its reply)."""
+    def health(self, authorized: bool = True) -> dict[str, Any]:
+        """Status, counts and latency (ms, server-side: receipt of a request to its reply); only the
+        status when a key is configured and the request did not present it."""
+        if self._api_key is not None and not authorized:
+            return {"status": "ok"}
         return {"status": "ok", "protocol": PROTOCOL,
                 "policy": getattr(self.runner.policy.policy, "name", None),
                 "uptime_s": round(time.time() - self._started, 1), "clients": self.clients, **self.counts,
+                "dropped_handshakes": self.guard.dropped, "pending_handshakes": len(self.guard.pending),
                 "latency_ms": self.latency.summary(), "infer_ms": self.runner.infer_ms.summary(),
                 "requires_api_key": self.requires_api_key}
 
@@ -436,14 +600,15 @@ class PolicyServer:
     def _process_request(self, connection: Any, request: Any) -> Any:
         """Opening handshake: health checks, API key, client limit (an HTTP response refuses)."""
         path = request.path.split("?", 1)[0]
+        given = request.headers.get_all("Authorization")
+        ok = self._expected_auth is None or (
+            len(given) == 1 and hmac.compare_digest(given[0].encode("utf-8", "replace"), self._expected_auth))
         if path == HEALTH_PATH:
-            resp = connection.respond(http.HTTPStatus.OK, json.dumps(self.health()) + "\n")
+            resp = connection.respond(http.HTTPStatus.OK, json.dumps(self.health(authorized=ok)) + "\n")
             del resp.headers["Content-Type"]
             resp.headers["Content-Type"] = "application/json"
             return resp
         if self._expected_auth is not None:
-            given = request.headers.get_all("Authorization")
-            ok = len(given) == 1 and hmac.compare_digest(given[0].encode("utf-8", "replace"), self._expected_auth)
             if not ok:
                 self.counts["rejected"] += 1
                 log.warning("refused a connection from %s: %s API key", connection.remote_address,
@@ -467,13 +632,19 @@ class PolicyServer:
         try:
             await ws.send(packb(self.metadata()))
             while True:
-                message = await ws.recv()
+                try:
+                    message = await asyncio.wait_for(ws.recv(), self.idle_timeout_s)
+                except TimeoutError:
+                    self.counts["idle_closed"] += 1
+                    await ws.close(1001, f"idle for {self.idle_timeout_s:g} s")
+                    return
                 t0 = time.perf_counter()
                 self.counts["requests"] += 1
                 try:
                     if isinstance(message, str):
                         raise RequestError("expected a binary msgpack message, got a text frame")
-                    obs = unpackb(message)
+                    obs = await loop.run_in_executor(self._decoder, unpackb, message, self.wire_limits)
+                    del message
                     reply = await loop.run_in_executor(self._executor, self.runner.infer, obs)
                 except RequestError as e:
                     self.counts["errors"] += 1
@@ -506,6 +677,7 @@ class PolicyServer:
         self._stop = asyncio.Event()
         async with serve(self._handle, self.host, self.port, process_request=self._process_request,
                          compression=None, max_size=self.max_message_bytes, max_queue=4,
+                         open_timeout=self.handshake_timeout_s, create_connection=_guarded_connection(self.guard),
                          logger=logging.getLogger("vlastack.serve.ws")) as server:
             self.port = int(server.sockets[0].getsockname()[1])
             self._ready.set()
@@ -538,6 +710,7 @@ class PolicyServer:
             asyncio.run(self._main(on_ready))
         finally:
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Close every connection and the socket; idempotent."""
@@ -549,6 +722,7 @@ class PolicyServer:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> "PolicyServer":
         return self.start()
@@ -572,6 +746,11 @@ class ServeConfig:
     api_key_env: str | None = API_KEY_ENV
     max_message_mb: float = 16.0
     max_clients: int = 16
+    max_batch: int | None = None
+    max_pending_handshakes: int = 64
+    max_pending_per_address: int = 8
+    handshake_timeout_s: float = 5.0
+    idle_timeout_s: float | None = 600.0
     sampling: Mapping[str, Any] | None = None
     seed: int | None = 0
     warmup: bool = True
@@ -605,10 +784,13 @@ def build_server(cfg: ServeConfig) -> PolicyServer:
         policy = LoadedPolicy(load_policy(path, map_location=cfg.device), dict(cfg.sampling or {}))
     except PolicyAdapterError as e:
         raise ServeError(str(e)) from e
-    runner = PolicyRunner(policy, seed=cfg.seed, latency_window=cfg.latency_window, checkpoint=path)
+    runner = PolicyRunner(policy, seed=cfg.seed, latency_window=cfg.latency_window, checkpoint=path,
+                          max_batch=cfg.max_batch)
     if cfg.warmup:
         runner.warmup()
-    return PolicyServer(runner, cfg.host, cfg.port, key, int(cfg.max_message_mb * 2**20), cfg.max_clients)
+    return PolicyServer(runner, cfg.host, cfg.port, key, int(cfg.max_message_mb * 2**20), cfg.max_clients,
+                        cfg.max_pending_handshakes, cfg.max_pending_per_address, cfg.handshake_timeout_s,
+                        cfg.idle_timeout_s)
 
 
 def config_from_hydra(hcfg: Any) -> ServeConfig:
