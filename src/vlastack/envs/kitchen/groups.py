@@ -35,7 +35,7 @@ from .tasks import SMALL, MicrowaveRegion
 
 COUNTER_Z = 0.8
 # where objects stand in front of the wall cabinet (x range, world metres); y comes from the layout
-ZONE_X = (-0.25, -0.11)  # nearer the robot or the wall cabinet, the arm's links catch on them
+ZONE_X = (-0.21, -0.07)  # nearer the robot the hand cannot get down to the counter
 ZONE_MARGIN = 0.085  # objects stay this far inside the free section: the open hand is ~0.2 m wide
 OBJECT_GAP = 0.085  # minimum distance between object centres on the counter
 FIXTURE_JITTER = 0.015  # +- metres per fixture and axis (x, y), drawn per episode
