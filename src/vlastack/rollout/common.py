@@ -21,10 +21,10 @@ def configs_dir(required: str = "collect.yaml") -> Path:
     else:
         import vlastack
 
-        p = Path(vlastack.__file__).resolve().parents[2] / "configs"
+        p = Path(vlastack.__file__).resolve().parent / "configs"
     if not (p / required).is_file():
-        raise ConfigsNotFound(f"configs: no {required} under {p}; vlastack expects an editable install of the "
-                              "repository (pip install -e .) or VLASTACK_CONFIGS=/path/to/vlastack/configs")
+        raise ConfigsNotFound(f"configs: no {required} under {p}; the package ships them in vlastack/configs; "
+                              "set VLASTACK_CONFIGS=/path/to/configs to use another directory")
     return p
 
 
