@@ -5,8 +5,9 @@ Each command is a real Hydra app over the configs shipped inside the package (se
 to ``hydra.main``, so Hydra's own flags work: ``--help``, ``--cfg job``, ``--info``, ``-m`` with any
 installed sweeper and launcher, ``--config-dir``. Around Hydra:
 
-- ``VLASTACK_CONFIGS=DIR`` acts as ``--config-dir DIR`` (configs there add to or shadow the
-  packaged ones) unless the command line names one;
+- ``VLASTACK_CONFIGS=DIR`` goes first on the search path (a Hydra search-path plugin,
+  ``hydra_plugins/vlastack_searchpath``): configs there add options and shadow packaged ones of the
+  same name; Hydra's ``--config-dir DIR`` adds options (packaged configs keep precedence);
 - :class:`CommandHooks` (a Hydra callback listed in ``configs/common.yaml``) checks the composed
   config with the command's ``check`` before Hydra makes the run directory: bad input costs one
   line naming the problem, exit code 2, and leaves nothing on disk;
@@ -97,20 +98,14 @@ def compose(config_name: str, overrides: Sequence[str] = ()):
     Searches ``$VLASTACK_CONFIGS`` first (when set), then the packaged configs, as the commands do.
     """
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir, initialize_config_module
+    from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    user = user_configs_dir()
+    user_configs_dir()  # a clear error if VLASTACK_CONFIGS names no folder
     GlobalHydra.instance().clear()
-    if user is None:
-        init = initialize_config_module(config_module=CONFIG_MODULE, version_base=VERSION_BASE, job_name=config_name)
-        extra: list[str] = []
-    else:  # the user's folder is primary; the packaged configs stay on the search path behind it
-        init = initialize_config_dir(config_dir=str(user), version_base=VERSION_BASE, job_name=config_name)
-        extra = [f"hydra.searchpath=[{CONFIG_PATH}]"]
     try:
-        with init:
-            return hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base=VERSION_BASE, job_name=config_name):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
 
@@ -299,11 +294,9 @@ def run(cmd: Command, argv: Sequence[str] | None = None) -> int:
     if cmd.rewrite is not None:
         args = cmd.rewrite(args)
     try:
-        user = user_configs_dir()
+        user_configs_dir()  # the search-path plugin skips a missing folder: say so here
     except ConfigsNotFound as e:
         return _fail(cmd, e)
-    if user is not None and not any(a in ("--config-dir", "-cd") or a.startswith("--config-dir=") for a in args):
-        args = ["--config-dir", str(user), *args]
     if _rank() > 0:  # torchrun: rank 0 alone writes .hydra/
         args.append("hydra.output_subdir=null")
     command_line, process_argv = ["vlastack", cmd.name, *typed], list(sys.argv)
