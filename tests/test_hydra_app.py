@@ -44,6 +44,8 @@ def test_policy_alias_and_open_keys_reach_the_composed_config(capsys):
     assert shown["policy_kind"] == "expert" and shown["sampling"] == {"vision_steps": 4}
     assert _main("deploy")(["--cfg", "job", "policy=scripted"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["policy_kind"] == "scripted"
+    assert _main("serve")(["--cfg", "job", "sampling.vision_steps=8"]) == 0  # as docs/serving.md shows
+    assert yaml.safe_load(capsys.readouterr().out)["sampling"] == {"vision_steps": 8}
 
 
 def test_a_run_records_config_overrides_command_and_commit(tmp_path, capsys):

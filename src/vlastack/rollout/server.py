@@ -843,7 +843,9 @@ def _check(hcfg: Any) -> None:
     check_settings(config_from_hydra(hcfg))
 
 
-COMMAND = hydra_app.Command("serve", run=command_job, check=_check, errors=(ServeError,))
+#: ``sampling.vision_steps=8`` adds a key to the open ``sampling`` dictionary without Hydra's ``+``
+REWRITE = hydra_app.overrides_rewriter(("sampling.",))
+COMMAND = hydra_app.Command("serve", run=command_job, check=_check, errors=(ServeError,), rewrite=REWRITE)
 
 
 def main(argv: list[str] | None = None) -> int:
