@@ -194,7 +194,7 @@ class Trainer:
 
     def _resume_dir(self) -> Path | None:
         mode = self.app.resume
-        last = ck.resume_dir(self.ckpt_root, log=self._say) if mode != "never" else None
+        last = ck.resume_dir(self.ckpt_root, log=lambda m: self._say(m, logging.WARNING)) if mode != "never" else None
         if mode == "always" and last is None:
             raise TrainConfigError(f"resume: 'always' but {self.ckpt_root}/last is missing; run with resume=auto")
         return last
