@@ -5,6 +5,8 @@ PY_BASE ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# extras installed by `make setup` (pyproject.toml lists them: sim serve robot-ur robot-franka teleop viz test dev)
+EXTRAS ?= sim,serve,test
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 export HF_HUB_OFFLINE := 1
@@ -19,13 +21,14 @@ setup: $(STAMP)
 sysdeps:
 	@bash scripts/sysdeps.sh
 
-$(STAMP): pyproject.toml scripts/sysdeps.sh
+$(STAMP): pyproject.toml constraints.txt scripts/sysdeps.sh
 	@bash scripts/sysdeps.sh
 	@test -x $(PY) || $(PY_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, from the CPU wheel on disk (a range would pull a CUDA build)
-	$(PY) -m pip install -q "torch==2.13.*"
-	$(PY) -m pip install -q -e ".[test,serve]"
+	$(PY) -m pip install -q -c constraints.txt "torch==2.13.*"
+	# then the package with its extras, at the tested versions (pyproject.toml: ranges; constraints.txt: pins)
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
 test: setup

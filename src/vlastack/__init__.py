@@ -11,3 +11,7 @@ never import ``policies``. ``tests/test_imports.py`` checks this rule.
 """
 
 __version__ = "0.1.0"
+
+from vlastack import logs as _logs  # noqa: E402
+
+_logs.install()  # robosuite's known-harmless start-up warnings, dropped (vlastack/logs.py)

@@ -1,7 +1,9 @@
 """The ``vlastack`` command: one entry point, one subcommand per job.
 
-``collect``, ``train``, ``eval``, ``serve`` and ``deploy`` are Hydra apps over
-``configs/`` (their remaining arguments are Hydra overrides); ``inspect``,
+``collect``, ``train``, ``eval``, ``serve`` and ``deploy`` are Hydra apps over the
+configs shipped in the package (``vlastack/configs``), all through one entry
+(:mod:`vlastack.hydra_app`): their remaining arguments are Hydra overrides and flags
+(``--help``, ``--cfg job``, ``--info``, ``-m``, ``--config-dir``). ``inspect``,
 ``convert`` and ``push`` take plain arguments. Each subcommand's module is imported only when
 it runs, so ``vlastack inspect`` never pays for torch or MuJoCo start-up.
 """

@@ -290,7 +290,8 @@ def test_sigterm_stops_deploy_like_ctrl_c(tmp_path):
     out = tmp_path / "summary.json"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "vlastack.cli", "deploy", "policy=scripted", "max_steps=400",
-                             "scripted.speed=0.01", "robot.twin.image_size=[16,16]", f"out={out}"],
+                             "scripted.speed=0.01", "robot.twin.image_size=[16,16]", f"out={out}",
+                             f"hydra.run.dir={tmp_path / 'run'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 90

@@ -110,7 +110,7 @@ def test_ctrl_c_stops_cleanly(tmp_path, ctrl_c_popen_kwargs):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "vlastack.cli", "deploy", "policy=scripted", "max_steps=400",
                              "scripted.speed=0.01",
-                             "robot.twin.image_size=[16,16]", f"out={out}"],
+                             "robot.twin.image_size=[16,16]", f"out={out}", f"hydra.run.dir={tmp_path / 'run'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **ctrl_c_popen_kwargs)
     deadline = time.monotonic() + 60
     for line in proc.stdout:  # wait for the run to start, then let it move (slowly: it cannot finish)

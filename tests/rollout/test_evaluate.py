@@ -197,6 +197,7 @@ def test_multirun_sweeps_and_compares(tmp_path, capsys):
     doc = json.loads((out / "multirun.json").read_text())
     assert doc["swept"] == ["executor", "n_action_steps"] and len(doc["jobs"]) == 4
     for i, job in enumerate(doc["jobs"]):
+        assert (out / str(i) / ".hydra" / "overrides.yaml").is_file()  # Hydra's sweeper made job i's run dir
         info = json.loads((out / str(i) / E.INFO_FILE).read_text())
         assert info["settings"]["executor"] in job["overrides"][0] and job["episodes"] == 1
     assert (out / "multirun.md").read_text().count("| receding |") == 2

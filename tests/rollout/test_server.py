@@ -313,13 +313,16 @@ def test_cli_errors_are_clean(checkpoint, tmp_path, capsys, monkeypatch):
     assert "requires an API key" in capsys.readouterr().err
     assert srvmod.main([f"checkpoint={checkpoint}", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
-    assert srvmod.main([f"checkpoint={checkpoint}", "sampling.nonsense=3"]) == 2
-    assert "nonsense" in capsys.readouterr().err
+    run_dir = tmp_path / "run"  # settings that need the policy to check fail inside the run (Hydra's run dir)
+    assert srvmod.main([f"checkpoint={checkpoint}", "sampling.nonsense=3", f"hydra.run.dir={run_dir}"]) == 2
+    assert "sampling.nonsense: not an option" in capsys.readouterr().err
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file() and (run_dir / ".hydra" / "runs.jsonl").is_file()
 
 
-def test_cli_serves_until_interrupted(checkpoint, ctrl_c_popen_kwargs):
+def test_cli_serves_until_interrupted(checkpoint, ctrl_c_popen_kwargs, tmp_path):
     env = {**os.environ, "VLASTACK_API_KEY": KEY}
-    proc = subprocess.Popen([sys.executable, "-m", "vlastack.cli", "serve", f"checkpoint={checkpoint}", "port=0"],
+    proc = subprocess.Popen([sys.executable, "-m", "vlastack.cli", "serve", f"checkpoint={checkpoint}", "port=0",
+                             f"hydra.run.dir={tmp_path / 'run'}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **ctrl_c_popen_kwargs)
     try:
         line = ""
@@ -339,6 +342,8 @@ def test_cli_serves_until_interrupted(checkpoint, ctrl_c_popen_kwargs):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    log = (tmp_path / "run" / "serve.log").read_text()  # Hydra's job logging: the server's log file
+    assert "[vlastack.serve.ws][INFO] - connection open" in log
 
 
 def test_runner_and_server_setting_checks(checkpoint):

@@ -126,8 +126,10 @@ def test_video_store_gets_neutral_action_stats():
         policy_stats({"observation.state": {"mean": [0] * 3, "std": [1] * 3}}, pc)
 
 
-def test_configs_dir_is_the_repository_one():
-    assert Path(CONFIGS, "train.yaml").is_file()
+def test_configs_dir_is_the_packaged_one():
+    import vlastack
+
+    assert Path(CONFIGS, "train.yaml").is_file() and CONFIGS == Path(vlastack.__file__).resolve().parent / "configs"
 
 
 # ---------------------------------------------------------------- optimiser defaults per policy

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -255,15 +256,16 @@ def test_wandb_logger_without_the_package_is_refused_up_front(tmp_path, store, m
         run(tmp_path / "r", store, "train.logger=mlflow")
 
 
-def test_resume_without_last_falls_back_to_the_newest_complete_step(tmp_path, store, capsys):
+def test_resume_without_last_falls_back_to_the_newest_complete_step(tmp_path, store, caplog):
     """``last`` lost (e.g. a kill while it was replaced on a filesystem without atomic exchange): resume
-    continues from the newest complete step with a printed warning instead of restarting at step 0."""
+    continues from the newest complete step with a logged warning instead of restarting at step 0."""
     run(tmp_path / "r", store, "train.steps=2", "train.ckpt_every=1")
     root = tmp_path / "r" / "checkpoints"
     os.unlink(root / "last")
-    capsys.readouterr()
-    s = run(tmp_path / "r", store, "train.steps=3")
-    out = capsys.readouterr().out
-    assert "warning" in out and "step_0000002" in out, out
-    assert "resumed at step 2" in out
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vlastack.train"):
+        s = run(tmp_path / "r", store, "train.steps=3")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("step_0000002" in m for m in warned), caplog.text
+    assert "resumed at step 2" in caplog.text
     assert s["step"] == 3 and load_state(read_pointer(root, "last"))["step"] == 3

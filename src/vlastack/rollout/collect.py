@@ -1,7 +1,7 @@
 """Demo collection: run a suite's scripted expert in worker processes and store the successes.
 
-``vlastack collect env=kitchen task=OpenDrawer episodes=50 out=STORE`` (Hydra overrides over
-``configs/collect.yaml``) or, from Python, ``collect(CollectConfig(...))``.
+``vlastack collect env=kitchen task=OpenDrawer episodes=50 out=STORE`` (a Hydra app over
+``configs/collect.yaml``; its run record goes to ``STORE.run/``) or, from Python, ``collect(CollectConfig(...))``.
 
 - Work: for every task, attempt k resets its env with seed ``seed + k`` (k = 0, 1, ...,
   ``max_attempts - 1``). Attempts run in ``workers`` spawned processes, each holding one env
@@ -31,10 +31,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vlastack import hydra_app
 from vlastack.envs import registry
-from vlastack.rollout.common import ConfigsNotFound, compose, quiet_simulator_logs as _quiet_simulator_logs
-from vlastack.rollout.common import configs_dir as common_configs_dir
-from vlastack.rollout.common import is_config_error, rich_progress, run_pool
+from vlastack.rollout.common import compose, quiet_simulator_logs as _quiet_simulator_logs
+from vlastack.rollout.common import rich_progress, run_pool
 from vlastack.rollout.common import write_json_atomic as _write_json_atomic
 from vlastack.types import ACTION, SUCCESS, DatasetSpec
 
@@ -488,17 +488,8 @@ def print_report(doc: dict[str, Any], file=None) -> None:
 # ---------------------------------------------------------------------------------- Hydra entry
 
 
-def configs_dir() -> Path:
-    """The repository's ``configs/`` (``$VLASTACK_CONFIGS`` overrides); raises if it is missing."""
-    try:
-        return common_configs_dir("collect.yaml")
-    except ConfigsNotFound as e:
-        raise CollectError(str(e)) from None
-
-
 def compose_config(overrides: Sequence[str] = ()):
     """The composed Hydra config of ``configs/collect.yaml`` with ``overrides`` (e.g. ``["env=metaworld"]``)."""
-    configs_dir()
     return compose("collect", overrides)
 
 
@@ -523,44 +514,22 @@ def config_from_hydra(cfg) -> CollectConfig:
                          env_kwargs=env_kwargs, progress=bool(d.get("progress", True)))
 
 
-_USAGE = """usage: vlastack collect [key=value ...]   (Hydra overrides over configs/collect.yaml)
-
-  env=kitchen|metaworld   suite (configs/env/)
-  task=NAME | task=[A,B] | task=all | task=MT10 | task=MT50
-  episodes=N              successful episodes per task (reruns top up; interrupted runs resume)
-  out=PATH                the Zarr store (directory or .zip)
-  workers=N seed=S max_steps=N max_attempts=N cameras=[a,b] image_size=[H,W] overwrite=true progress=false
-  scene=single|group group=NAME split=train|heldout|all   (kitchen: a task group's shared scene)
-
-default config:
-"""
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``vlastack collect`` entry: compose the config from overrides, collect, print the report."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        from omegaconf import OmegaConf
-
-        print(_USAGE + OmegaConf.to_yaml(compose_config([])))
-        return 0
-    try:
-        hcfg = compose_config(argv)
-        cfg = config_from_hydra(hcfg)
-    except (CollectError, registry.SuiteNotAvailable) as e:
-        print(f"vlastack collect: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # Hydra's override/config errors
-        if is_config_error(e):
-            print(f"vlastack collect: {e}", file=sys.stderr)
-            return 2
-        raise
-    from omegaconf import OmegaConf
-
+def check_config(hcfg) -> CollectConfig:
+    """A valid :class:`CollectConfig` whose store can be written (its parent directory exists); raises
+    :class:`CollectError`. Runs before Hydra makes the run directory."""
+    cfg = config_from_hydra(hcfg)
     parent = Path(_local(cfg.out)).parent
     if not parent.is_dir():
-        print(f"vlastack collect: out: parent directory {parent} does not exist", file=sys.stderr)
-        return 2
+        raise CollectError(f"out: parent directory {parent} does not exist")
+    return cfg
+
+
+def command_job(hcfg) -> int:
+    """One ``vlastack collect`` job: collect, print the report; 1 if a task ran out of attempts, 130 on Ctrl-C."""
+    from omegaconf import OmegaConf
+
+    cfg = check_config(hcfg)
+
     def write_config() -> None:
         Path(_local(cfg.out) + ".collect.yaml").write_text(OmegaConf.to_yaml(hcfg, resolve=True))
 
@@ -570,9 +539,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: stored episodes are kept; rerun the same command to resume "
               f"(summary: {cfg.summary_path})", file=sys.stderr)
         return 130
-    except CollectError as e:
-        print(f"vlastack collect: {e}", file=sys.stderr)
-        return 2
     print_report(doc)
     if not doc["complete"]:
         short = [n for n, t in doc["tasks"].items() if not t["complete"]]
@@ -580,6 +546,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+COMMAND = hydra_app.Command("collect", run=command_job, check=check_config,
+                            errors=(CollectError, registry.SuiteNotAvailable))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vlastack collect [Hydra flags and overrides]``: a Hydra app (:mod:`vlastack.hydra_app`); returns the exit code."""
+    return hydra_app.run(COMMAND, argv)
 
 
 collect_main = main

@@ -1,60 +1,31 @@
-"""Mechanisms the rollout jobs share (``collect``, ``eval``): Hydra composition over ``configs/``,
-spawned worker pools that survive crashing simulators, atomic JSON, quiet simulator logs, progress bars."""
+"""Mechanisms the rollout jobs share (``collect``, ``eval``): Hydra composition over the packaged configs
+(:mod:`vlastack.hydra_app`), spawned worker pools that survive crashing simulators, atomic JSON, quiet simulator logs, progress bars."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-
-class ConfigsNotFound(ValueError):
-    """The repository's ``configs/`` directory (or one of its primary configs) cannot be found."""
+from vlastack.hydra_app import ConfigsNotFound, compose  # noqa: F401  (compose: re-exported)
+from vlastack.hydra_app import configs_dir as _configs_dir
 
 
 def configs_dir(required: str = "collect.yaml") -> Path:
-    """The repository's ``configs/`` (``$VLASTACK_CONFIGS`` overrides); raises if ``required`` is not in it."""
-    env = os.environ.get("VLASTACK_CONFIGS")
-    if env:
-        p = Path(env).expanduser().resolve()
-    else:
-        import vlastack
-
-        p = Path(vlastack.__file__).resolve().parents[2] / "configs"
+    """The packaged configs directory (``vlastack/configs``); raises if ``required`` is not in it."""
+    p = _configs_dir()
     if not (p / required).is_file():
-        raise ConfigsNotFound(f"configs: no {required} under {p}; vlastack expects an editable install of the "
-                              "repository (pip install -e .) or VLASTACK_CONFIGS=/path/to/vlastack/configs")
+        raise ConfigsNotFound(f"configs: no {required} under {p}")
     return p
 
 
-def compose(config_name: str, overrides: Sequence[str] = ()):
-    """The composed Hydra config ``configs/<config_name>.yaml`` with ``overrides`` (e.g. ``["env=metaworld"]``)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    path = configs_dir(config_name + ".yaml")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(path), version_base="1.3", job_name=config_name):
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
-
-
-def is_config_error(e: BaseException) -> bool:
-    """Whether ``e`` is one of Hydra's / OmegaConf's override or config errors (shown to users as is)."""
-    return type(e).__module__.startswith(("hydra", "omegaconf"))
-
-
 def quiet_simulator_logs(suite: str) -> None:
-    """robosuite logs controller-config chatter at INFO/WARNING on every env build: keep errors only."""
-    if suite == "kitchen":
-        import logging
+    """Drop the simulator's known-harmless log messages (:mod:`vlastack.logs`; already done when
+    ``vlastack`` is imported); its other warnings still show."""
+    from vlastack import logs
 
-        try:
-            import robosuite  # noqa: F401  (sets its logger's level on import; we override after)
-        except ImportError:
-            return
-        logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
+    logs.install()
 
 
 def write_json_atomic(path: Path, doc: Any) -> None:

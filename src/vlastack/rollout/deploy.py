@@ -1,6 +1,6 @@
 """Deployment: run a policy on a robot (or its digital twin) through the safe controller.
 
-``vlastack deploy robot=twin checkpoint=RUN task="open the drawer"`` (Hydra overrides over
+``vlastack deploy robot=twin checkpoint=RUN task="open the drawer"`` (a Hydra app over
 ``configs/deploy.yaml``; ``policy=scripted`` runs the twin's scripted drawer policy instead of a
 checkpoint). The loop is the one of simulation, :func:`~.episode.run_episode`, with
 :class:`RobotDeployEnv` adapting the robot: each step sends one timestamped action (target time
@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from vlastack import hydra_app
 from vlastack.real_robot.base import RobotError, StaleFrameError
 from vlastack.real_robot.controller import sigterm_as_interrupt, tick_jitter
 from vlastack.real_robot.registry import RobotConfigError, make_robot
@@ -390,44 +391,15 @@ def format_episode(index: int, doc: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------ CLI
 
 
-_USAGE = """usage: vlastack deploy [overrides...]
-  vlastack deploy robot=twin policy=scripted task="open the drawer"
-  vlastack deploy robot=twin checkpoint=runs/dust_small/checkpoints/last task="open the drawer"
-  vlastack deploy robot=twin policy=scripted robot.twin.cmd_latency_s=0.05 robot.twin.cmd_jitter_s=0.03
-  vlastack deploy robot=ur robot.host=192.168.1.10 checkpoint=... task="pick up the cup"
-Ctrl-C stops cleanly (the arm holds); kill -USR1 <pid> is a software e-stop.
-
-configuration:
-"""
-
-
 #: open dictionaries: ``scripted.infer_delay_s=0.05`` adds a key there without Hydra's ``+``
 OPEN_KEYS = ("sampling.", "executor_options.", "scripted.")
+#: ``policy=scripted`` on the command line sets ``policy_kind`` (``policy`` is also the training configs' group)
+REWRITE = hydra_app.overrides_rewriter(OPEN_KEYS, {"policy": "policy_kind"})
 
 
 def compose_config(overrides: list[str]):
-    """The composed Hydra config of ``configs/deploy.yaml`` with ``overrides``.
-
-    ``policy=...`` is taken out before composing and set after: ``policy`` is also the name of the
-    training configs' group, which Hydra would otherwise try to select (as ``vlastack eval`` does).
-    """
-    from omegaconf import open_dict
-
-    from vlastack.rollout.common import compose
-
-    rest, policy = [], None
-    for o in overrides:
-        if o.startswith("policy="):
-            policy = o[len("policy="):].strip()
-        elif o.startswith(OPEN_KEYS) and "=" in o:
-            rest.append("++" + o)  # open dictionaries: keys added without Hydra's "+"
-        else:
-            rest.append(o)
-    cfg = compose("deploy", rest)
-    if policy is not None:
-        with open_dict(cfg):
-            cfg.policy = policy
-    return cfg
+    """The composed Hydra config of ``configs/deploy.yaml`` with ``overrides`` (``policy=`` included)."""
+    return hydra_app.compose("deploy", REWRITE(list(overrides)))
 
 
 def config_from_hydra(hcfg) -> DeployConfig:
@@ -435,6 +407,8 @@ def config_from_hydra(hcfg) -> DeployConfig:
     from omegaconf import OmegaConf
 
     d = OmegaConf.to_container(hcfg, resolve=True)  # a missing value ("???") stays a placeholder here
+    if "policy_kind" in d:  # the config's name for DeployConfig.policy
+        d["policy"] = d.pop("policy_kind")
     known = set(DeployConfig.__dataclass_fields__)
     unknown = sorted(set(d) - known)
     if unknown:
@@ -446,37 +420,28 @@ def config_from_hydra(hcfg) -> DeployConfig:
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``vlastack deploy`` entry: compose, deploy, print the figures; 130 on Ctrl-C, 2 on bad settings."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from vlastack.rollout.common import ConfigsNotFound, is_config_error
-
-    if any(a in ("-h", "--help", "help") for a in argv):
-        from omegaconf import OmegaConf
-
-        print(_USAGE + OmegaConf.to_yaml(compose_config([])))
-        return 0
-    try:
-        cfg = config_from_hydra(compose_config(argv))
-    except (DeployError, ConfigsNotFound) as e:
-        print(f"vlastack deploy: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # Hydra's override errors
-        if is_config_error(e):
-            print(f"vlastack deploy: {e}", file=sys.stderr)
-            return 2
-        raise
+def command_job(hcfg) -> int:
+    """One ``vlastack deploy`` job: deploy, print the figures; 130 on Ctrl-C, 1 if an episode ended in an e-stop."""
+    cfg = config_from_hydra(hcfg)
     try:
         with sigterm_as_interrupt():  # kill / systemd / docker stop: the same clean stop as Ctrl-C
             summary = deploy(cfg)
     except KeyboardInterrupt:
         print("\ninterrupted: the arm was held and the controller stopped cleanly", file=sys.stderr)
         return 130
-    except (DeployError, RobotConfigError, RobotError, ValueError) as e:
-        print(f"vlastack deploy: {e}", file=sys.stderr)
-        return 2
     rate = summary["success_rate"]
     print(f"success: {sum(e['success'] for e in summary['episodes'])}/{len(summary['episodes'])}"
           + (f" ({rate:.0%})" if rate is not None else ""))
     return 0 if summary["episodes"] and not any(e["reason"].startswith(("e-stop", "controller stopped"))
                                                 for e in summary["episodes"]) else 1
+
+
+COMMAND = hydra_app.Command("deploy", run=command_job, check=config_from_hydra, rewrite=REWRITE,
+                            errors=(DeployError, RobotConfigError, RobotError, ValueError))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vlastack deploy [Hydra flags and overrides]``: a Hydra app (:mod:`vlastack.hydra_app`); returns the exit
+    code (2 on bad settings)."""
+    return hydra_app.run(COMMAND, argv)
+

@@ -1,7 +1,7 @@
 """Simulation evaluation: a policy over tasks x seeds x episodes, in parallel env worker processes.
 
 ``vlastack eval checkpoint=RUN/checkpoints/last env=kitchen tasks=[OpenDrawer,CloseDrawer] episodes=50
-out=DIR`` (Hydra overrides over ``configs/eval.yaml``; protocol presets in ``configs/eval/``), or
+out=DIR`` (a Hydra app over ``configs/eval.yaml``; protocol presets in ``configs/eval/``), or
 ``policy=expert`` instead of a checkpoint: the suite's scripted expert wrapped as a policy, run
 through the same path (it checks the harness: it must reach the expert's own success). From
 Python, :func:`evaluate` takes an :class:`EvalConfig`, a composed config or a list of overrides and
@@ -41,9 +41,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vlastack import hydra_app
 from vlastack.envs import registry
-from vlastack.rollout.common import ConfigsNotFound, compose, is_config_error, quiet_simulator_logs, rich_progress
-from vlastack.rollout.common import configs_dir as common_configs_dir
+from vlastack.rollout.common import compose, quiet_simulator_logs, rich_progress
 from vlastack.rollout.common import run_pool, save_figure_atomic, write_json_atomic
 from vlastack.rollout.executors import EXECUTORS, ExecutorError, make_executor
 from vlastack.rollout.language import (LANGUAGE_MODES, InstructionOverride, LanguageError, instruction_for,
@@ -602,10 +602,7 @@ def evaluate(cfg: EvalConfig | Mapping[str, Any] | Sequence[str], hydra_cfg: Any
         cfg = config_from_hydra(cfg)
     p = plan(cfg)
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise EvalError(f"out: {out} exists and is not a directory")
-    if not out.parent.is_dir():
-        raise EvalError(f"out: parent directory {out.parent} does not exist")
+    _check_out(out)
     settings = p.settings()
     previous, runs = _load_previous(out, settings, cfg.overwrite)
     out.mkdir(exist_ok=True)
@@ -618,6 +615,13 @@ def evaluate(cfg: EvalConfig | Mapping[str, Any] | Sequence[str], hydra_cfg: Any
         shutil.rmtree(out / "videos", ignore_errors=True)
     _write_config(out / CONFIG_FILE, cfg, hydra_cfg)
     return _run(p, out, settings, previous, runs)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"out: {out} exists and is not a directory")
+    if not out.parent.is_dir():
+        raise EvalError(f"out: parent directory {out.parent} does not exist")
 
 
 def _write_config(path: Path, cfg: EvalConfig, hydra_cfg: Any) -> None:
@@ -892,44 +896,15 @@ def print_report(doc: Mapping[str, Any], file=None) -> None:
 # ---------------------------------------------------------------------------------- Hydra entry
 
 
-def configs_dir() -> Path:
-    """The repository's ``configs/`` (``$VLASTACK_CONFIGS`` overrides); raises if ``eval.yaml`` is missing."""
-    try:
-        return common_configs_dir("eval.yaml")
-    except ConfigsNotFound as e:
-        raise EvalError(str(e)) from None
-
-
 #: open dictionaries: ``sampling.vision_steps=8`` adds a key there without Hydra's ``+``
 OPEN_KEYS = ("sampling.", "executor_options.", "env.kwargs.")
-
-
-def _split_policy(overrides: Sequence[str]) -> tuple[list[str], str | None]:
-    """Take ``policy=...`` out of the overrides (``policy`` is also the training config group's name, so
-    Hydra would read it as a group choice; it is set on the composed config instead) and let keys of
-    the open dictionaries (:data:`OPEN_KEYS`) be added or changed without a ``+``."""
-    rest, policy = [], None
-    for o in overrides:
-        if o.startswith("policy="):
-            policy = o[len("policy="):].strip() or None
-        elif o.startswith(OPEN_KEYS) and "=" in o:
-            rest.append("++" + o)
-        else:
-            rest.append(o)
-    return rest, policy
+#: ``policy=expert`` on the command line sets ``policy_kind`` (``policy`` is also the training configs' group)
+REWRITE = hydra_app.overrides_rewriter(OPEN_KEYS, {"policy": "policy_kind"})
 
 
 def compose_config(overrides: Sequence[str] = ()):
     """The composed Hydra config of ``configs/eval.yaml`` with ``overrides`` (``policy=`` included)."""
-    from omegaconf import open_dict
-
-    configs_dir()
-    rest, policy = _split_policy(overrides)
-    cfg = compose("eval", rest)
-    if policy is not None:
-        with open_dict(cfg):
-            cfg.policy = policy
-    return cfg
+    return compose("eval", REWRITE(list(overrides)))
 
 
 def config_from_hydra(cfg: Any) -> EvalConfig:
@@ -946,6 +921,8 @@ def config_from_hydra(cfg: Any) -> EvalConfig:
                             "tasks=[OpenDrawer] out=runs/x/eval") from None
     else:
         d = dict(cfg)
+    if "policy_kind" in d:  # the config's name for EvalConfig.policy
+        d["policy"] = d.pop("policy_kind")
     env = d.get("env") or {}
     known = {f.name for f in dataclasses.fields(EvalConfig)} - {"suite", "env_kwargs"}
     unknown = sorted(set(d) - known - {"env", *ENV_SHORTCUTS})
@@ -961,109 +938,87 @@ def config_from_hydra(cfg: Any) -> EvalConfig:
     return EvalConfig(suite=env.get("suite"), env_kwargs=env_kwargs, **kw)
 
 
-_USAGE = """usage: vlastack eval [key=value ...]   (Hydra overrides over configs/eval.yaml)
-
-  checkpoint=PATH            a checkpoint dir, its `last` pointer or a training run dir
-  policy=expert              the scripted expert instead of a checkpoint (checks the harness)
-  env=kitchen|metaworld      suite (configs/env/); tasks=[A,B] | tasks=all | tasks=MT10
-  eval=default|quick         protocol preset (configs/eval/): episodes, seeds, videos, executor
-  episodes=N seeds=[S,...]   episode k of seed group S resets with seed S + k
-  out=DIR                    eval_info.json, videos/, eval_success.png, eval_summary.md, eval.yaml (reruns resume)
-  executor=receding|ensemble|async n_action_steps=N executor_options.coeff=0.01
-  sampling.vision_steps=N    sample_actions overrides (DUST test-time scaling; Dita: sampling.steps)
-  workers=N videos=N max_steps=N device=auto|cpu|cuda overwrite=true progress=false
-
-default config:
-"""
+def check_config(hcfg: Any) -> EvalConfig:
+    """A valid :class:`EvalConfig` whose ``out`` can be a directory; runs before Hydra makes it."""
+    cfg = config_from_hydra(hcfg)
+    _check_out(Path(cfg.out))
+    return cfg
 
 
-def sweep(overrides: Sequence[str]) -> list[list[str]]:
-    """Hydra's multirun expansion: ``["sampling.vision_steps=2,4", "env=metaworld"]`` -> one override list per job."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def command_job(hcfg: Any) -> int:
+    """One ``vlastack eval`` job: evaluate, print the table; 1 on a failed run, 130 on Ctrl-C.
 
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-def _multirun(argv: list[str]) -> int:
-    """``vlastack eval -m a=1,2 ...``: every job composed and checked first, then run one after another into
-    ``<out>/<job>/`` (unless ``out`` itself is swept); ``<out>/multirun.md`` and ``.json`` compare the jobs."""
-    jobs = sweep(argv)
-    swept = sorted({o.split("=", 1)[0] for job in jobs for o in job} - {o.split("=", 1)[0] for o in
-                   set.intersection(*[set(job) for job in jobs])})
-    out_swept = "out" in swept
-    root = None
-    runs: list[tuple[list[str], EvalConfig, Any]] = []
-    for i, job in enumerate(jobs):
-        hcfg = compose_config(job)
-        cfg = config_from_hydra(hcfg)
-        if not out_swept:
-            root = Path(cfg.out)
-            hcfg.out = cfg.out = str(root / str(i))
-        runs.append((job, cfg, hcfg))
-    if root is not None:
-        root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, (job, cfg, hcfg) in enumerate(runs):
-        shown = [o for o in job if o.split("=", 1)[0] in swept]
-        print(f"\n== job {i}/{len(runs)}: {' '.join(shown) or '(no swept keys)'} -> {cfg.out}")
-        doc = evaluate(cfg, hydra_cfg=hcfg)
-        print_report(doc)
-        o = doc["summary"]["overall"]
-        rows.append({"job": i, "overrides": shown, "out": cfg.out, "successes": o["successes"],
-                     "episodes": o["episodes"], "success_rate": o["success_rate"], "ci_low": o["ci_low"],
-                     "ci_high": o["ci_high"], "episodes_per_s": doc["runs"][-1]["episodes_per_s"]})
-    if root is not None:
-        write_json_atomic(root / "multirun.json", {"argv": argv, "swept": swept, "jobs": rows})
-        lines = [f"# vlastack eval -m {' '.join(argv)}", "", "| job | " + " | ".join(swept) +
-                 " | success | 95% CI | successes / episodes |", "|---|" + "---|" * len(swept) + "---:|---:|---:|"]
-        for r in rows:
-            vals = dict(o.split("=", 1) for o in r["overrides"])
-            lines.append(f"| {r['job']} | " + " | ".join(vals.get(k, "") for k in swept) +
-                         f" | {_pct(r['success_rate'])} | [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] | "
-                         f"{r['successes']} / {r['episodes']} |")
-        (root / "multirun.md").write_text("\n".join(lines) + "\n")
-        print(f"\nmultirun: {len(rows)} jobs; comparison in {root / 'multirun.md'}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``vlastack eval`` entry: compose the config, evaluate, print the table; 2 on bad input, 1 on a failed run.
-
-    ``-m`` / ``--multirun`` sweeps comma-separated values (Hydra's syntax) over sequential jobs.
+    In a sweep (``-m``) whose ``out`` is not itself swept, job n writes to ``<out>/n`` (Hydra's job directory).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        from omegaconf import OmegaConf
-
-        print(_USAGE + OmegaConf.to_yaml(compose_config([])))
-        return 0
-    multi = any(a in ("-m", "--multirun") for a in argv)
-    argv = [a for a in argv if a not in ("-m", "--multirun")]
+    cfg = config_from_hydra(hcfg)
+    job_dir = hydra_app.runtime_output_dir()
+    if hydra_app.in_multirun() and job_dir is not None and job_dir.parent == Path(cfg.out).resolve():
+        hcfg.out = cfg.out = str(job_dir)
     try:
-        if multi:
-            return _multirun(argv)
-        hcfg = compose_config(argv)
-        cfg = config_from_hydra(hcfg)
         doc = evaluate(cfg, hydra_cfg=hcfg)
     except KeyboardInterrupt:
         print("\ninterrupted: finished episodes are kept in eval_info.json; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    except (EvalError, registry.SuiteNotAvailable) as e:
-        print(f"vlastack eval: {e}", file=sys.stderr)
-        return 2
     except EvalRunError as e:
         print(f"vlastack eval: {e}", file=sys.stderr)
         return 1
-    except Exception as e:  # Hydra's override/config errors
-        if is_config_error(e):
-            print(f"vlastack eval: {e}", file=sys.stderr)
-            return 2
-        raise
     print_report(doc)
     return 0
+
+
+def compare_multirun(root: Path, started: float = 0.0) -> list[dict[str, Any]]:
+    """After ``vlastack eval -m ...``: the sweep's jobs (``<root>/<n>``, started after ``started``) side by side in
+    ``<root>/multirun.json`` and ``<root>/multirun.md``; returns the rows."""
+    from omegaconf import OmegaConf
+
+    jobs = []
+    for d in sorted((p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        hydra_dir = d / ".hydra"
+        if not (hydra_dir / "overrides.yaml").is_file() or (hydra_dir / "overrides.yaml").stat().st_mtime < started:
+            continue  # not a job of this sweep
+        info = d / INFO_FILE
+        if not info.is_file():  # ``out`` was swept: the job wrote where its config said
+            info = Path(OmegaConf.load(hydra_dir / "config.yaml").out) / INFO_FILE
+        overrides = [o.lstrip("+") for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+        jobs.append((int(d.name), overrides, json.loads(info.read_text()) if info.is_file() else None))
+    if not jobs:
+        return []
+    common = set.intersection(*[set(ovs) for _, ovs, _ in jobs])
+    swept = sorted({o.split("=", 1)[0] for _, ovs, _ in jobs for o in ovs} - {o.split("=", 1)[0] for o in common})
+    rows = []
+    for n, overrides, doc in jobs:
+        shown = [o for o in overrides if o.split("=", 1)[0] in swept]
+        row: dict[str, Any] = {"job": n, "overrides": shown, "out": doc["out"] if doc else None, "failed": doc is None}
+        if doc is not None:
+            o = doc["summary"]["overall"]
+            row.update(successes=o["successes"], episodes=o["episodes"], success_rate=o["success_rate"],
+                       ci_low=o["ci_low"], ci_high=o["ci_high"], episodes_per_s=doc["runs"][-1]["episodes_per_s"])
+        rows.append(row)
+    write_json_atomic(root / "multirun.json", {"swept": swept, "jobs": rows})
+    lines = [f"# vlastack eval -m: {len(rows)} jobs", "", "| job | " + " | ".join(swept) +
+             " | success | 95% CI | successes / episodes |", "|---|" + "---|" * len(swept) + "---:|---:|---:|"]
+    for r in rows:
+        vals = dict(o.split("=", 1) for o in r["overrides"])
+        figures = (f"{_pct(r['success_rate'])} | [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}] | "
+                   f"{r['successes']} / {r['episodes']}") if not r["failed"] else "failed | | "
+        lines.append(f"| {r['job']} | " + " | ".join(vals.get(k, "") for k in swept) + f" | {figures} |")
+    tmp = root / "multirun.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, root / "multirun.md")
+    print(f"\nmultirun: {len(rows)} jobs; comparison in {root / 'multirun.md'}")
+    return rows
+
+
+COMMAND = hydra_app.Command("eval", run=command_job, check=check_config, rewrite=REWRITE,
+                            errors=(EvalError, LanguageError, registry.SuiteNotAvailable),
+                            after_multirun=compare_multirun)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vlastack eval [Hydra flags and overrides]``: a Hydra app (:mod:`vlastack.hydra_app`); returns the exit
+    code (2 on bad input, 1 on a failed run). ``-m`` sweeps with Hydra's sweeper (see :func:`compare_multirun`)."""
+    return hydra_app.run(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from vlastack import hydra_app
 from vlastack.rollout.policy_adapters import LoadedPolicy, PolicyAdapterError, PolicyInputs, resolve_checkpoint
 from vlastack.types import IMAGE_PREFIX, STATE, TASK, ContractError, DatasetSpec, fake_observation, image_key
 
@@ -763,23 +764,30 @@ class ServeConfig:
         return os.environ.get(self.api_key_env) or None if self.api_key_env else None
 
 
-def build_server(cfg: ServeConfig) -> PolicyServer:
-    """Load the checkpoint, check the network settings and build (not start) the server."""
+def check_settings(cfg: ServeConfig) -> tuple[str | None, str]:
+    """The settings checks that need no policy: returns (API key or None, checkpoint directory); raises
+    :class:`ServeError` naming the problem."""
     if not cfg.checkpoint or cfg.checkpoint == "???":
         raise ServeError("checkpoint: required, e.g. checkpoint=runs/my_run/checkpoints/last")
     key = check_api_key(cfg.resolved_api_key(), cfg.host)  # fail before the slow load
     if cfg.max_message_mb <= 0:
         raise ServeError(f"max_message_mb: must be > 0, got {cfg.max_message_mb}")
-    import torch
+    if str(cfg.device).startswith("cuda"):
+        import torch
 
-    from vlastack.policies.base import load_policy
-
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise ServeError(f"device: {cfg.device!r} requested but CUDA is not available; use device=cpu")
+        if not torch.cuda.is_available():
+            raise ServeError(f"device: {cfg.device!r} requested but CUDA is not available; use device=cpu")
     try:
-        path = resolve_checkpoint(cfg.checkpoint)
+        return key, resolve_checkpoint(cfg.checkpoint)
     except FileNotFoundError as e:
         raise ServeError(str(e)) from e
+
+
+def build_server(cfg: ServeConfig) -> PolicyServer:
+    """Check the settings, load the checkpoint and build (not start) the server."""
+    from vlastack.policies.base import load_policy
+
+    key, path = check_settings(cfg)
     try:
         policy = LoadedPolicy(load_policy(path, map_location=cfg.device), dict(cfg.sampling or {}))
     except PolicyAdapterError as e:
@@ -809,38 +817,9 @@ def config_from_hydra(hcfg: Any) -> ServeConfig:
     return ServeConfig(**d)
 
 
-_USAGE = """usage: vlastack serve checkpoint=PATH [host=127.0.0.1] [port=8000] [key=value ...]
-
-Serves the policy over the openpi websocket + msgpack-numpy protocol (drive it with
-openpi_client.websocket_client_policy.WebsocketClientPolicy); GET /healthz for status.
-A host other than loopback requires an API key: VLASTACK_API_KEY=... (see docs/serving.md).
-
-configuration (configs/serve.yaml):
-"""
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``vlastack serve`` entry: compose the config, load the policy, serve until Ctrl-C."""
-    from vlastack.rollout.common import ConfigsNotFound, compose, is_config_error
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help", "help") for a in argv):
-        from omegaconf import OmegaConf
-
-        print(_USAGE + OmegaConf.to_yaml(compose("serve", [])))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        cfg = config_from_hydra(compose("serve", argv))
-        server = build_server(cfg)
-    except (ServeError, ConfigsNotFound) as e:
-        print(f"vlastack serve: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        if is_config_error(e):
-            print(f"vlastack serve: {e}", file=sys.stderr)
-            return 2
-        raise
+def command_job(hcfg: Any) -> int:
+    """One ``vlastack serve`` job: load the policy, serve until Ctrl-C (exit code 0)."""
+    server = build_server(config_from_hydra(hcfg))
 
     def ready(srv: PolicyServer) -> None:
         w = srv.runner.warmup_ms
@@ -855,9 +834,24 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopped", file=sys.stderr)
         return 0
     except OSError as e:  # address in use, permission denied
-        print(f"vlastack serve: cannot listen on {cfg.host}:{cfg.port}: {e}", file=sys.stderr)
+        print(f"vlastack serve: cannot listen on {server.host}:{server.port}: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check(hcfg: Any) -> None:
+    check_settings(config_from_hydra(hcfg))
+
+
+#: ``sampling.vision_steps=8`` adds a key to the open ``sampling`` dictionary without Hydra's ``+``
+REWRITE = hydra_app.overrides_rewriter(("sampling.",))
+COMMAND = hydra_app.Command("serve", run=command_job, check=_check, errors=(ServeError,), rewrite=REWRITE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``vlastack serve [Hydra flags and overrides]``: a Hydra app (:mod:`vlastack.hydra_app`); logs go to stderr
+    and the run directory's ``serve.log``; returns the exit code (2 on bad settings)."""
+    return hydra_app.run(COMMAND, argv)
 
 
 serve_main = main

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -38,6 +39,8 @@ from . import distributed as dd
 from .builder import build_policy, data_fields
 from .config import TrainAppConfig, TrainConfigError, resolve_optim
 from .optim import EMA, CosineSchedule, make_optimizer
+
+log = logging.getLogger("vlastack.train")
 
 _SEED_MULT = 1_000_003
 
@@ -69,7 +72,7 @@ class _Log:
 
                 self.tb = SummaryWriter(str(run_dir / "tb"))
             except ImportError as e:  # pragma: no cover - tensorboard is a dependency
-                print(f"train: TensorBoard logging off ({e})")
+                log.warning("TensorBoard logging off (%s)", e)
         if logger in ("wandb", "both"):
             self.wandb = start_wandb(run_dir, wandb_cfg, dict(config or {}))
         from rich.console import Console
@@ -86,11 +89,6 @@ class _Log:
                                 TimeRemainingColumn(), console=self.console)
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=start, loss="-", speed="-", note="")
-
-    def print(self, msg: str) -> None:
-        """A line on the console (above the bar)."""
-        if self.enabled:
-            (self.bar.console.print(msg, highlight=False) if self.bar else print(msg, flush=True))
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str) -> None:
         """TensorBoard + metrics.jsonl."""
@@ -181,9 +179,10 @@ class Trainer:
 
         return OmegaConf.to_container(OmegaConf.structured(self.app))
 
-    def _say(self, msg: str) -> None:
+    def _say(self, msg: str, level: int = logging.INFO) -> None:
+        """Log ``msg`` on rank 0 (stderr and run_dir/train.log under the command)."""
         if self.info.is_main:
-            (self.log.print(msg) if self.log else print(msg, flush=True))
+            log.log(level, msg)
 
     def _precision(self) -> torch.dtype | None:
         p = self.cfg.precision
@@ -195,7 +194,7 @@ class Trainer:
 
     def _resume_dir(self) -> Path | None:
         mode = self.app.resume
-        last = ck.resume_dir(self.ckpt_root, log=self._say) if mode != "never" else None
+        last = ck.resume_dir(self.ckpt_root, log=lambda m: self._say(m, logging.WARNING)) if mode != "never" else None
         if mode == "always" and last is None:
             raise TrainConfigError(f"resume: 'always' but {self.ckpt_root}/last is missing; run with resume=auto")
         return last
@@ -211,7 +210,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             removed = ck.clean_temporaries(self.ckpt_root)
             if removed:
-                print(f"train: removed leftovers of an interrupted save: {removed}")
+                log.warning("removed leftovers of an interrupted save: %s", removed)
             from omegaconf import OmegaConf
 
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(app)))
@@ -270,7 +269,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.trainable)
         self.log = _Log(self.run_dir, info.is_main, app.progress, self.schedule.total_steps, self.step,
                         cfg.logger, cfg.wandb, self._config_dict())
-        self._say(f"train: {policy.name} ({n_params / 1e6:.2f}M trainable) on {info.device} x{info.world}"
+        self._say(f"{policy.name} ({n_params / 1e6:.2f}M trainable) on {info.device} x{info.world}"
                   f"{' (FSDP)' if self.fsdp else ''}; {len(self.train_s)} train windows from {n_tr} episodes, "
                   f"{len(self.val_s) if self.val_s else 0} val windows from {n_va}; "
                   f"{'cached ' + name + ' features' if name else 'images'}; batch {cfg.batch_size} = "
@@ -327,8 +326,8 @@ class Trainer:
         self.best_step = st.get("best_step")
         data = st.get("data", {})
         if data.get("batch_size") not in (None, self.cfg.batch_size) or data.get("seed") not in (None, self.cfg.seed):
-            self._say(f"train: warning: resuming with batch_size/seed {self.cfg.batch_size}/{self.cfg.seed}, the "
-                      f"checkpoint used {data.get('batch_size')}/{data.get('seed')}: the data order changes")
+            self._say(f"resuming with batch_size/seed {self.cfg.batch_size}/{self.cfg.seed}, the checkpoint used "
+                      f"{data.get('batch_size')}/{data.get('seed')}: the data order changes", logging.WARNING)
 
     # ------------------------------------------------------------------ pieces of a step
 
@@ -456,7 +455,7 @@ class Trainer:
         out = self.run_dir / "sim_eval" / ckpt.name
         cmd = [sys.executable, "-m", "vlastack.cli", "eval", f"checkpoint={ckpt}", f"out={out}",
                *self.cfg.sim_eval.overrides]
-        self._say(f"train: sim eval at step {self.step}: {' '.join(cmd[2:])}")
+        self._say(f"sim eval at step {self.step}: {' '.join(cmd[2:])}")
         rc = subprocess.run(cmd, capture_output=True, text=True)
         rates = {}
         info_file = out / "eval_info.json"
@@ -471,7 +470,7 @@ class Trainer:
                     break
         self.log.scalars(self.step, {"exit_code": float(rc.returncode), **rates}, "sim_eval")
         if rc.returncode:
-            self._say(f"train: sim eval failed (exit {rc.returncode}): {rc.stderr.strip()[-500:]}")
+            self._say(f"sim eval failed (exit {rc.returncode}): {rc.stderr.strip()[-500:]}", logging.WARNING)
 
     # ------------------------------------------------------------------ the loop
 
@@ -560,7 +559,7 @@ class Trainer:
 
             write_json_atomic(self.run_dir / "summary.json", summary)
             vl = f"{val_loss:.4f}" if val_loss is not None else "-"
-            self._say(f"train: done at step {self.step}/{self.schedule.total_steps} ({ended_by}); val loss {vl}; "
+            self._say(f"done at step {self.step}/{self.schedule.total_steps} ({ended_by}); val loss {vl}; "
                       f"{steady_speed:.1f} samples/s (steady); {self.elapsed() / 60:.1f} min; checkpoint {ck_dir}")
         return summary
 
