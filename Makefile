@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml scripts/sysdeps.sh
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, from the CPU wheel on disk (a range would pull a CUDA build)
 	$(PY) -m pip install -q "torch==2.13.*"
-	$(PY) -m pip install -q -e ".[test,serve]"
+	$(PY) -m pip install -q -e ".[test,serve,viz]"
 	@touch $(STAMP)
 
 test: setup

@@ -281,7 +281,11 @@ without Rerun or with format=mp4, as an mp4 with the curves drawn beside the fra
 """
 
 
+_OPTIONS = ("episode", "out", "format", "cameras")
+
+
 def _parse(argv: list[str]) -> dict:
+    """``STORE key=value ...`` -> keyword arguments of :func:`view`."""
     opts: dict = {}
     store = None
     for a in argv:
@@ -302,14 +306,9 @@ def _parse(argv: list[str]) -> dict:
             opts["episode"] = int(opts["episode"])
         except ValueError:
             raise ViewError(f"episode: expected an integer, got {opts['episode']!r}") from None
-    if "cameras" in opts:
-        opts["cameras"] = [c for c in opts["cameras"].strip("[]").split(",") if c.strip()] or None
-        if opts["cameras"] is not None:
-            opts["cameras"] = [c.strip() for c in opts["cameras"]]
+    if "cameras" in opts:  # "left,wrist" or Hydra-style "[left,wrist]"
+        opts["cameras"] = [c.strip() for c in opts["cameras"].strip("[]").split(",") if c.strip()] or None
     return {"store": store, **opts}
-
-
-_OPTIONS = ("episode", "out", "format", "cameras")
 
 
 def main(argv: list[str] | None = None) -> int:
