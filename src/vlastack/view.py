@@ -21,9 +21,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -158,27 +158,49 @@ def _curves_panel(ep: EpisodeView, height: int, width: int = PANEL_WIDTH):
     return img, np.clip(xs, 0, img.shape[1] - 1), rows
 
 
-def episode_frames(ep: EpisodeView) -> list[np.ndarray]:
-    """The mp4's frames: captioned cameras side by side, then the curves with a cursor at the frame.
+class EpisodeFrames(Sequence):
+    """The mp4's frames, made on demand (an episode's worth of big frames would not fit in memory):
+    captioned cameras side by side, then the curves with a cursor at the frame.
 
-    Returns T uint8 (H, W, 3) frames with even H and W."""
-    from vlastack.rollout.video import caption_frames
+    ``frames[i]`` is uint8 (H, W, 3) with even H and W; ``len(frames)`` the episode length."""
 
-    if ep.images:
-        cams = np.concatenate([ep.images[c] for c in ep.images], axis=2)  # (T, H, W * K, 3)
-    else:
-        cams = np.zeros((ep.length, 128, 128, 3), np.uint8)
-    left = caption_frames(list(cams), ep.instruction, _successes(ep))  # T x (H', W', 3)
-    h = left[0].shape[0]
-    panel, xs, rows = _curves_panel(ep, h)
-    out = []
-    for i, fr in enumerate(left):
-        p = panel.copy()
-        for y0, y1 in rows:
-            p[y0:y1, max(0, xs[i] - 1):xs[i] + 1] = _CURSOR_RGB
-        frame = np.concatenate([fr, p], axis=1)  # (H', W' + PANEL_WIDTH, 3)
-        out.append(frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2])
-    return out
+    def __init__(self, ep: EpisodeView):
+        """Draw the curves once for ``ep``."""
+        from vlastack.rollout.video import caption_frames
+
+        self._caption = caption_frames
+        self.ep = ep
+        if ep.images:
+            self._cams = [ep.images[c] for c in ep.images]  # K x (T, H, W, 3)
+        else:
+            self._cams = [np.zeros((ep.length, 128, 128, 3), np.uint8)]
+        self._done = np.maximum.accumulate(np.asarray(_successes(ep), bool))  # (T,) success so far
+        h = self._captioned(0).shape[0]
+        self._panel, self._xs, self._rows = _curves_panel(ep, h)
+
+    def _captioned(self, i: int) -> np.ndarray:
+        cams = np.concatenate([c[i] for c in self._cams], axis=1)  # (H, W * K, 3)
+        return self._caption([cams], self.ep.instruction, [bool(self._done[i])])[0]
+
+    def __len__(self) -> int:
+        return self.ep.length
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"frame {i} out of range for {len(self)} frames")
+        i %= len(self)
+        p = self._panel.copy()
+        for y0, y1 in self._rows:
+            p[y0:y1, max(0, self._xs[i] - 1):self._xs[i] + 1] = _CURSOR_RGB
+        frame = np.concatenate([self._captioned(i), p], axis=1)  # (H', W' + PANEL_WIDTH, 3)
+        return frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2]
+
+
+def episode_frames(ep: EpisodeView) -> EpisodeFrames:
+    """The mp4's frames of ``ep`` (see :class:`EpisodeFrames`)."""
+    return EpisodeFrames(ep)
 
 
 def write_episode_mp4(ep: EpisodeView, path: str | os.PathLike) -> Path:
