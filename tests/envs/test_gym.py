@@ -92,7 +92,7 @@ def test_render_mode():
 
 
 def test_metaworld_make_and_check_env():
-    env = gym.make("vlastack/MetaWorld-pick-place-v0", image_size=(32, 32))
+    env = gym.make("vlastack/MetaWorld-pick-place-v0", image_size=32)  # an int: square, as for the kitchen
     try:
         base = env.unwrapped
         assert base.spec.id == "vlastack/MetaWorld-pick-place-v0" and isinstance(base.data_spec, DatasetSpec)

@@ -216,10 +216,12 @@ def _check_cameras(cameras: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _check_size(image_size) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)  # one int: square, as the kitchen accepts
     try:
         h, w = (int(s) for s in image_size)
     except (TypeError, ValueError):
-        raise MetaWorldError(f"image_size: expected (height, width), got {image_size!r}") from None
+        raise MetaWorldError(f"image_size: expected an int or (height, width), got {image_size!r}") from None
     if not (8 <= h <= 2048 and 8 <= w <= 2048):
         raise MetaWorldError(f"image_size: {(h, w)} out of range; each side must be in 8..2048")
     return h, w
