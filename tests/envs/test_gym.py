@@ -3,7 +3,8 @@
 
 Kitchen envs are built at 32x32 with two cameras; the fast tests check one kitchen task and one
 MetaWorld task through ``gymnasium.make`` (so with the alternative-render and close checks that
-need a spec); every kitchen task is checked in the slow test.
+need a spec); every kitchen task, in its own scene and in each task-group scene that holds it,
+is checked in the slow tests.
 """
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from gymnasium.utils.env_checker import check_env
 import vlastack.envs  # noqa: F401  (registers the ids)
 from vlastack.envs.gym_ids import gym_ids, kitchen_id, metaworld_id
 from vlastack.envs.kitchen import TASKS, make_kitchen_env
+from vlastack.envs.kitchen.groups import GROUP_SPECS
 from vlastack.types import STATE, TASK, DatasetSpec, image_key
 
 KW = dict(image_size=32, cameras=["left", "wrist"])
@@ -139,5 +141,17 @@ def test_check_env_every_kitchen_task(task):
     env = make_kitchen_env(task, seed=0, **KW)
     try:
         _check(env)
+    finally:
+        env.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group,task", [(g, t) for g, spec in GROUP_SPECS.items() for t in spec.tasks])
+def test_check_env_every_group_scene_task(group, task):
+    """The shared task-group scenes through gymnasium.make's ``scene`` / ``group`` kwargs."""
+    env = gym.make(f"vlastack/Kitchen-{task}-v0", scene="group", group=group, seed=0, **KW)
+    try:
+        assert env.unwrapped.group == group
+        _check(env.unwrapped)
     finally:
         env.close()

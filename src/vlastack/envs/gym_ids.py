@@ -16,8 +16,9 @@ Ids: one per kitchen task in :data:`vlastack.envs.kitchen.TASKS` (``OpenDrawer``
 ``gym.make`` go to the suite's factory (:func:`vlastack.envs.kitchen.make_kitchen_env`,
 :func:`vlastack.envs.metaworld.make_metaworld_env`): ``cameras``, ``image_size``, ``seed`` (the
 first episode's seed when ``reset()`` gets none), ``render_mode`` (``"rgb_array"``, the default,
-or None) and every other option of the suite (kitchen: ``horizon``, ``terminate_on_success``,
-``arm_render``; MetaWorld: ``max_steps``, ``state``, ``terminate_on_success``).
+or None) and every other option of the suite (kitchen: ``scene``, ``group``, ``split``,
+``horizon``, ``terminate_on_success``, ``arm_render``; MetaWorld: ``max_steps``, ``state``,
+``terminate_on_success``).
 
 The episode ends inside the env (success or the task's horizon), so no ``TimeLimit`` is added.
 ``env.unwrapped.data_spec`` is the data contract (:class:`~vlastack.types.DatasetSpec`).
