@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # extras installed by `make setup` (pyproject.toml lists them: sim serve robot-ur robot-franka teleop viz test dev)
-EXTRAS ?= sim,serve,test
+EXTRAS ?= sim,serve,test,viz
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 export HF_HUB_OFFLINE := 1

@@ -4,7 +4,7 @@
 configs shipped in the package (``vlastack/configs``), all through one entry
 (:mod:`vlastack.hydra_app`): their remaining arguments are Hydra overrides and flags
 (``--help``, ``--cfg job``, ``--info``, ``-m``, ``--config-dir``). ``inspect``,
-``convert`` and ``push`` take plain arguments. Each subcommand's module is imported only when
+``convert``, ``push`` and ``view`` take plain arguments. Each subcommand's module is imported only when
 it runs, so ``vlastack inspect`` never pays for torch or MuJoCo start-up.
 """
 
@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("vlastack.datasets.convert", "inspect_main", "summarise a trajectory store"),
     "convert": ("vlastack.datasets.convert", "convert_main", "convert LeRobot / robomimic / Zarr datasets"),
+    "view": ("vlastack.view", "main", "one stored episode as a Rerun recording (.rrd) or an mp4 with curves"),
     "collect": ("vlastack.rollout.collect", "main", "generate demos with scripted experts (Hydra)"),
     "train": ("vlastack.train", "main", "train a policy (Hydra)"),
     "eval": ("vlastack.rollout.evaluate", "main", "evaluate a policy in simulation (Hydra)"),

@@ -28,7 +28,7 @@ def _run_expert(env, seed):
 
 def test_observation_contract(drawer_env):
     obs, info = drawer_env.reset(seed=3)
-    spec = drawer_env.spec
+    spec = drawer_env.data_spec
     assert isinstance(spec, DatasetSpec)
     assert spec.cameras == ["left", "right", "wrist"]
     for cam in ("left", "right", "wrist"):

@@ -29,7 +29,7 @@ def _run_expert(env, seed, max_steps):
 
 def test_observation_contract(env):
     obs, info = env.reset(seed=3)
-    spec = env.spec
+    spec = env.data_spec
     assert isinstance(spec, DatasetSpec)
     assert spec.cameras == ["corner", "behindGripper"]
     assert spec.state_dim == 21 and spec.action_dim == 4
@@ -57,7 +57,7 @@ def test_state_layouts():
     e = mw.make_metaworld_env("reach-v3", cameras=["topview"], image_size=(16, 16), state="proprio")
     try:
         obs, _ = e.reset(seed=0)
-        assert obs[STATE].shape == (4,) and e.spec.state_dim == 4
+        assert obs[STATE].shape == (4,) and e.data_spec.state_dim == 4
         assert 0.0 <= obs[STATE][3] <= 1.0  # gripper opening
     finally:
         e.close()

@@ -207,7 +207,7 @@ def test_kitchen_collection_path_if_available(tmp_path):
     try:
         expert = registry.make_expert("kitchen", task, env)
         res = C.run_expert_episode(env, expert, seed=0, max_steps=4)
-        spec = env.spec
+        spec = env.data_spec
         assert res["steps"] == 4 and res["instruction"].strip()
         for k, f in spec.features.items():
             f.check(res["frames"][k], leading=1)  # (T, ...) per the kitchen's own spec

@@ -7,7 +7,8 @@ flat data-contract dicts:
     observation.state            float32 (D_s,), see ``STATE_LAYOUTS`` (default "full", 21-D)
     task                         str, a language instruction drawn (by seed) from paraphrases
 
-``info["success"]`` is MetaWorld's own success predicate. The episode ends (``terminated``) at the
+``info["success"]`` (and its alias ``info["is_success"]``, which LeRobot's evaluation reads) is
+MetaWorld's own success predicate. The episode ends (``terminated``) at the
 first success unless ``terminate_on_success=False``, and is truncated after ``max_steps`` steps
 (MetaWorld's horizon: 500). Stepping an ended episode, an unknown task or camera, and an action
 of the wrong shape or with NaN raise errors that name the problem and the valid choices.
@@ -23,6 +24,9 @@ Cameras (MetaWorld's own, in ``CAMERAS``): ``corner``, ``corner2``, ``corner3`` 
 are mounted rolled by 180 degrees in MetaWorld's MJCF (their up axis points down), so their
 frames are rotated by 180 degrees to come out upright and unmirrored; ``topview`` looks straight
 down; ``behindGripper`` and ``gripperPOV`` ride on the hand. Default: ``("corner", "behindGripper")``.
+
+``env.data_spec`` is the :class:`DatasetSpec` of the observations and actions; ``env.spec`` is
+gymnasium's registration record (``EnvSpec``, or None when built directly).
 
 Actions: 4-D in [-1, 1]: the hand's mocap target moves by ``0.01 m * action[:3]`` per step in the
 world frame, ``action[3]`` is the gripper effort (-1 open, +1 closed). Control runs at 80 Hz
@@ -212,10 +216,12 @@ def _check_cameras(cameras: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _check_size(image_size) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)  # one int: square, as the kitchen accepts
     try:
         h, w = (int(s) for s in image_size)
     except (TypeError, ValueError):
-        raise MetaWorldError(f"image_size: expected (height, width), got {image_size!r}") from None
+        raise MetaWorldError(f"image_size: expected an int or (height, width), got {image_size!r}") from None
     if not (8 <= h <= 2048 and 8 <= w <= 2048):
         raise MetaWorldError(f"image_size: {(h, w)} out of range; each side must be in 8..2048")
     return h, w
@@ -245,7 +251,8 @@ def metaworld_spec(cameras: Sequence[str] = DEFAULT_CAMERAS, image_size=(128, 12
 class MetaWorldEnv(gym.Env):
     """One MetaWorld v3 task as a gymnasium env with data-contract observations (see module doc)."""
 
-    metadata = {"render_modes": ["rgb_array"]}
+    #: MetaWorld controls at 80 Hz (5 physics steps of 2.5 ms); __init__ restates it from the sim's dt
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80.0}
 
     def __init__(self, task: str, seed: int = 0, cameras: Sequence[str] | None = None,
                  image_size=(128, 128), max_steps: int = DEFAULT_MAX_STEPS, state: str = "full",
@@ -272,7 +279,8 @@ class MetaWorldEnv(gym.Env):
         self._seed = int(seed)
         self._sim = self._build_sim()
         self._renderer = None
-        self._spec = metaworld_spec(self.cameras, self.image_size, state, fps=1.0 / self._sim.dt)
+        self._data_spec = metaworld_spec(self.cameras, self.image_size, state, fps=1.0 / self._sim.dt)
+        self.metadata = {**type(self).metadata, "render_fps": 1.0 / self._sim.dt}
         self._flip = self._rolled_cameras()
         h, w = self.image_size
         spaces: dict[str, gym.Space] = {image_key(c): gym.spaces.Box(0, 255, (h, w, 3), np.uint8) for c in self.cameras}
@@ -337,9 +345,9 @@ class MetaWorldEnv(gym.Env):
     # ------------------------------------------------------------------ properties
 
     @property
-    def spec(self) -> DatasetSpec:  # overrides gymnasium's EnvSpec slot, as the kitchen envs do
+    def data_spec(self) -> DatasetSpec:
         """The :class:`DatasetSpec` of this env's observations and actions."""
-        return self._spec
+        return self._data_spec
 
     def __repr__(self) -> str:
         return f"MetaWorldEnv({self.task_name!r}, cameras={list(self.cameras)}, image_size={self.image_size})"
@@ -386,8 +394,10 @@ class MetaWorldEnv(gym.Env):
             img = img[::-1, ::-1]  # 180-degree roll: upright and unmirrored
         return np.ascontiguousarray(img)
 
-    def render(self) -> np.ndarray:
-        """All cameras side by side: uint8 (H, W * n_cameras, 3)."""
+    def render(self) -> np.ndarray | None:
+        """All cameras side by side: uint8 (H, W * n_cameras, 3); None when ``render_mode`` is None."""
+        if self.render_mode is None:
+            return None
         if not self.cameras:
             raise RuntimeError("this env was made without cameras (cameras=[]), so it cannot render")
         return np.concatenate([self.render_camera(c) for c in self.cameras], axis=1)
@@ -409,12 +419,18 @@ class MetaWorldEnv(gym.Env):
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        """Start an episode; ``seed`` (else the constructor's seed first, then a seeded stream) fixes it."""
+        """Start an episode; ``seed`` (else the constructor's seed first, then a seeded stream) fixes it.
+
+        An explicit ``seed`` also reseeds the stream that later ``reset()`` calls without one draw
+        from, as gymnasium expects (``reset(seed=s)`` then ``reset()`` is reproducible)."""
+        explicit = seed is not None
         if seed is None:
             seed = self._seed if self._first_reset else int(self._next_seed_rng.integers(2**31 - 1))
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
             raise MetaWorldError(f"seed: expected a non-negative int, got {seed!r}")
         seed = int(seed)
+        if explicit:
+            self._next_seed_rng = np.random.default_rng(seed)
         self._first_reset = False
         super().reset(seed=seed)
         self._episode_seed = seed
@@ -425,7 +441,8 @@ class MetaWorldEnv(gym.Env):
         self._t = 0
         self._done = False
         self._last_success = False
-        info = {"success": False, "seed": seed, "task_name": self.task_name, "instruction": self._instruction}
+        info = {"success": False, "is_success": False, "seed": seed, "task_name": self.task_name,
+                "instruction": self._instruction}
         return self._observation(), info
 
     def _check_action(self, action) -> np.ndarray:
@@ -456,7 +473,7 @@ class MetaWorldEnv(gym.Env):
         truncated = (not terminated) and self._t >= self.max_steps
         self._done = terminated or truncated
         out = {k: float(v) for k, v in info.items() if np.isscalar(v)}
-        out["success"] = success
+        out["success"] = out["is_success"] = success
         return self._observation(), float(reward), terminated, truncated, out
 
     def close(self) -> None:

@@ -8,7 +8,9 @@ Suites:
   ``"MT10"`` and ``"MT50"`` expand to their task lists in :func:`resolve_tasks`.
 
 Every env returns flat data-contract observations (``observation.images.<cam>``,
-``observation.state``, ``task``), ``info["success"]`` and a ``spec`` (:class:`DatasetSpec`).
+``observation.state``, ``task``), ``info["success"]`` (also as ``info["is_success"]``) and a
+``data_spec`` (:class:`DatasetSpec`); ``env.spec`` stays gymnasium's own ``EnvSpec`` (set by
+``gymnasium.make``, see :mod:`vlastack.envs.gym_ids`).
 Every expert has ``reset()`` and ``act(obs, env) -> action``. Suites are imported only when
 used, so asking for MetaWorld never imports robosuite and vice versa.
 """

@@ -159,10 +159,10 @@ def run_expert_episode(env, expert, seed: int, max_steps: int | None = None) -> 
     """One expert episode from ``env.reset(seed=seed)`` until success, the env's end or ``max_steps``.
 
     Returns {success, steps, reason, instruction, frames}: ``frames`` maps every key of
-    ``env.spec`` to (T, ...) arrays, observations at step t with the action taken at t (the
+    ``env.data_spec`` to (T, ...) arrays, observations at step t with the action taken at t (the
     observation after the last action is dropped); ``next.success`` too when the spec has it.
     """
-    spec: DatasetSpec = env.spec
+    spec: DatasetSpec = env.data_spec
     obs_keys = [k for k in spec.features if k not in (ACTION, SUCCESS)]
     obs, info = env.reset(seed=int(seed))
     expert.reset()
@@ -356,9 +356,9 @@ def collect(cfg: CollectConfig, on_store_ready=None) -> dict[str, Any]:
     except (ValueError, TypeError) as e:  # bad camera, size or env option: say so before any work
         raise CollectError(f"env ({cfg.suite}, {cfg.tasks[0]}): {e}") from e
     try:
-        spec = probe.spec
+        spec = probe.data_spec
         if not isinstance(spec, DatasetSpec):
-            raise CollectError(f"{cfg.suite} env has no DatasetSpec `spec` (got {type(spec).__name__})")
+            raise CollectError(f"{cfg.suite} env has no DatasetSpec `data_spec` (got {type(spec).__name__})")
     finally:
         probe.close()
     store = _open_or_create_store(cfg, spec)

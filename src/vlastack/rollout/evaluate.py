@@ -355,7 +355,7 @@ def plan(cfg: EvalConfig) -> _Plan:
         raise EvalError(f"env ({cfg.suite}, {task}): {e}{what}") from e
     try:
         env_kwargs = _with_env_defaults(env, env_kwargs)
-        spec = env.spec
+        spec = env.data_spec
         env_cameras = list(spec.cameras)
         if inputs is not None:
             obs, _ = env.reset(seed=seed)

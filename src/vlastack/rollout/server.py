@@ -20,6 +20,9 @@ Protocol (openpi-client 0.1.2):
 - Observations are one sample (``task`` a string; images (H, W, 3) or (n_obs, H, W, 3) uint8;
   state (D_s,) or (n_obs, D_s)) or a batch (``task`` a list of B strings, a leading B axis on every
   array; actions (B, H, D_a)). Keys besides the policy's cameras, state and task are ignored.
+- Clients written against openpi's examples may send ``prompt`` for ``task`` and their own image
+  and state keys, renamed by ``key_map`` (e.g. ``{"observation/image": "observation.images.left"}``;
+  see :mod:`vlastack.rollout.openpi_keys`).
 
 Safety of the network side:
 - Binds ``127.0.0.1`` by default. Any other host requires an API key (``api_key`` or the
@@ -68,6 +71,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vlastack import hydra_app
+from vlastack.rollout.openpi_keys import KeyMap, KeyMapError, KeyMapRequestError
 from vlastack.rollout.policy_adapters import LoadedPolicy, PolicyAdapterError, PolicyInputs, resolve_checkpoint
 from vlastack.types import IMAGE_PREFIX, STATE, TASK, ContractError, DatasetSpec, fake_observation, image_key
 
@@ -281,8 +285,10 @@ class PolicyRunner:
     """
 
     def __init__(self, policy: LoadedPolicy, seed: int | None = 0, latency_window: int = 1000,
-                 checkpoint: str | None = None, max_batch: int | None = None):
-        """Serve ``policy``; ``seed`` seeds the sampling noise once (after :meth:`warmup`)."""
+                 checkpoint: str | None = None, max_batch: int | None = None,
+                 key_map: Mapping[str, str] | None = None):
+        """Serve ``policy``; ``seed`` seeds the sampling noise once (after :meth:`warmup`); ``key_map``
+        renames client keys to ours (client key -> our key, see :class:`KeyMap`)."""
         if not isinstance(policy, LoadedPolicy):
             raise TypeError(f"PolicyRunner serves a LoadedPolicy, got {type(policy).__name__}")
         self.policy = policy
@@ -298,6 +304,11 @@ class PolicyRunner:
         self.infer_ms = LatencyStats(latency_window)
         self.warmup_ms: float | None = None
         self._lock = threading.Lock()
+        try:
+            self.key_map = KeyMap(key_map)
+            self.key_map.check_targets(self.expected_keys())
+        except KeyMapError as e:
+            raise ServeError(str(e)) from e
         policy.reset(seed)
 
     # ---------------------------------------------------------------- description
@@ -320,7 +331,7 @@ class PolicyRunner:
                 "action_dim": inp.action_dim, "horizon": inp.horizon, "n_obs_steps": inp.n_obs,
                 "actions": "float32 (H, D_a), physical units; (B, H, D_a) when task is a list",
                 "sampling": {k: v for k, v in self.policy.sampling.items()}, "seed": self.seed,
-                "max_batch": self.max_batch}
+                "max_batch": self.max_batch, "key_map": self.key_map.to_dict()}
 
     def wire_limits(self) -> dict[str, Any]:
         """msgpack limits for one request, from the policy's inputs (see :func:`unpackb`).
@@ -410,6 +421,10 @@ class PolicyRunner:
 
     def infer(self, obs: Any) -> dict[str, Any]:
         """Actions for a decoded observation dict (one policy call at a time)."""
+        try:
+            obs = self.key_map(obs)
+        except KeyMapRequestError as e:
+            raise RequestError(str(e)) from e
         flat, single = self.prepare(obs)
         with self._lock:
             t0 = time.perf_counter()
@@ -756,6 +771,7 @@ class ServeConfig:
     seed: int | None = 0
     warmup: bool = True
     latency_window: int = 1000
+    key_map: Mapping[str, str] | None = None
 
     def resolved_api_key(self) -> str | None:
         """``api_key`` if set, else the environment variable ``api_key_env`` (None when neither)."""
@@ -793,7 +809,7 @@ def build_server(cfg: ServeConfig) -> PolicyServer:
     except PolicyAdapterError as e:
         raise ServeError(str(e)) from e
     runner = PolicyRunner(policy, seed=cfg.seed, latency_window=cfg.latency_window, checkpoint=path,
-                          max_batch=cfg.max_batch)
+                          max_batch=cfg.max_batch, key_map=cfg.key_map)
     if cfg.warmup:
         runner.warmup()
     return PolicyServer(runner, cfg.host, cfg.port, key, int(cfg.max_message_mb * 2**20), cfg.max_clients,
@@ -814,6 +830,9 @@ def config_from_hydra(hcfg: Any) -> ServeConfig:
         raise ServeError(f"unknown serve settings {unknown}; valid: {sorted(names)}")
     if d.get("sampling") is not None and not isinstance(d["sampling"], dict):
         raise ServeError(f"sampling: expected a mapping such as {{vision_steps: 8}}, got {d['sampling']!r}")
+    if d.get("key_map") is not None and not isinstance(d["key_map"], dict):
+        raise ServeError("key_map: expected a mapping from client keys to ours, such as "
+                         f"{{observation/image: observation.images.left}}, got {d['key_map']!r}")
     return ServeConfig(**d)
 
 

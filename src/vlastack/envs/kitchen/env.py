@@ -20,9 +20,13 @@ Observation (a dict with LeRobot-style flat keys):
                               quaternion x, y, z, w: the code base's order, robosuite's too)
     task                      str, the episode's language instruction
 
-``info["success"]`` is the task predicate after the step; ``terminated`` becomes True on
+``info["success"]`` (and its alias ``info["is_success"]``, which LeRobot's evaluation reads) is
+the task predicate after the step; ``terminated`` becomes True on
 success (unless ``terminate_on_success=False``) and ``truncated`` at the task's horizon.
 Stepping after either raises. ``reset(seed=s)`` makes the episode a pure function of ``s``.
+
+``env.data_spec`` is the :class:`~vlastack.types.DatasetSpec` of what the env produces;
+``env.spec`` is gymnasium's own registration record (``EnvSpec``, or None when built directly).
 """
 
 from __future__ import annotations
@@ -96,15 +100,21 @@ class KitchenEnv(gym.Env):
             meshes in the ``left`` / ``right`` cameras, ``"meshes"`` with the detailed visual
             meshes (about 2x the render time per camera on a CPU). The wrist camera never sees
             the links; the gripper always has its visual meshes.
+        render_mode: ``"rgb_array"`` (default: :meth:`render` returns the cameras side by side)
+            or None (:meth:`render` returns None).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(self, task: str, cameras=DEFAULT_CAMERAS, image_size=128, horizon: int | None = None,
                  terminate_on_success: bool = True, seed: int | None = None, arm_render: str = "hulls",
-                 scene: str = "single", group: str | None = None, split: str = "train"):
+                 scene: str = "single", group: str | None = None, split: str = "train",
+                 render_mode: str | None = "rgb_array"):
         if task not in TASKS:
             raise ValueError(f"unknown kitchen task {task!r}; valid tasks: {', '.join(sorted(TASKS))}")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"unknown render_mode {render_mode!r}; valid: None, "
+                             + ", ".join(repr(m) for m in self.metadata["render_modes"]))
         if scene not in SCENES:
             raise ValueError(f"unknown scene {scene!r}; valid scenes: {', '.join(SCENES)}")
         split_pairs(split)  # validates the split name
@@ -127,7 +137,7 @@ class KitchenEnv(gym.Env):
         if self.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
         self.terminate_on_success = terminate_on_success
-        self.render_mode = "rgb_array"
+        self.render_mode = render_mode
         self._first_seed = seed
         self.scene_kind = scene
         self.group = task_group.name if task_group is not None else None
@@ -145,16 +155,11 @@ class KitchenEnv(gym.Env):
         self._ended: str | None = "reset() has not been called yet"
         self._success = False
         self.episode_seed: int | None = None
-        self._gym_env_spec = None
 
     # ------------------------------------------------------------------ contract
     @property
-    def spec(self) -> DatasetSpec:
-        """The data contract this env produces: cameras, 16-D state, 7-D action, 20 fps.
-
-        (This shadows gymnasium's ``Env.spec``; the registration record, if gymnasium sets
-        one, is kept in ``gym_env_spec``.)
-        """
+    def data_spec(self) -> DatasetSpec:
+        """The data contract this env produces: cameras, 16-D state, 7-D action, 20 fps."""
         h, w = self.image_size
         feats: dict[str, FeatureSpec] = {}
         for cam in self.cameras:
@@ -165,15 +170,6 @@ class KitchenEnv(gym.Env):
                                     "normalised [-1, 1]: 0.05 m, 0.5 rad per unit; gripper -1 open +1 closed",
                                     "action")
         return DatasetSpec(feats, FPS, ACTION_SPACE)
-
-    @spec.setter
-    def spec(self, value) -> None:
-        self._gym_env_spec = value
-
-    @property
-    def gym_env_spec(self):
-        """gymnasium's registration record (``EnvSpec``) when made through ``gym.make``."""
-        return self._gym_env_spec
 
     @property
     def instruction(self) -> str:
@@ -217,7 +213,10 @@ class KitchenEnv(gym.Env):
         return self._observation(), float(self._success), terminated, truncated, self._info()
 
     def render(self):
-        """The current camera images side by side (uint8 H x (W * n_cameras) x 3)."""
+        """The current camera images side by side (uint8 H x (W * n_cameras) x 3); None when
+        ``render_mode`` is None."""
+        if self.render_mode is None:
+            return None
         h, w = self.image_size
         cams = self.cameras or ("left",)
         if not self.scene.has_offscreen_renderer:
@@ -243,5 +242,5 @@ class KitchenEnv(gym.Env):
         return obs
 
     def _info(self) -> dict[str, Any]:
-        return {"success": self._success, "task_name": self.task_name, "instruction": self.instruction,
-                "episode_seed": self.episode_seed, "step": self._steps}
+        return {"success": self._success, "is_success": self._success, "task_name": self.task_name,
+                "instruction": self.instruction, "episode_seed": self.episode_seed, "step": self._steps}

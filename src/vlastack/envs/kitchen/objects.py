@@ -89,6 +89,7 @@ class KitchenObject:
         self.park_pos = np.asarray(park_pos, dtype=float)
         self.model.get_obj().set("pos", array_to_string(self.park_pos))
         self.colour_name = None
+        self._base_mat_rgba: dict[int, np.ndarray] | None = None  # the model's own colours, before any tint
 
     def bind(self, sim) -> None:
         """Resolve ids and measure the object's extents in its body frame."""
@@ -118,7 +119,8 @@ class KitchenObject:
         self.lo, self.hi = lo, hi
         mats = {int(m.geom_matid[g]) for g in self.geom_ids if m.geom_matid[g] >= 0}
         self.material_ids = sorted(mats)
-        self._base_mat_rgba = {i: m.mat_rgba[i].copy() for i in self.material_ids}
+        if self._base_mat_rgba is None:  # bind() runs at every reset: keep the untinted colours
+            self._base_mat_rgba = {i: m.mat_rgba[i].copy() for i in self.material_ids}
 
     @property
     def height(self) -> float:
