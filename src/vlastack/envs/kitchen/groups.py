@@ -37,7 +37,7 @@ COUNTER_Z = 0.8
 # where objects stand in front of the wall cabinet (x range, world metres); y comes from the layout
 ZONE_X = (-0.21, -0.07)  # nearer the robot the hand cannot get down to the counter
 ZONE_MARGIN = 0.085  # objects stay this far inside the free section: the open hand is ~0.2 m wide
-OBJECT_GAP = 0.085  # minimum distance between object centres on the counter
+OBJECT_GAP = 0.12  # between object centres on the counter: nearer, the open fingers land on a neighbour
 FIXTURE_JITTER = 0.015  # +- metres per fixture and axis (x, y), drawn per episode
 WALL_BACK_X = 0.42  # wall cabinets hang with their back against the wall
 SPLITS = ("train", "heldout", "all")
@@ -158,21 +158,26 @@ def _phrase(obj, colour: str | None) -> str:
     return f"{colour} {obj.category.noun}" if colour else obj.category.noun
 
 
-def place_on_counter(scene, rng: np.random.Generator, categories, keep_clear=()) -> dict[str, str]:
+def place_on_counter(scene, rng: np.random.Generator, categories, keep_clear=(), required: int = 1) -> dict[str, str]:
     """Stand objects of ``categories`` on the free counter, apart from each other and from the
-    ``keep_clear`` points; returns category -> instruction phrase (colour + noun)."""
+    ``keep_clear`` points; returns category -> instruction phrase (colour + noun) of those placed.
+
+    The first ``required`` must find a spot (else ``RuntimeError``); a later one (a distractor)
+    that finds none in 400 draws stays parked, so a narrow layout holds fewer distractors."""
     (x0, x1), (y0, y1) = scene.counter_zone
     taken = [np.asarray(p, float) for p in keep_clear]
     names = {}
-    for cat in categories:
+    for i, cat in enumerate(categories):
         obj = scene.objects[cat]
         colour = obj.set_colour(rng)
-        for _ in range(200):
+        for _ in range(400):
             xy = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
             if all(np.linalg.norm(xy - p) >= OBJECT_GAP for p in taken):
                 break
-        else:  # pragma: no cover - the zones are sized for four objects
-            raise RuntimeError(f"no free counter spot for the {cat} in {scene.counter_zone}")
+        else:
+            if i < required:
+                raise RuntimeError(f"no free counter spot for the {cat} in {scene.counter_zone}")
+            continue
         taken.append(xy)
         obj.place(xy, COUNTER_Z, yaw=rng.uniform(-np.pi / 4, np.pi / 4))
         names[cat] = _phrase(obj, colour)
@@ -211,7 +216,8 @@ def setup_sink_stove(scene, rng) -> dict:
     burner = str(stove.burners[int(rng.integers(len(stove.burners)))])
     _doors(cab, rng, opened=False)
     (target,), distractors = _draw_objects(rng, SMALL, 1)
-    names = place_on_counter(scene, rng, [target, *distractors])
+    names = place_on_counter(scene, rng, [target, *distractors], required=2)
+    distractors = [c for c in distractors if c in names]
     return {"burner_id": burner, "burner": burner.replace("_", " "),
             "active": {"PnPCounterToSink": target, "PnPCounterToStove": target},
             "names": names, "distractors": distractors}
@@ -231,6 +237,7 @@ def setup_coffee_microwave(scene, rng) -> dict:
     scene.counter_drop = _drop_spot(scene, rng)
     _, distractors = _draw_objects(rng, SMALL, 0)
     names = place_on_counter(scene, rng, distractors, keep_clear=[scene.counter_drop])
+    distractors = [c for c in distractors if c in names]
     names["mug"] = "mug"
     return {"active": {"CoffeePressButton": "mug", "CoffeeServeMug": "mug"}, "names": names,
             "distractors": distractors}
@@ -251,6 +258,7 @@ def setup_pantry(scene, rng) -> dict:
     obj.place(region.sample(scene, rng), region.surface(scene), yaw=rng.uniform(-np.pi / 4, np.pi / 4))
     scene.counter_drop = _drop_spot(scene, rng)
     names = place_on_counter(scene, rng, [on_counter, *distractors], keep_clear=[scene.counter_drop])
+    distractors = [c for c in distractors if c in names]
     names[inside] = _phrase(obj, colour)
     return {"active": {"PnPCounterToMicrowave": on_counter, "PnPMicrowaveToCounter": inside},
             "names": names, "distractors": distractors}
