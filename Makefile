@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 # no spinning OpenMP threads on busy cores (see src/vlastack/cli.py)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup sysdeps test test-all quickstart bench clean
+.PHONY: setup sysdeps test test-all quickstart quickstart-drawer bench clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ test-all: setup
 
 quickstart: setup
 	$(PY) -m vlastack.quickstart
+
+# the single-task smoke path: OpenDrawer in its own scene (the quickstart before task groups)
+quickstart-drawer: setup
+	$(PY) -m vlastack.quickstart --single --out runs/quickstart-drawer
 
 bench: setup
 	$(PY) bench/loader.py
