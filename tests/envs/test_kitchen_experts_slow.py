@@ -8,7 +8,7 @@ which the experts were not tuned on, and fails if any task's expert succeeds on 
 
 import pytest
 
-from vlastack.envs.kitchen import list_tasks, make_expert, make_kitchen_env, run_expert_episode
+from vlastack.envs.kitchen import TASK_GROUPS, list_tasks, make_expert, make_kitchen_env, run_expert_episode
 
 SEEDS = range(100, 110)
 MIN_RATE = 0.9
@@ -17,7 +17,18 @@ MIN_RATE = 0.9
 @pytest.mark.slow
 @pytest.mark.parametrize("task", list_tasks())
 def test_expert_success_rate(task):
-    env = make_kitchen_env(task, cameras=())
+    _check_expert(task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group,task", [(g, t) for g, ts in TASK_GROUPS.items() for t in ts])
+def test_expert_success_rate_in_the_group_scene(group, task):
+    """The same bar for every task of every task group, in the group's shared scene."""
+    _check_expert(task, scene="group", group=group)
+
+
+def _check_expert(task, **scene):
+    env = make_kitchen_env(task, cameras=(), **scene)
     expert = make_expert(env)
     failed = []
     try:
@@ -27,4 +38,5 @@ def test_expert_success_rate(task):
     finally:
         env.close()
     rate = 1 - len(failed) / len(SEEDS)
-    assert rate >= MIN_RATE, f"{task}: expert succeeded on {rate:.0%} of seeds {SEEDS}; failed (seed, phase): {failed}"
+    assert rate >= MIN_RATE, (f"{task} {scene}: expert succeeded on {rate:.0%} of seeds {SEEDS}; "
+                              f"failed (seed, phase): {failed}")
