@@ -35,7 +35,7 @@ from .tasks import SMALL, MicrowaveRegion
 
 COUNTER_Z = 0.8
 # where objects stand in front of the wall cabinet (x range, world metres); y comes from the layout
-ZONE_X = (-0.21, -0.07)  # nearer the robot the hand cannot get down to the counter
+ZONE_X = (-0.17, -0.05)  # nearer the robot the arm cannot get its hand down to the counter accurately
 ZONE_MARGIN = 0.085  # objects stay this far inside the free section: the open hand is ~0.2 m wide
 OBJECT_GAP = 0.12  # between object centres on the counter: nearer, the open fingers land on a neighbour
 FIXTURE_JITTER = 0.015  # +- metres per fixture and axis (x, y), drawn per episode
