@@ -5,8 +5,9 @@ PY_BASE ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# extras installed by `make setup` (pyproject.toml lists them: sim serve robot-ur robot-franka teleop viz test dev)
-EXTRAS ?= sim,serve,test,viz
+# extras installed by `make setup` (pyproject.toml lists them: sim serve robot-ur robot-franka teleop viz test dev
+# onnx openvino ray); ray (launcher=ray) is opt-in: make setup EXTRAS=sim,serve,test,viz,onnx,openvino,ray
+EXTRAS ?= sim,serve,test,viz,onnx,openvino
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 export HF_HUB_OFFLINE := 1

@@ -4,6 +4,7 @@
     python bench/policy_speed.py --entries dust-small     # one entry
     python bench/policy_speed.py --device cpu --entries dust-tiny,dust-small,dust-small-bf16,dita-tiny,dita-small
     python bench/policy_speed.py --json out.json          # also write the figures as JSON
+    python bench/policy_speed.py --runtimes dust-small    # torch vs ONNX Runtime vs OpenVINO, FLOPs, matmul peak
 
 For each entry in ``ENTRIES`` it prints: trainable / total / denoiser parameters; training
 samples per second with images (encoder in the step) and with the feature cache (batch keys
@@ -365,6 +366,125 @@ def run_entry(e: Entry, device: str = "cpu", threads_train: int = 2, train_batch
     return out
 
 
+# ---------------------------------------------------------------- exported runtimes, FLOPs and the matmul peak
+
+
+def matmul_peak_gflops(threads: int, sizes=(256, 512, 1024), repeats: int = 5) -> dict[str, float]:
+    """The machine's measured fp32 matmul rate on ``threads`` threads: the best GFLOP/s of any repeat over
+    square sizes (the best, not the median: on a shared machine the peak is what an idle moment gives)."""
+    torch.set_num_threads(threads)
+    best: dict[str, float] = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.mm(a, b)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            ts.append(time.perf_counter() - t0)
+        best[str(n)] = 2 * n ** 3 / min(ts) / 1e9
+    best["peak"] = max(best.values())
+    return best
+
+
+def chunk_flops(policy: Policy, obs) -> int:
+    """Floating-point operations of one chunk (batch 1), as torch's FlopCounterMode counts them
+    (matmuls, convolutions, attention; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        policy.sample_actions(obs, seed=0)
+    return int(counter.get_total_flops())
+
+
+def runtime_comparison(label: str = "dust-small", threads=(1,), repeats: int = 20, rounds: int = 3,
+                       quantize: bool = False) -> dict[str, Any]:
+    """Chunk p50 of one entry in torch, ONNX Runtime and OpenVINO, interleaved in one process.
+
+    The entry is exported once (``vlastack.policies.export``); each round times every runtime
+    ``repeats`` times in turn (order rotated per round) and the p50 over all rounds is printed,
+    with the chunk's FLOPs and the share of the measured fp32 matmul peak on the same threads.
+    """
+    import tempfile
+
+    from vlastack.policies.base import policy_class
+    from vlastack.policies.export import ExportedPolicy, export_policy
+
+    e = {x.label: x for x in ENTRIES}[label]
+    torch.manual_seed(0)
+    cfg = policy_class(e.policy).config_class.preset(e.preset, **e.overrides)
+    policy = make_policy(e.policy, cfg, stats=generic_stats(cfg)).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # fresh heads are zero: perturb every trainable weight so the diff check sees them all
+        for q in policy.parameters():
+            if q.requires_grad:
+                q.add_(torch.randn(q.shape, generator=g) * 0.02)
+    obs = generic_obs(cfg)
+    h, w = cfg.image_size
+    print(f"\n== exported runtimes: {label} ({len(cfg.cameras)} cameras {h}x{w}, batch 1; {load()})", flush=True)
+    out: dict[str, Any] = {"label": label, "cameras": list(cfg.cameras), "image_size": [h, w]}
+    flops = chunk_flops(policy, obs)
+    out["chunk_gflop"] = flops / 1e9
+    tmp = tempfile.mkdtemp(prefix="vlastack-export-")
+    t0 = time.perf_counter()
+    export_policy(policy, f"{tmp}/onnx", format="onnx")
+    out["export_s"] = time.perf_counter() - t0
+    if quantize:
+        export_policy(policy, f"{tmp}/int8", format="onnx", quantize=True)
+    out["threads"] = {}
+    for n in threads:
+        torch.set_num_threads(n)
+        runners: dict[str, Callable[[], Any]] = {"torch": lambda: policy.sample_actions(obs, seed=0)}
+        for rt in ("onnxruntime", "openvino"):
+            try:
+                ex = ExportedPolicy.load(f"{tmp}/onnx", rt, threads=n)
+            except ImportError as err:
+                print(f"{rt}: skipped ({err})", flush=True)
+                continue
+            runners[rt] = (lambda ex=ex: ex.sample_actions(obs, seed=0))
+            if rt == "openvino":  # bfloat16 inference (avx512_bf16 / AMX CPUs; float32 elsewhere)
+                bf = ExportedPolicy.load(f"{tmp}/onnx", rt, threads=n, precision="bf16")
+                runners["openvino bf16"] = lambda: bf.sample_actions(obs, seed=0)
+        if quantize:
+            q = ExportedPolicy.load(f"{tmp}/int8", "onnxruntime", threads=n)
+            runners["onnxruntime int8"] = lambda: q.sample_actions(obs, seed=0)
+        ref = policy.sample_actions(obs, seed=0).actions
+        diffs = {k: float((f().actions - ref).abs().max()) for k, f in runners.items()}
+        times: dict[str, list[float]] = {k: [] for k in runners}
+        cpu: dict[str, list[float]] = {k: [] for k in runners}
+        names = list(runners)
+        for r in range(rounds):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                runners[k]()  # warm-up of this round
+                for _ in range(repeats):
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    runners[k]()
+                    times[k].append((time.perf_counter() - t1) * 1e3)
+                    cpu[k].append((time.process_time() - c1) * 1e3)
+        peak = matmul_peak_gflops(n)
+        row = {"matmul_peak_gflops": peak["peak"], "matmul_gflops_by_size": peak}
+        print(f"{n} thread(s): fp32 matmul peak {peak['peak']:.1f} GFLOP/s (best of "
+              f"{', '.join(f'{k}: {v:.1f}' for k, v in peak.items() if k != 'peak')}); chunk {flops / 1e9:.3f} GFLOP",
+              flush=True)
+        for k in names:
+            p50, c50 = statistics.median(times[k]), statistics.median(cpu[k])
+            rate = flops / (p50 / 1e3) / 1e9
+            cpu_rate = flops / (c50 / 1e3) / 1e9 * n  # per CPU-second, scaled to n threads' worth
+            row[k] = {"p50_ms": p50, "cpu_p50_ms": c50, "min_ms": min(times[k]), "n": len(times[k]), "gflops": rate,
+                      "peak_share": rate / peak["peak"], "gflops_cpu": cpu_rate, "peak_share_cpu": cpu_rate / peak["peak"],
+                      "max_abs_diff_vs_torch": diffs[k]}
+            print(f"  {k:<17} p50 {p50:7.1f} ms (min {min(times[k]):.1f}, n={len(times[k])}): {rate:5.1f} GFLOP/s = "
+                  f"{100 * rate / peak['peak']:4.1f}% of peak | process CPU {c50:6.1f} ms per chunk: "
+                  f"{cpu_rate:5.1f} GFLOP/s = {100 * cpu_rate / peak['peak']:4.1f}% of peak | "
+                  f"max|diff| vs torch {diffs[k]:.2g}", flush=True)
+        out["threads"][str(n)] = row
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the selected entries and print (and optionally save) their figures."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -376,7 +496,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     help="both: CPU, then CUDA when present; cpu or cuda: that device only")
     ap.add_argument("--cuda-train-batch", type=int, default=None,
                     help="training batch on CUDA (default: each entry's CPU batch)")
+    ap.add_argument("--runtimes", default=None, metavar="ENTRY",
+                    help="only compare torch / ONNX Runtime / OpenVINO chunk latency of ENTRY (e.g. dust-small), "
+                         "with its FLOPs and the share of the measured matmul peak")
+    ap.add_argument("--runtime-threads", default="1", help="thread counts for --runtimes, e.g. 1,2")
+    ap.add_argument("--runtime-repeats", type=int, default=20, help="chunks per runtime and round (--runtimes)")
+    ap.add_argument("--quantize", action="store_true", help="--runtimes: also time an int8 (dynamic) export")
     args = ap.parse_args(argv)
+    if args.runtimes:
+        print(f"torch {torch.__version__}, {load()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+        res = runtime_comparison(args.runtimes, [int(t) for t in args.runtime_threads.split(",")],
+                                 args.runtime_repeats, quantize=args.quantize)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+        return [res]
     by_label = {e.label: e for e in ENTRIES}
     chosen = [s.strip() for s in args.entries.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in by_label]

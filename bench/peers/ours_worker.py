@@ -5,7 +5,8 @@
 Prints one JSON object as the last line of stdout, with the same fields as
 ``lerobot_worker.py measure``: parameters, training samples/s end to end (our window loader
 over the Zarr store + update) and update only (one batch in memory), peak RSS, and chunk
-latency at batch 1 on each thread count. The update is what a training step does: the
+latency at batch 1 on each thread count (``--runtimes``: also the chunk exported to ONNX Runtime /
+OpenVINO, ``latency_runtime``). The update is what a training step does: the
 policy's ``compute_loss``, backward, global grad-norm clipping, AdamW over the trainable
 parameters (with the policy's own parameter groups when it has them). When the store holds
 the frozen vision encoder's feature cache, the same figures are also taken from the cache
@@ -116,6 +117,57 @@ def observation_at(store: TrajectoryStore, cameras, n_obs: int, episode: int, t:
     return Observation(images=images, state=state, task=[task])
 
 
+def chunk_latency(lp, obs: Observation, warmup: int, repeats: int) -> dict[str, float]:
+    """p50 / p99 / min milliseconds of ``lp.sample_actions(obs)`` over ``repeats`` calls (seeded per call)."""
+    for i in range(warmup):
+        lp.reset(i)
+        lp.sample_actions(obs)
+    ms = []
+    for i in range(repeats):
+        lp.reset(i)
+        t1 = time.perf_counter()
+        lp.sample_actions(obs)
+        ms.append(1000 * (time.perf_counter() - t1))
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "n": len(ms),
+            "min_ms": min(ms)}
+
+
+def runtime_latency(policy, obs: Observation, a) -> dict[str, Any]:
+    """The policy exported (``vlastack.policies.export``) and timed in each of ``a.runtimes`` per thread count;
+    also the largest difference to the torch chunk for the same seed."""
+    import tempfile
+
+    from vlastack.policies.export import export_policy
+    from vlastack.rollout.policy_adapters import LoadedPolicy, load_policy_for
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="vlastack-export-") as tmp:
+        t0 = time.perf_counter()
+        try:
+            export_policy(policy.eval(), f"{tmp}/onnx", format="onnx")
+        except ImportError as e:  # the onnx extra is missing: our torch figures still count
+            return {"error": str(e)}
+        out["export_s"] = time.perf_counter() - t0
+        ref = LoadedPolicy(policy)
+        ref.reset(0)
+        ref_chunk = ref.sample_actions(obs).actions
+        for rt in a.runtimes:
+            out[rt] = {}
+            for n in a.threads:
+                torch.set_num_threads(n)
+                try:
+                    lp = load_policy_for(f"{tmp}/onnx", rt)  # its session takes torch's thread count
+                except ImportError as e:
+                    out[rt] = {"error": str(e)}
+                    break
+                out[rt][str(n)] = chunk_latency(lp, obs, a.warmup, a.repeats)
+            if "error" in out[rt]:
+                continue
+            lp.reset(0)
+            out[rt]["max_abs_diff_vs_torch"] = float((lp.sample_actions(obs).actions - ref_chunk).abs().max())
+    return out
+
+
 def cmd_measure(a) -> dict[str, Any]:
     """Parameters, training samples/s (images and, when cached, features), peak RSS, chunk latency."""
     torch.manual_seed(0)
@@ -153,18 +205,10 @@ def cmd_measure(a) -> dict[str, Any]:
     out["latency"] = {}
     for n in a.threads:
         torch.set_num_threads(n)
-        for i in range(a.warmup):
-            lp.reset(i)
-            lp.sample_actions(obs)
-        ms = []
-        for i in range(a.repeats):
-            lp.reset(i)
-            t1 = time.perf_counter()
-            lp.sample_actions(obs)
-            ms.append(1000 * (time.perf_counter() - t1))
-        out["latency"][str(n)] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-                                  "n": len(ms), "min_ms": min(ms)}
+        out["latency"][str(n)] = chunk_latency(lp, obs, a.warmup, a.repeats)
     out["chunk_shape"] = list(lp.sample_actions(obs).actions.shape)
+    if a.runtimes:
+        out["latency_runtime"] = runtime_latency(policy, obs, a)
     out["rss_peak_mib"] = rss_peak_mib()
     return out
 
@@ -201,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--repeats", type=int, default=20)
     m.add_argument("--warmup", type=int, default=2)
     m.add_argument("--feature-cache", action="store_true", help="also measure training from the feature cache")
+    m.add_argument("--runtimes", type=lambda s: [x for x in s.split(",") if x], default=[],
+                   help="also time the exported chunk in these runtimes, e.g. onnxruntime,openvino")
     c = sub.add_parser("cache")
     c.add_argument("--policy", required=True, choices=POLICIES)
     c.add_argument("--store", required=True)

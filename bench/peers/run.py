@@ -18,7 +18,9 @@ What one run does:
    parameters, training samples/s (end to end through each side's own loader, and the update alone
    on a batch in memory; ours also from the feature cache), peak RSS, and the chunk latency at
    batch 1 (p50 and p99 over ``--repeats`` calls, image encoding and normalisation included) on
-   1 and 2 threads. Ratios are taken within a round (adjacent runs) and their median reported.
+   1 and 2 threads; ours also exported (``vlastack export``) and timed in ONNX Runtime and OpenVINO
+   (``--runtimes``), as extra rows. Ratios are taken within a round (adjacent runs) and their median
+   reported.
 4. Success: every policy trained for the same wall-clock budget (``--budget-min``; ours with
    ``vlastack train``, LeRobot's with its own training step in its venv), then evaluated on the
    same tasks and seeds through our harness (``vlastack.rollout.evaluate``; LeRobot's policies
@@ -166,7 +168,7 @@ def measure_one(name: str, lr_py: Path, store: Path, lerobot: Path, a) -> dict[s
     else:
         cmd = [OURS_PY, str(HERE / "ours_worker.py"), "measure", "--policy", name, "--store", str(store),
                "--preset", OURS[name]["preset"], "--overrides", json.dumps(OURS[name]["overrides"]),
-               "--feature-cache", *common]
+               "--feature-cache", *(["--runtimes", ",".join(a.runtimes)] if a.runtimes else []), *common]
     t0 = time.perf_counter()
     res = last_json(run(cmd, f"measure {name}"))
     res["wall_s"] = time.perf_counter() - t0
@@ -223,6 +225,26 @@ def metric(res: dict, key: str, cache: bool = False) -> float | None:
     if cache and path[0] == "train":
         path = ("train_cache",) + path[1:]
     return _get(res, *path)
+
+
+def runtime_rows(rounds: list[dict[str, dict]], threads: list[int]) -> dict[str, dict[str, float | None]]:
+    """Our exported runtimes' chunk p50 per thread count (median over rounds), and the ratio to Diffusion
+    Policy's torch p50 of the same round: ``{"dust/onnxruntime": {"lat1_p50_ms": ..., "ratio1": ...}}``."""
+    out: dict[str, dict[str, float | None]] = {}
+    for p in OURS:
+        rts = sorted({rt for r in rounds for rt in (r.get(p, {}).get("latency_runtime") or {})
+                      if isinstance((r[p]["latency_runtime"] or {}).get(rt), dict)})
+        for rt in rts:
+            row: dict[str, float | None] = {}
+            for n in threads:
+                mine = [_get(r.get(p, {}), "latency_runtime", rt, str(n), "p50_ms") for r in rounds]
+                theirs = [metric(r.get("diffusion", {}), f"lat{n}_p50_ms") for r in rounds]
+                row[f"lat{n}_p50_ms"] = median(mine)
+                row[f"ratio{n}"] = median([x / y if x is not None and y else None for x, y in zip(mine, theirs)])
+            row["max_abs_diff"] = median([_get(r.get(p, {}), "latency_runtime", rt, "max_abs_diff_vs_torch")
+                                          for r in rounds])
+            out[f"{p}/{rt}"] = row
+    return out
 
 
 def median(xs: list[float | None]) -> float | None:
@@ -355,8 +377,9 @@ def fmt(x: float | None, nd: int = 1, suffix: str = "") -> str:
     return "n/a" if x is None else f"{x:.{nd}f}{suffix}"
 
 
-def tables(absolute: dict, ratios: dict, success: dict | None) -> str:
-    """The markdown tables: absolute figures, ratios ours/theirs, success."""
+def tables(absolute: dict, ratios: dict, success: dict | None, runtimes: dict | None = None,
+           threads: list[int] = (1, 2)) -> str:
+    """The markdown tables: absolute figures, ratios ours/theirs, our exported runtimes, success."""
     lines = ["| policy | trainable params | train samples/s (update) | train samples/s (end to end) | "
              "peak RSS MiB | chunk p50 / p99 ms, 1 thread | chunk p50 / p99 ms, 2 threads |",
              "|---|---|---|---|---|---|---|"]
@@ -383,6 +406,17 @@ def tables(absolute: dict, ratios: dict, success: dict | None) -> str:
                      f"{fmt(r.get('train_e2e_sps_cache'), 2)} | {fmt(r['rss_peak_train_mib'], 2)} | "
                      f"{fmt(r['lat1_p50_ms'], 2)} | {fmt(r['lat1_p99_ms'], 2)} | {fmt(r['lat2_p50_ms'], 2)} | "
                      f"{fmt(r['lat2_p99_ms'], 2)} |")
+    if runtimes:
+        lines += ["", "Our chunk exported (`vlastack export`) and run by another runtime, batch 1, same observation "
+                  "(ratio: to Diffusion Policy's p50 in the same round):", "",
+                  "| policy (runtime) | " + " | ".join(f"chunk p50 ms, {n} thr | / Diffusion Policy, {n} thr"
+                                                      for n in threads) + " | max abs diff vs torch |",
+                  "|---|" + "---|---|" * len(threads) + "---|"]
+        for key, r in runtimes.items():
+            p, rt = key.split("/")
+            lines.append(f"| {LABELS[p]} ({rt}) | " + " | ".join(
+                f"{fmt(r.get(f'lat{n}_p50_ms'))} | {fmt(r.get(f'ratio{n}'), 2)}" for n in threads)
+                + f" | {fmt(r.get('max_abs_diff'), 6)} |")
     if success:
         lines += ["", "| policy | steps in budget | success | 95% Wilson interval | per task |", "|---|---|---|---|---|"]
         for p, s in success.items():
@@ -396,9 +430,26 @@ def tables(absolute: dict, ratios: dict, success: dict | None) -> str:
     return "\n".join(lines)
 
 
-def targets(ratios: dict, success: dict | None) -> list[str]:
+def targets(ratios: dict, success: dict | None, runtimes: dict | None = None,
+            absolute: dict | None = None) -> list[str]:
     """The issue's targets, checked against the measured ratios."""
     out = []
+    for key, row in (runtimes or {}).items():
+        if not key.startswith("dust/"):
+            continue
+        for n in (1, 2):
+            x = row.get(f"ratio{n}")
+            if x is not None:
+                out.append(f"DUST chunk latency <= 1/4 of Diffusion Policy's ({key.split('/')[1]}, {n} thread"
+                           f"{'s' if n == 2 else ''}, p50): ratio {x:.2f} -> {'MET' if x <= 0.25 else 'NOT MET'}")
+    walls = {"torch": (absolute or {}).get("dust", {}).get("lat1_p50_ms")}
+    walls.update({k.split("/")[1]: v.get("lat1_p50_ms") for k, v in (runtimes or {}).items() if k.startswith("dust/")})
+    walls = {k: v for k, v in walls.items() if v is not None}
+    if walls:
+        best = min(walls, key=walls.get)
+        out.append("DUST small chunk under 50 ms wall on 1 thread, 3 cameras 128x128: "
+                   + ", ".join(f"{k} {v:.1f} ms" for k, v in walls.items())
+                   + f" -> {'MET' if walls[best] < 50 else 'NOT MET'} (best: {best})")
     r = ratios.get("dust/diffusion")
     if r:
         for thr in ("1", "2"):
@@ -493,6 +544,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=30, help="timed chunks per latency figure")
     ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed measurements")
+    ap.add_argument("--runtimes", type=lambda s: [x for x in s.split(",") if x], default=["onnxruntime", "openvino"],
+                    help="our chunk exported and timed in these runtimes too ('' for none; needs the onnx / "
+                         "openvino extras)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--speed-from", type=Path, default=None,
                     help="take the speed rounds from another run's results.json / progress file instead of measuring "
@@ -511,6 +565,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--note", default="", help="a sentence for the report's header (e.g. how the machine was shared)")
     a = ap.parse_args(argv)
     apply_presets(a, argv if argv is not None else sys.argv[1:])
+    bad = [r for r in a.runtimes if r not in ("onnxruntime", "openvino")]
+    if bad:
+        ap.error(f"--runtimes: unknown {bad}; choose from onnxruntime, openvino (or '' for none)")
     unknown = [p for p in a.policies if p not in THEIRS and p not in OURS]
     if unknown:
         ap.error(f"--policies: unknown {unknown}; choose from {sorted(THEIRS) + sorted(OURS)}")
@@ -527,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     global LOG_DIR
     LOG_DIR = a.data / "logs"
     t_start = time.time()
-    lr_py = ensure_venv(a.venv)
+    lr_py = ensure_venv(a.venv) if any(p in THEIRS for p in a.policies) else Path(sys.executable)
     store, lerobot = ensure_data(a.data, a.tasks, a.episodes, workers=2)
 
     rounds: list = []
@@ -551,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
         absolute, ratios = summarize_speed(rounds, a.policies)
 
     errors = {p: r["error"] for rr in rounds for p, r in rr.items() if "error" in r}
-    table = tables(absolute, ratios, success)
-    goals = targets(ratios, success)
+    runtimes = runtime_rows(rounds, a.threads)
+    table = tables(absolute, ratios, success, runtimes, a.threads)
+    goals = targets(ratios, success, runtimes, absolute)
     success_part = ("success skipped" if a.skip_success else
                     f"{a.budget_min:g} min of training per policy, {a.eval_episodes} evaluation episodes per task")
     speed_part = ("speed skipped" if a.skip_speed and a.speed_from is None else
@@ -589,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(a.out.with_suffix(".json"), json.dumps(
         {"command": command, "speed_command": speed_command, "preset": a.preset_name, "budget_min": a.budget_min, "tasks": a.tasks,
          "eval_episodes": a.eval_episodes, "rounds": rounds, "absolute": absolute, "ratios": ratios,
+         "runtimes": runtimes,
          "success": success, "targets": goals}, indent=1, default=str))
     partial.unlink(missing_ok=True)
     log(f"wrote {a.out} and {a.out.with_suffix('.json')}")

@@ -106,6 +106,32 @@ def test_ratios_are_per_round_medians():
     assert "DUST small / LeRobot Diffusion Policy" in table
 
 
+def test_exported_runtime_rows_and_targets():
+    import run as peers
+
+    def ours(p50, rt):
+        return {"latency": {"1": {"p50_ms": p50}, "2": {"p50_ms": p50 / 2}},
+                "latency_runtime": {"export_s": 3.0, "onnxruntime": {"1": {"p50_ms": rt}, "2": {"p50_ms": rt / 2},
+                                                                     "max_abs_diff_vs_torch": 2e-6}}}
+
+    def theirs(p50):
+        return {"latency": {"1": {"p50_ms": p50}, "2": {"p50_ms": p50}}}
+
+    rounds = [{"dust": ours(60.0, 40.0), "diffusion": theirs(160.0)},
+              {"dust": ours(70.0, 30.0), "diffusion": theirs(100.0)}]  # per-round ratios 0.25 and 0.3
+    rows = peers.runtime_rows(rounds, [1, 2])
+    r = rows["dust/onnxruntime"]
+    assert r["lat1_p50_ms"] == pytest.approx(35.0) and r["ratio1"] == pytest.approx(0.275)
+    assert r["ratio2"] == pytest.approx(0.1375) and r["max_abs_diff"] == pytest.approx(2e-6)
+    absolute, ratios = peers.summarize_speed(rounds, ["dust", "diffusion"])
+    goals = peers.targets(ratios, None, rows, absolute)
+    assert any("onnxruntime, 1 thread, p50): ratio 0.28 -> NOT MET" in g for g in goals)
+    assert any("onnxruntime, 2 threads, p50): ratio 0.14 -> MET" in g for g in goals)
+    assert any(g.startswith("DUST small chunk under 50 ms") and "torch 65.0 ms, onnxruntime 35.0 ms -> MET "
+               "(best: onnxruntime)" in g for g in goals)
+    assert "DUST small (onnxruntime) | 35.0 | 0.28 | 17.5 | 0.14 |" in peers.tables(absolute, ratios, None, rows)
+
+
 def test_proxy_checkpoint_round_trips(tmp_path):
     pytest.importorskip("torch")
     from lerobot_proxy import LeRobotProxyConfig, LeRobotProxyPolicy, write_proxy_checkpoint

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("vlastack.rollout.server", "main", "serve a policy over the openpi websocket protocol (Hydra)"),
     "deploy": ("vlastack.rollout.deploy", "main", "run a policy on a robot or its digital twin (Hydra)"),
     "push": ("vlastack.policies.checkpoint", "push_main", "upload a checkpoint to the Hugging Face Hub"),
+    "export": ("vlastack.rollout.export_cli", "main", "export a policy's chunk computation to ONNX / OpenVINO"),
 }
 
 

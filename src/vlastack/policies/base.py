@@ -144,7 +144,8 @@ def images_to_float(x: Any, key: str, image_size: tuple[int, int], device=None) 
     if tuple(t.shape[-3:-1]) != (h, w):
         raise ContractError(f"{key}: expected image size {h}x{w} (H x W), got {t.shape[-3]}x{t.shape[-2]} "
                             f"(shape {tuple(t.shape)}); resize to the policy's image_size")
-    return t.movedim(-1, -3).float().div_(255.0)  # (..., 3, H, W)
+    d = t.dim()  # non-negative permutation: ONNX's legacy exporter mistranslates movedim(-1, -3)
+    return t.permute(*range(d - 3), d - 1, d - 3, d - 2).float().div_(255.0)  # (..., 3, H, W)
 
 
 def check_tasks(task: Any, batch_size: int) -> list[str]:

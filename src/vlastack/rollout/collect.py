@@ -34,7 +34,7 @@ import numpy as np
 from vlastack import hydra_app
 from vlastack.envs import registry
 from vlastack.rollout.common import compose, quiet_simulator_logs as _quiet_simulator_logs
-from vlastack.rollout.common import rich_progress, run_pool
+from vlastack.rollout.common import check_launcher, launch, rich_progress
 from vlastack.rollout.common import write_json_atomic as _write_json_atomic
 from vlastack.types import ACTION, SUCCESS, DatasetSpec
 
@@ -65,6 +65,8 @@ class CollectConfig:
     overwrite: bool = False
     # how
     workers: int = 2
+    launcher: str = "process"  # process | ray (workers as Ray actors; see docs/scale.md)
+    ray_address: str | None = None  # an existing cluster (auto, ray://head:10001); None: RAY_ADDRESS or local
     seed: int = 0
     max_steps: int | None = None
     max_attempts: int | None = None
@@ -93,6 +95,10 @@ class CollectConfig:
             raise CollectError(f"out: {self.out!r}: collection writes local stores (a directory or a .zip)")
         if not isinstance(self.workers, int) or self.workers < 0:
             raise CollectError(f"workers: expected an int >= 0 (0 runs in this process), got {self.workers!r}")
+        try:
+            check_launcher(self.launcher)
+        except ValueError as e:
+            raise CollectError(str(e)) from None
         if not isinstance(self.seed, int) or self.seed < 0:
             raise CollectError(f"seed: expected an int >= 0, got {self.seed!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
@@ -458,9 +464,10 @@ def _collect_into(cfg: CollectConfig, store) -> dict[str, Any]:
 
 
 def _run_pool(cfg: CollectConfig, next_job, handle) -> None:
-    """Keep ``cfg.workers`` spawned processes busy until no attempt is left to make (see common.run_pool:
-    attempts in flight when a worker dies are rerun in isolation; one that dies again is recorded as failed)."""
-    run_pool(cfg.workers, _episode_job, next_job, handle, _crashed)
+    """Keep ``cfg.workers`` spawned processes (or Ray actors) busy until no attempt is left to make (see
+    common.run_pool: attempts in flight when a worker dies are rerun in isolation; one that dies again is
+    recorded as failed)."""
+    launch(cfg.launcher, cfg.workers, _episode_job, next_job, handle, _crashed, ray_address=cfg.ray_address)
 
 
 def _crashed(job: dict) -> dict[str, Any]:
@@ -509,6 +516,7 @@ def config_from_hydra(cfg) -> CollectConfig:
     env_kwargs.update({k: d[k] for k in ("scene", "group", "split") if d.get(k) is not None})
     return CollectConfig(suite=env.get("suite"), tasks=d["task"], episodes=d["episodes"], out=d["out"],
                          overwrite=bool(d.get("overwrite", False)), workers=d["workers"], seed=d["seed"],
+                         launcher=d.get("launcher", "process"), ray_address=d.get("ray_address"),
                          max_steps=d.get("max_steps"), max_attempts=d.get("max_attempts"),
                          cameras=d.get("cameras"), image_size=d.get("image_size") or (128, 128),
                          env_kwargs=env_kwargs, progress=bool(d.get("progress", True)))

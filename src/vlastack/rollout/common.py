@@ -1,5 +1,6 @@
 """Mechanisms the rollout jobs share (``collect``, ``eval``): Hydra composition over the packaged configs
-(:mod:`vlastack.hydra_app`), spawned worker pools that survive crashing simulators, atomic JSON, quiet simulator logs, progress bars."""
+(:mod:`vlastack.hydra_app`), spawned worker pools that survive crashing simulators (or Ray actors:
+``launcher=ray``), atomic JSON, quiet simulator logs, progress bars."""
 
 from __future__ import annotations
 
@@ -130,3 +131,109 @@ def _run_isolated(ctx, fn, job: dict, crashed, initializer, initargs) -> dict:
             return solo.submit(fn, job).result()
         except BrokenProcessPool:
             return crashed(job)
+
+
+# ---------------------------------------------------------------------------------- launchers
+
+LAUNCHERS = ("process", "ray")
+
+
+def check_launcher(launcher: str) -> str:
+    """``launcher`` checked against :data:`LAUNCHERS` (a ValueError names the choices)."""
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher: unknown {launcher!r}; valid choices: {list(LAUNCHERS)}")
+    return launcher
+
+
+def launch(launcher: str, workers: int, fn: Callable[[dict], dict], next_job: Callable[[], dict | None],
+           handle: Callable[[dict], None], crashed: Callable[[dict], dict], initializer: Callable | None = None,
+           initargs: tuple = (), ray_address: str | None = None) -> None:
+    """Run jobs with ``launcher``: ``process`` (:func:`run_pool`) or ``ray`` (:func:`run_ray`); same contract."""
+    if check_launcher(launcher) == "ray":
+        run_ray(workers, fn, next_job, handle, crashed, initializer, initargs, address=ray_address)
+    else:
+        run_pool(workers, fn, next_job, handle, crashed, initializer, initargs)
+
+
+class _RayWorker:
+    """A Ray actor holding one worker's state: ``initializer(*initargs)`` once (the policy, loaded once
+    per actor), then ``run(job)`` per job, the env kept between jobs as in a pool process."""
+
+    def __init__(self, initializer: Callable | None, initargs: tuple):
+        if initializer is not None:
+            initializer(*initargs)
+
+    def run(self, fn: Callable[[dict], dict], job: dict) -> dict:
+        """``fn(job)`` in this actor's process."""
+        return fn(job)
+
+
+#: environment the Ray workers need when they start on another node or from a fresh raylet
+RAY_ENV_VARS = ("MUJOCO_GL", "PYOPENGL_PLATFORM", "OMP_WAIT_POLICY", "VLASTACK_CONFIGS", "HF_HUB_OFFLINE",
+                "TRANSFORMERS_OFFLINE")
+
+
+def ray_init(workers: int, address: str | None = None) -> Any:
+    """Connect to the Ray cluster at ``address`` (``auto``, ``ray://head:10001``, or the
+    ``RAY_ADDRESS`` variable), or start a local one with ``workers`` CPUs; returns the ``ray`` module."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError("launcher=ray needs Ray: pip install 'vlastack[ray]'") from e
+    if not ray.is_initialized():
+        env = {k: os.environ[k] for k in RAY_ENV_VARS if k in os.environ}
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kw: dict[str, Any] = {} if address else {"num_cpus": max(int(workers), 1), "include_dashboard": False}
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False, **kw)
+    return ray
+
+
+def run_ray(workers: int, fn: Callable[[dict], dict], next_job: Callable[[], dict | None],
+            handle: Callable[[dict], None], crashed: Callable[[dict], dict], initializer: Callable | None = None,
+            initargs: tuple = (), address: str | None = None) -> None:
+    """:func:`run_pool` on Ray: ``workers`` actors (one CPU each), each initialised once, kept busy.
+
+    An actor that dies (a simulator segfault, a lost node) is replaced; its job is rerun once
+    in a fresh actor and reported as ``crashed(job)`` if that one dies too. Results go to
+    ``handle`` in the order they finish, so resuming works as with processes (the callers
+    record every finished job).
+    """
+    ray = ray_init(workers, address)
+    from ray.exceptions import RayActorError, WorkerCrashedError
+
+    actor_cls = ray.remote(num_cpus=1, max_restarts=0)(_RayWorker)
+    fn_ref = ray.put(fn)
+
+    def new_actor():
+        return actor_cls.remote(initializer, initargs)
+
+    idle = [new_actor() for _ in range(max(int(workers), 1))]
+    pending: dict[Any, tuple[Any, dict]] = {}  # future -> (actor, job)
+    retries: list[dict] = []  # jobs whose actor died, to run once more
+    retried: set[int] = set()
+    try:
+        while True:
+            while idle and (job := (retries.pop(0) if retries else next_job())) is not None:
+                actor = idle.pop()
+                pending[actor.run.remote(fn_ref, job)] = (actor, job)
+            if not pending:
+                break
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for fut in done:
+                actor, job = pending.pop(fut)
+                try:
+                    res = ray.get(fut)
+                except (RayActorError, WorkerCrashedError):
+                    ray.kill(actor)
+                    idle.append(new_actor())
+                    if id(job) in retried:
+                        handle(crashed(job))
+                    else:
+                        retried.add(id(job))
+                        retries.append(job)
+                    continue
+                idle.append(actor)
+                handle(res)
+    finally:
+        for actor in idle + [a for a, _ in pending.values()]:
+            ray.kill(actor)

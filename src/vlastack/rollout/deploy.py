@@ -205,6 +205,7 @@ class DeployConfig:
     executor: str = "async"
     executor_options: dict = field(default_factory=dict)
     sampling: dict = field(default_factory=dict)
+    runtime: str = "torch"  # torch | onnxruntime (onnx) | openvino (a `vlastack export` folder) | cudagraphs
     warmup: bool = True
     scripted: dict = field(default_factory=dict)
     lookahead_s: float | None = None
@@ -276,12 +277,10 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
     policy, inputs = None, None
     if cfg.policy == "checkpoint":
         try:
-            from vlastack.policies.base import load_policy
-            from vlastack.rollout.policy_adapters import LoadedPolicy, resolve_checkpoint
+            from vlastack.rollout.policy_adapters import load_policy_for
 
-            policy = LoadedPolicy(load_policy(resolve_checkpoint(cfg.checkpoint), map_location=cfg.device),
-                                  dict(cfg.sampling or {}))
-        except (FileNotFoundError, PolicyAdapterError) as e:
+            policy = load_policy_for(cfg.checkpoint, cfg.runtime, cfg.device, dict(cfg.sampling or {}))
+        except (FileNotFoundError, PolicyAdapterError, ImportError) as e:
             raise DeployError(str(e)) from None
         inputs = policy.inputs()
     robot = make_robot(_resolve_twin_inputs(dict(cfg.robot), inputs), instruction=cfg.task)

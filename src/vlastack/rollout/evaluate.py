@@ -12,7 +12,7 @@ returns the ``eval_info.json`` document (what the training loop calls in-loop).
   an episode is a pure function of (checkpoint, settings, task, seed) whichever worker runs it.
   The default seed group (100000) keeps evaluation away from the seeds demos are collected with.
 - Workers: ``workers`` spawned processes, one env each (rebuilt when the task changes), the policy
-  loaded once per worker; a worker that dies is replaced (``common.run_pool``). ``workers=0`` runs
+  loaded once per worker; a worker that dies is replaced (``common.run_pool``; Ray actors with ``launcher=ray``). ``workers=0`` runs
   in this process.
 - Inputs: the policy's declared cameras, image size and state decide the env's observation config
   (MetaWorld's state layout is picked by its dimension); cameras, sizes, state and action dims the
@@ -44,7 +44,7 @@ import numpy as np
 from vlastack import hydra_app
 from vlastack.envs import registry
 from vlastack.rollout.common import compose, quiet_simulator_logs, rich_progress
-from vlastack.rollout.common import run_pool, save_figure_atomic, write_json_atomic
+from vlastack.rollout.common import check_launcher, launch, save_figure_atomic, write_json_atomic
 from vlastack.rollout.executors import EXECUTORS, ExecutorError, make_executor
 from vlastack.rollout.language import (LANGUAGE_MODES, InstructionOverride, LanguageError, instruction_for,
                                        load_instructions, swap_markdown, swap_summary, swap_tasks)
@@ -63,7 +63,8 @@ DEFAULT_SEED = 100_000
 FAULT_ENV = "VLASTACK_EVAL_FAULT"
 #: settings that change an episode's outcome; a resumed ``out`` must agree on all of them
 RESULT_KEYS = ("suite", "policy", "checkpoint", "weights", "executor", "n_action_steps", "executor_options",
-               "sampling", "max_steps", "cameras", "image_size", "env_kwargs", "device", "language", "instructions")
+               "sampling", "max_steps", "cameras", "image_size", "env_kwargs", "device", "language", "instructions",
+               "runtime")
 #: convenience keys of eval.yaml / collect.yaml that go into the env's keyword arguments when set
 ENV_SHORTCUTS = ("scene", "group", "split")
 
@@ -98,11 +99,14 @@ class EvalConfig:
     executor_options: dict[str, Any] = field(default_factory=dict)  # e.g. {coeff: 0.01} for ensemble
     sampling: dict[str, Any] = field(default_factory=dict)  # sample_actions overrides, e.g. {vision_steps: 8}
     device: str = "auto"           # auto | cpu | cuda[:i]
+    runtime: str = "torch"         # torch | onnxruntime (onnx) | openvino (an export folder) | cudagraphs
     # where
     out: str = ""
     overwrite: bool = False
     # how
     workers: int = 2
+    launcher: str = "process"      # process | ray (workers as Ray actors; see docs/scale.md)
+    ray_address: str | None = None  # an existing cluster (auto, ray://head:10001); None: RAY_ADDRESS or local
     torch_threads: int = 1         # per worker
     max_errors: int = 3            # stop scheduling after this many episodes raised
     check_policy: bool = True      # load the checkpoint here and plan one chunk before workers start
@@ -171,12 +175,24 @@ class EvalConfig:
             raise EvalError(str(e)) from None
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise EvalError(f"device: expected auto, cpu or cuda[:i], got {self.device!r}")
+        from vlastack.policies.export import canonical_runtime
+
+        try:
+            self.runtime = canonical_runtime(self.runtime)
+        except ValueError as e:
+            raise EvalError(f"runtime: {e}") from None
+        if self.runtime != "torch" and self.policy == "expert":
+            raise EvalError(f"runtime={self.runtime} runs a checkpoint; policy=expert takes none")
         if not self.out or not isinstance(self.out, (str, os.PathLike)):
             raise EvalError("out: required, the directory for eval_info.json, videos and the summary, "
                             "e.g. out=runs/eval")
         self.out = os.fspath(self.out)
         _check_int(self.workers, "workers", 0, "worker processes (0 runs in this process)")
         _check_int(self.torch_threads, "torch_threads", 1, "torch threads per worker")
+        try:
+            check_launcher(self.launcher)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
         _check_int(self.max_errors, "max_errors", 1, "episodes allowed to raise before the run stops")
         _check_int(self.videos, "videos", 0, "episodes recorded per task")
         if self.cameras is not None:
@@ -262,7 +278,8 @@ class _Plan:
                 "n_action_steps": c.n_action_steps, "executor_options": c.executor_options,
                 "sampling": self.sampling, "max_steps": c.max_steps, "cameras": self.cameras,
                 "image_size": self.image_size, "env_kwargs": self.env_kwargs, "device": self.device,
-                "language": None if c.language == "normal" else c.language, "instructions": c.phrasings}
+                "language": None if c.language == "normal" else c.language, "instructions": c.phrasings,
+                **({"runtime": c.runtime} if c.runtime != "torch" else {})}
 
 
 def _read_checkpoint_config(path: str):
@@ -341,7 +358,7 @@ def plan(cfg: EvalConfig) -> _Plan:
             raise EvalError(f"image_size: {list(cfg.image_size)}, but the policy reads {list(inputs.image_size)}; "
                             "use image_size=null (the policy's)")
         image_size = list(inputs.image_size)
-        n_obs, device = inputs.n_obs, _device(cfg.device)
+        n_obs, device = inputs.n_obs, _device(cfg.device) if cfg.runtime in ("torch", "cudagraphs") else "cpu"
         if cfg.suite == "metaworld" and inputs.state_dim:
             env_kwargs, note = _metaworld_state_layout(inputs.state_dim, env_kwargs)
             if note:
@@ -368,7 +385,7 @@ def plan(cfg: EvalConfig) -> _Plan:
                 raise EvalError(f"policy {name} ({checkpoint}) does not fit env {cfg.suite}/{task}: "
                                 + "; ".join(problems))
             if cfg.check_policy or cfg.workers == 0:
-                loaded = _dry_run(checkpoint, sampling, device, inputs, obs, seed)
+                loaded = _dry_run(checkpoint, sampling, device, inputs, obs, seed, cfg.runtime)
         else:
             registry.make_expert(cfg.suite, task, env)  # the suite has an expert for it
         fps = float(spec.fps)
@@ -398,16 +415,15 @@ def _with_env_defaults(env: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dry_run(checkpoint: str, sampling: dict[str, Any], device: str, inputs: PolicyInputs, obs: Mapping[str, Any],
-             seed: int):
+             seed: int, runtime: str = "torch"):
     """Load the checkpoint here and plan one chunk from the env's first observation (a clear error now,
     not one per worker later); returns the loaded policy."""
-    from vlastack.policies.base import load_policy
     from vlastack.rollout.episode import ObservationHistory, _chunk_actions
     from vlastack.rollout.executors import check_chunk
-    from vlastack.rollout.policy_adapters import LoadedPolicy
+    from vlastack.rollout.policy_adapters import load_policy_for
 
     try:
-        policy = LoadedPolicy(load_policy(checkpoint, map_location=device), sampling)
+        policy = load_policy_for(checkpoint, runtime, device, sampling)
     except Exception as e:  # noqa: BLE001 - any load failure is a bad checkpoint for the user
         raise EvalError(f"checkpoint {checkpoint}: cannot load it ({type(e).__name__}: {e})") from e
     history = ObservationHistory(inputs.n_obs, inputs.cameras)
@@ -437,11 +453,10 @@ def _init_worker(policy_spec: dict[str, Any]) -> None:
     quiet_simulator_logs(policy_spec["suite"])
     _WORKER.update(policy=None, env_key=None, env=None, expert=None)
     if policy_spec["kind"] == "checkpoint":
-        from vlastack.policies.base import load_policy
-        from vlastack.rollout.policy_adapters import LoadedPolicy
+        from vlastack.rollout.policy_adapters import load_policy_for
 
-        _WORKER["policy"] = LoadedPolicy(load_policy(policy_spec["path"], map_location=policy_spec["device"]),
-                                         policy_spec["sampling"])
+        _WORKER["policy"] = load_policy_for(policy_spec["path"], policy_spec.get("runtime", "torch"),
+                                            policy_spec["device"], policy_spec["sampling"])
 
 
 class _ReturnTracker:
@@ -712,7 +727,7 @@ def _run(p: _Plan, out: Path, settings: dict, previous: list[dict], runs: list[d
         progress.update(bars[res["task"]], advance=0 if "error" in res else 1, note=note(res["task"]))
 
     spec = {"kind": cfg.policy, "suite": cfg.suite, "path": p.checkpoint, "sampling": p.sampling,
-            "device": p.device, "torch_threads": cfg.torch_threads}
+            "device": p.device, "torch_threads": cfg.torch_threads, "runtime": cfg.runtime}
     interrupted = False
     with progress:
         per_task = cfg.episodes * len(cfg.seeds)
@@ -741,8 +756,8 @@ def _run(p: _Plan, out: Path, settings: dict, previous: list[dict], runs: list[d
                         import torch
 
                         torch.cuda.empty_cache()
-                run_pool(min(cfg.workers, len(queue)), run_job, next_job, handle, _crashed,
-                         initializer=_init_worker, initargs=(spec,))
+                launch(cfg.launcher, min(cfg.workers, len(queue)), run_job, next_job, handle, _crashed,
+                       initializer=_init_worker, initargs=(spec,), ray_address=cfg.ray_address)
         except KeyboardInterrupt:
             interrupted = True
     run["interrupted"] = interrupted

@@ -166,6 +166,45 @@ class LoadedPolicy:
             return self.policy.sample_actions(obs, **kw)
 
 
+def load_policy_for(path: str | os.PathLike, runtime: str = "torch", device: str = "cpu",
+                    sampling: Mapping[str, Any] | None = None, threads: int | None = None) -> LoadedPolicy:
+    """The one adapter from a checkpoint and a ``runtime=`` option to a policy the loop runs.
+
+    ``runtime``: ``torch`` (default: the checkpoint in torch on ``device``), ``onnxruntime`` /
+    ``onnx`` or ``openvino`` (an export folder from ``vlastack export``, on the CPU), ``cudagraphs``
+    (the checkpoint's batch-1 chunks through CUDA graphs on ``device``; eager with a logged reason
+    where graphs cannot run). Exported graphs have their sampling options fixed at export:
+    ``sampling`` must then be empty or equal to them; CUDA graphs fix them at load.
+    """
+    from vlastack.policies.export import EXPORTED_RUNTIMES, canonical_runtime, load_runtime_policy, read_export
+
+    try:
+        runtime = canonical_runtime(runtime)
+    except ValueError as e:
+        raise PolicyAdapterError(f"runtime: {e}") from None
+    path = resolve_checkpoint(path)
+    if runtime == "cudagraphs":
+        from vlastack.policies.base import policy_class
+        from vlastack.policies.checkpoint import read_meta
+
+        fixed = resolve_sampling(policy_class(read_meta(path).type), sampling)
+        return LoadedPolicy(load_runtime_policy(path, runtime, device, threads, fixed), None)
+    if runtime in EXPORTED_RUNTIMES:
+        from vlastack.policies.base import policy_class
+
+        if str(device) != "cpu":
+            raise PolicyAdapterError(f"runtime {runtime!r} runs on the CPU; got device={device!r} "
+                                     "(on a GPU use runtime=torch or runtime=cudagraphs)")
+        meta = read_export(path)
+        asked = resolve_sampling(policy_class(meta["policy"]), sampling)
+        if asked and asked != meta["sampling"]:
+            raise PolicyAdapterError(f"sampling {dict(sampling or {})}: the exported graph at {path} was built with "
+                                     f"sampling {meta['sampling']} (fixed at export); re-export with "
+                                     "`vlastack export ... sampling.<name>=<value>` or drop the option")
+        sampling = None
+    return LoadedPolicy(load_runtime_policy(path, runtime, device, threads), sampling)
+
+
 def as_policy(policy: Any, sampling: Mapping[str, Any] | None = None) -> Any:
     """What the loop runs: torch modules and checkpoint paths become :class:`LoadedPolicy`."""
     if isinstance(policy, (LoadedPolicy, ExpertPolicy)):

@@ -72,7 +72,8 @@ import numpy as np
 
 from vlastack import hydra_app
 from vlastack.rollout.openpi_keys import KeyMap, KeyMapError, KeyMapRequestError
-from vlastack.rollout.policy_adapters import LoadedPolicy, PolicyAdapterError, PolicyInputs, resolve_checkpoint
+from vlastack.rollout.policy_adapters import (LoadedPolicy, PolicyAdapterError, PolicyInputs, load_policy_for,
+                                               resolve_checkpoint)
 from vlastack.types import IMAGE_PREFIX, STATE, TASK, ContractError, DatasetSpec, fake_observation, image_key
 
 PROTOCOL = "openpi-websocket-msgpack-numpy"
@@ -768,6 +769,7 @@ class ServeConfig:
     handshake_timeout_s: float = 5.0
     idle_timeout_s: float | None = 600.0
     sampling: Mapping[str, Any] | None = None
+    runtime: str = "torch"  # torch | onnxruntime (onnx) | openvino (a `vlastack export` folder) | cudagraphs
     seed: int | None = 0
     warmup: bool = True
     latency_window: int = 1000
@@ -801,12 +803,10 @@ def check_settings(cfg: ServeConfig) -> tuple[str | None, str]:
 
 def build_server(cfg: ServeConfig) -> PolicyServer:
     """Check the settings, load the checkpoint and build (not start) the server."""
-    from vlastack.policies.base import load_policy
-
     key, path = check_settings(cfg)
     try:
-        policy = LoadedPolicy(load_policy(path, map_location=cfg.device), dict(cfg.sampling or {}))
-    except PolicyAdapterError as e:
+        policy = load_policy_for(path, cfg.runtime, cfg.device, dict(cfg.sampling or {}))
+    except (PolicyAdapterError, FileNotFoundError, ImportError) as e:
         raise ServeError(str(e)) from e
     runner = PolicyRunner(policy, seed=cfg.seed, latency_window=cfg.latency_window, checkpoint=path,
                           max_batch=cfg.max_batch, key_map=cfg.key_map)

@@ -374,16 +374,23 @@ class DitaPolicy(Policy):
 
     # ------------------------------------------------------------ sampling
 
+    def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The sampler's starting noise: ``action`` (B, horizon, D_a)."""
+        cfg = self.config
+        return {"action": torch.randn(batch, cfg.horizon, cfg.action_dim, generator=generator, device=self.device)}
+
     @torch.no_grad()
     def sample_actions(self, obs: Observation | Mapping[str, Any], num_inference_steps: int | None = None,
                        use_prefix_cache: bool = True, eta: float | None = None,
-                       generator: torch.Generator | None = None, seed: int | None = None) -> ActionChunk:
+                       generator: torch.Generator | None = None, seed: int | None = None,
+                       noise: Mapping[str, Tensor] | None = None) -> ActionChunk:
         """DDIM sampling of a chunk (B, horizon - n_past_actions, D_a) in physical units.
 
         The prefix's keys/values are computed once, by the first DDIM step's pass over the whole
         sequence, and reused by every later step, which runs only the 1 + H suffix tokens, unless
         ``use_prefix_cache`` is False (then the whole sequence runs at every step; same result).
-        ``seed`` (or ``generator``) makes chunks reproducible. ``extras``: ``past_actions``
+        ``seed`` (or ``generator``) makes chunks reproducible; ``noise`` gives the initial noise instead
+        (``action`` (B, horizon, D_a), as the exported chunk graphs take it). ``extras``: ``past_actions``
         (B, n_past, D_a), ``num_network_calls``, ``prefix_cache``.
         """
         cfg, dev = self.config, self.device
@@ -395,7 +402,7 @@ class DitaPolicy(Policy):
         b = prefix.shape[0]
         if seed is not None:
             generator = torch.Generator(device=dev).manual_seed(int(seed))
-        noise = torch.randn(b, cfg.horizon, cfg.action_dim, generator=generator, device=dev)  # (B, H, D_a)
+        noise = (self.initial_noise(b, generator) if noise is None else noise)["action"].to(dev)  # (B, H, D_a)
         if use_prefix_cache:
             kept: list[PrefixCache] = []  # filled by the first step's full pass
 

@@ -657,16 +657,27 @@ class DUSTPolicy(Policy):
 
     # ------------------------------------------------------------ sampling
 
+    def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The sampler's starting noise: ``action`` (B, H, D_a), then ``future`` (B, N_v, C) with a world model."""
+        cfg, dev = self.config, self.device
+        out = {"action": torch.randn(batch, cfg.horizon, cfg.action_dim, generator=generator, device=dev)}
+        if self.strategy.world_model:
+            out["future"] = torch.randn(batch, cfg.num_future_tokens, self.feat_dim, generator=generator, device=dev)
+        return out
+
     @torch.inference_mode()
     def sample_actions(self, obs: Observation | Mapping[str, Any], num_action_steps: int | None = None,
                        num_vision_steps: int | None = None, generator: torch.Generator | None = None,
-                       seed: int | None = None, skip_action_blocks: bool = True) -> ActionChunk:
+                       seed: int | None = None, skip_action_blocks: bool = True,
+                       noise: Mapping[str, Tensor] | None = None) -> ActionChunk:
         """Euler sampling of an action chunk (B, H, D_a) in physical units.
 
         N_A = ``num_action_steps`` and N_o = ``num_vision_steps`` default to the config; vision
         advances every step, actions every q = N_o / N_A steps, and steps where actions do not
         advance skip the action-only blocks (``skip_action_blocks=False`` runs them anyway, to
-        measure the saving; the result is the same). ``seed`` (or ``generator``) makes chunks reproducible.
+        measure the saving; the result is the same). ``seed`` (or ``generator``) makes chunks reproducible;
+        ``noise`` gives the initial noise instead (``action`` (B, H, D_a), ``future`` (B, N_v, C)), as
+        the exported chunk graphs take it (:mod:`vlastack.policies.export`).
         ``extras``: ``future`` (B, N_v, C) predicted future features (normalised space, or None),
         ``num_network_calls``, ``num_action_updates``.
 
@@ -691,9 +702,10 @@ class DUSTPolicy(Policy):
                                       [st.tau_o for st in steps] if world else None)
         if seed is not None:
             generator = torch.Generator(device=dev).manual_seed(int(seed))
-        a = torch.randn(b, cfg.horizon, cfg.action_dim, generator=generator, device=dev)  # (B, H, D_a)
-        o = torch.randn(b, cfg.num_future_tokens, self.feat_dim, generator=generator, device=dev) \
-            if world else None  # (B, N_v, C)
+        if noise is None:
+            noise = self.initial_noise(b, generator)
+        a = noise["action"].to(dev)  # (B, H, D_a)
+        o = noise["future"].to(dev) if world else None  # (B, N_v, C)
         calls = updates = 0
         for i, st in enumerate(steps):
             v_a, v_o = self.net(state, a, None, ctx, ctx_valid, o, None, plan=plan, step=i,
