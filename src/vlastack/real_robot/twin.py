@@ -31,7 +31,6 @@ import importlib.util
 import math
 import os
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,6 +39,7 @@ import numpy as np
 
 from vlastack.real_robot.base import Frame, RobotError
 from vlastack.real_robot.controller import ArmState, ControlledRobot, ControllerConfig, DriverSpec
+from vlastack.real_robot.faults import FAULT_RANGES, DelayedCommands, DelayedObservations, check_ranges
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec
 from vlastack.real_robot.safety import SafetyLimits
 from vlastack.types import ActionChunk, Observation, quat_to_mujoco
@@ -83,13 +83,8 @@ class TwinConfig:
         self.image_size = tuple(int(s) for s in self.image_size)
         if len(self.image_size) != 2 or not all(8 <= s <= 1024 for s in self.image_size):
             raise ValueError(f"twin.image_size: expected [height, width] in 8..1024, got {self.image_size!r}")
-        checks = {"camera_fps": (1, 120), "physics_dt": (1e-4, 0.01), "cmd_latency_s": (0, 1), "cmd_jitter_s": (0, 1),
-                  "drop_prob": (0, 0.9), "obs_latency_s": (0, 1), "freeze_prob": (0, 1), "freeze_s": (0, 10),
-                  "success_open_m": (0.01, 0.19)}
-        for name, (lo, hi) in checks.items():
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and lo <= v <= hi):
-                raise ValueError(f"twin.{name}: expected a number in [{lo}, {hi}], got {v!r}")
+        check_ranges("twin", asdict(self), {"camera_fps": (1, 120), "physics_dt": (1e-4, 0.01), **FAULT_RANGES,
+                                            "success_open_m": (0.01, 0.19)})
         self.q_home = tuple(float(x) for x in self.q_home)
         if len(self.q_home) != PANDA.n:
             raise ValueError(f"twin.q_home: expected {PANDA.n} joint positions, got {len(self.q_home)}")
@@ -399,12 +394,9 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
         return
     mj, model, data = twin.mj, twin.model, twin.data
     rng = np.random.default_rng([cfg.seed, 1])
-    pending: deque = deque()  # (apply_at, q, g)
-    states: deque = deque()  # (t, snapshot) awaiting obs latency
-    frames: deque = deque()  # (t, index, {cam: image})
-    frame_index = 0
-    freeze_until = {c: -1.0 for c in cfg.cameras}
-    last_seq, last_apply, seq = 0.0, 0.0, 0
+    commands = DelayedCommands(cfg.cmd_latency_s, cfg.cmd_jitter_s, cfg.drop_prob, rng)
+    observed = DelayedObservations(cfg.cameras, cfg.obs_latency_s, cfg.freeze_prob, cfg.freeze_s, rng)
+    last_seq, seq = 0.0, 0
     t0 = time.monotonic()
     sim0 = data.time
     next_frame = t0
@@ -423,14 +415,10 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
             cs = CMD_SLOTS.slices
             if c[cs["seq"]][0] != last_seq:
                 last_seq = c[cs["seq"]][0]
-                if rng.random() < cfg.drop_prob:
-                    twin.dropped += 1
-                elif not twin.estop:
-                    at = c[cs["t_sent"]][0] + cfg.cmd_latency_s + rng.uniform(0, cfg.cmd_jitter_s)
-                    last_apply = max(at, last_apply)
-                    pending.append((last_apply, c[cs["q"]].copy(), float(c[cs["gripper"]][0])))
-            while pending and pending[0][0] <= now:
-                _, q, g = pending.popleft()
+                if not twin.estop:  # the hardware e-stop ignores commands
+                    commands.push(c[cs["t_sent"]][0], (c[cs["q"]].copy(), float(c[cs["gripper"]][0])))
+                twin.dropped = commands.dropped
+            for q, g in commands.due(now):
                 twin.apply(q, g)
             # physics up to the wall clock (slip if more than 0.1 s behind: counted)
             target = sim0 + (now - t0)
@@ -444,34 +432,26 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
             if now - rtf_t > 0.5:
                 rtf = (data.time - rtf_sim) / (now - rtf_t)
                 rtf_t, rtf_sim = now, data.time
-            # state, published after the observation latency
-            states.append((now, twin.snapshot(now, rtf)))
-            while len(states) > 1 and states[1][0] <= now - cfg.obs_latency_s:
-                states.popleft()
-            if states[0][0] <= now - cfg.obs_latency_s:
-                seq += 1
-                _publish_state(shared, states[0][1], seq)
-            # cameras
+            # state and cameras, published after the observation latency
+            twin.frozen = observed.frozen
+            observed.add_state(now, twin.snapshot(now, rtf))
             if now >= next_frame:
-                frame_index += 1
-                frames.append((now, frame_index, twin.render()))
+                observed.add_frames(now, twin.render())
                 next_frame = max(next_frame + 1.0 / cfg.camera_fps, now)
-            while frames and frames[0][0] <= now - cfg.obs_latency_s:
-                t_cap, idx, imgs = frames.popleft()
-                for cam, img in imgs.items():
-                    if t_cap < freeze_until[cam]:
-                        twin.frozen += 1
-                        continue
-                    _publish_frame(shared, cam, img, t_cap, idx)
-                    if rng.random() < cfg.freeze_prob:
-                        freeze_until[cam] = t_cap + cfg.freeze_s
+
+            def publish_state(v: np.ndarray) -> None:
+                nonlocal seq
+                seq += 1
+                _publish_state(shared, v, seq)
+
+            observed.publish(now, publish_state, lambda cam, img, t, idx: _publish_frame(shared, cam, img, t, idx))
             # requests from the client
             while conn.poll():
                 name, args = conn.recv()
                 try:
                     if name == "estop":
                         twin.estop = True
-                        pending.clear()
+                        commands.clear()
                         reply = True
                     elif name == "release_estop":
                         twin.estop = False
@@ -497,9 +477,12 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
 
 
 class TwinDriver:
-    """The controller's driver for the twin: reads the published state, writes joint targets."""
+    """The controller's driver for the twin: reads the published state, writes joint targets.
+
+    ``slots``: the layout of the state array (the kitchen robot's driver reads its own)."""
 
     n_joints = PANDA.n
+    slots = STATE_SLOTS
 
     def __init__(self, state, cmd, timeout_s: float = 10.0):
         self.state, self.cmd, self.timeout_s = state, cmd, float(timeout_s)
@@ -508,14 +491,14 @@ class TwinDriver:
     def connect(self) -> None:
         """Wait for the twin's first published state."""
         deadline = time.monotonic() + self.timeout_s
-        while read_slots(self.state, STATE_SLOTS)["seq"][0] < 1:
+        while read_slots(self.state, self.slots)["seq"][0] < 1:
             if time.monotonic() > deadline:
                 raise RobotError("twin: no state published; is the twin process running?")
             time.sleep(0.01)
 
     def read(self) -> ArmState:
         """The twin's (possibly delayed) joint state, gripper and e-stop."""
-        s = read_slots(self.state, STATE_SLOTS)
+        s = read_slots(self.state, self.slots)
         estop = bool(s["estop"][0])
         return ArmState(q=s["q"], dq=s["dq"], gripper=float(s["gripper"][0]), t=float(s["t"][0]),
                         fault="twin hardware e-stop" if estop else None, estop=estop)
