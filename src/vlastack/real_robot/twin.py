@@ -38,10 +38,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlastack.real_robot.base import Frame, RobotError
-from vlastack.real_robot.controller import ArmState, ControlledRobot, ControllerConfig, DriverSpec
+from vlastack.real_robot.controller import ArmState, ControllerConfig, DriverSpec
 from vlastack.real_robot.faults import FAULT_RANGES, DelayedCommands, DelayedObservations, check_ranges
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec
 from vlastack.real_robot.safety import SafetyLimits
+from vlastack.real_robot.simproc import SimulatedRobot
 from vlastack.types import ActionChunk, Observation, quat_to_mujoco
 
 TASKS = {"drawer": "open the drawer"}
@@ -555,7 +556,7 @@ class TwinCamera:
 # ------------------------------------------------------------------------------------ the robot
 
 
-class TwinRobot(ControlledRobot):
+class TwinRobot(SimulatedRobot):
     """The digital twin as a :class:`~.base.Robot`: its own physics process plus the controller process.
 
     Args:
@@ -577,77 +578,25 @@ class TwinRobot(ControlledRobot):
         super().__init__(DriverSpec("vlastack.real_robot.twin:TwinDriver"), PANDA, limits, config, cams,
                          instruction or self.twin.instruction, fps, max_frame_age_s, name="twin")
         self.connect_timeout_s = float(connect_timeout_s)
-        self._twin_proc = None
 
-    def connect(self) -> None:
-        """Start the twin process, then the controller process, then attach the cameras."""
-        if self._twin_proc is not None:
-            return
-        import multiprocessing as mp
+    def _sim_spec(self, ctx):
+        """The twin process, its shared arrays and its driver."""
+        return _twin_main, (self.twin,), TwinShared.create(ctx, self.twin), "vlastack.real_robot.twin:TwinDriver"
 
-        ctx = mp.get_context("spawn")
-        shared = TwinShared.create(ctx, self.twin)
-        ours, theirs = ctx.Pipe()
-        stop = ctx.Event()
-        proc = ctx.Process(target=_twin_main, args=(self.twin, shared, theirs, stop), name="twin-physics", daemon=True)
-        proc.start()
-        self._twin_proc, self._twin_conn, self._twin_stop, self._shared = proc, ours, stop, shared
-        deadline = time.monotonic() + self.connect_timeout_s
-        while not ours.poll(0.05):
-            if not proc.is_alive() or time.monotonic() > deadline:
-                self._stop_twin()
-                raise RobotError("twin: the physics process did not start "
-                                 f"({'exited' if not proc.is_alive() else 'timed out'})")
-        kind, info = ours.recv()
-        if kind != "ready":
-            self._stop_twin()
-            raise RobotError(f"twin: cannot build the simulation: {info}")
-        self.twin_info = info
-        for cam in self.cameras:
-            cam.attach(shared.frames[cam.name], shared.metas[cam.name])
-        self.driver_spec = DriverSpec("vlastack.real_robot.twin:TwinDriver", {"state": shared.state, "cmd": shared.cmd})
-        try:
-            super().connect()
-        except BaseException:
-            self._stop_twin()
-            raise
-
-    def _stop_twin(self) -> None:
-        if self._twin_proc is None:
-            return
-        self._twin_stop.set()
-        self._twin_proc.join(5.0)
-        if self._twin_proc.is_alive():
-            self._twin_proc.terminate()
-            self._twin_proc.join(2.0)
-        self._twin_conn.close()
-        self._twin_proc = None
-
-    def disconnect(self) -> None:
-        """Stop the controller (a last hold), then the physics."""
-        try:
-            super().disconnect()
-        finally:
-            self._stop_twin()
+    @property
+    def twin_info(self) -> dict:
+        """What the twin process reported when it started (scene layout, meshes)."""
+        return self.sim_info
 
     # -------------------------------------------------------------- twin-only
 
     def twin_request(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
         """Ask the physics process: ``estop``, ``release_estop``, ``reset_scene`` (seed), ``set_drawer`` (m)."""
-        if self._twin_proc is None:
-            raise RobotError("twin: not connected")
-        self._twin_conn.send((name, args))
-        if not self._twin_conn.poll(timeout):
-            raise RobotError(f"twin: no answer to {name!r} within {timeout} s")
-        kind, payload = self._twin_conn.recv()
-        if kind != "ok":
-            raise RobotError(f"twin: {payload}")
-        return payload
+        return self.sim_request(name, *args, timeout=timeout)
 
     def task_state(self) -> dict[str, Any]:
         """Privileged scene state: drawer opening (m), success, handle position, real-time factor, fault counts."""
-        if self._twin_proc is None:
-            raise RobotError("twin: not connected")
+        self._require_sim()
         s = read_slots(self._shared.state, STATE_SLOTS)
         return {"drawer": float(s["drawer"][0]), "success": bool(s["success"][0]), "handle": s["handle"].copy(),
                 "rtf": float(s["rtf"][0]), "dropped_commands": int(s["dropped"][0]),

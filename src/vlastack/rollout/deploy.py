@@ -112,6 +112,10 @@ class RobotDeployEnv:
             self.end_reason = f"camera frozen: {e}"
             self.robot.hold()
             return self._last_obs, 0.0, True, False, info
+        except RobotError as e:  # e.g. the controller fell silent for a while (an overloaded computer)
+            self.end_reason = f"no observation: {e}"
+            self.robot.hold()  # raises in turn when the controller is gone for good
+            return self._last_obs, 0.0, True, False, info
         info["success"] = self._success()
         return obs, 0.0, False, False, info
 
@@ -222,6 +226,7 @@ class DeployConfig:
     lookahead_s: float | None = None
     wait_for_operator: bool = False
     record: str | None = None
+    record_success_only: bool = False
     replay: str | None = None
     out: str | None = None
 
@@ -400,6 +405,7 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
                                "executor": executor.describe(), "fps": robot.fps,
                                "rate_hz": robot.config.rate_hz, "record": cfg.record, "episodes": []}
     deploy.last_summary = summary
+    latencies: list[float] = []  # every chunk of the run: summary["obs_to_action"]
     previous = signal.getsignal(signal.SIGUSR1) if threading.current_thread() is threading.main_thread() else None
     robot.connect()
     try:
@@ -432,6 +438,8 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
             seed = cfg.seed + ep
             if ep > 0 or per_episode_scene:
                 if callable(getattr(robot, "reset_scene", None)):
+                    if robot.status == "stopped":  # a simulation: clear the faults, then start the next episode
+                        robot.reset_faults()
                     robot.reset_scene(seed)
                     if not cfg.task:  # the scene's own instruction for this episode (the kitchen's)
                         instruction = robot.instruction
@@ -447,14 +455,16 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
             if robot.status not in ("estop", "stopped"):
                 robot.hold()
             doc = {**res.to_dict(), "reason": env.end_reason or res.reason, **timing_report(probe, env, robot)}
-            if recorder is not None:
+            latencies.extend(probe.latencies)
+            if recorder is not None and (res.success or not cfg.record_success_only):
                 doc["recorded_as"] = recorder.finish(instruction, res.success, {
                     "seed": seed, "reason": doc["reason"], "robot": robot.name, "policy": cfg.policy,
                     "checkpoint": cfg.checkpoint, "fps": robot.fps})
             summary["episodes"].append(doc)
             print_fn(format_episode(ep, doc))
-            if env.end_reason and env.end_reason.startswith(("e-stop", "controller stopped")):
-                break
+            sim = callable(getattr(robot, "reset_scene", None))
+            if env.end_reason and env.end_reason.startswith(("e-stop", "controller stopped")[:1 if sim else 2]):
+                break  # (a simulated robot's stopped controller is reset before the next episode)
     except KeyboardInterrupt:
         summary["interrupted"] = True
         try:
@@ -472,6 +482,7 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
             recorder.close()
         eps = summary["episodes"]
         summary["success_rate"] = (sum(e["success"] for e in eps) / len(eps)) if eps else None
+        summary["obs_to_action"] = _percentiles(latencies)
         if cfg.out:
             from vlastack.rollout.common import write_json_atomic
 

@@ -47,11 +47,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from vlastack.real_robot.base import RobotError
-from vlastack.real_robot.controller import ControlledRobot, ControllerConfig, DriverSpec
+from vlastack.real_robot.controller import ControllerConfig, DriverSpec
 from vlastack.real_robot.faults import FAULT_RANGES, DelayedCommands, DelayedObservations, check_ranges
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec, rotvec_to_matrix
 from vlastack.real_robot.registry import RobotConfigError
 from vlastack.real_robot.safety import SafetyLimits
+from vlastack.real_robot.simproc import SimulatedRobot
 from vlastack.real_robot.twin import CMD_SLOTS, TwinCamera, TwinDriver, _publish_frame, _Slots, _view, read_slots
 from vlastack.types import ACTION, STATE, TASK, TIMESTAMP, ActionChunk, DatasetSpec, FeatureSpec, Observation, image_key
 
@@ -60,6 +61,8 @@ POS_SCALE, ROT_SCALE = 0.05, 0.5  # m and rad per unit of the kitchen's action
 BASE = np.array([-0.5, 0.0, 0.912])  # the arm's base in the world (vlastack.envs.kitchen.scene.ROBOT_BASE)
 #: default workspace box (m, base frame): what the experts of every task reach, plus margin
 WORKSPACE = {"workspace_lower": [-0.15, -0.75, -0.45], "workspace_upper": [1.05, 0.75, 0.75]}
+#: controller defaults: the watchdog allows for a simulation that renders its cameras on a shared CPU
+CONTROLLER = {"rate_hz": 200.0, "action_mode": "ee", "watchdog_s": 0.5}
 FINGER_OPEN = 0.04  # m per finger, fully open
 N_STATE = 16
 SLOTS = _Slots([("seq", 1), ("t", 1), ("q", 7), ("dq", 7), ("gripper", 1), ("estop", 1), ("success", 1),
@@ -150,6 +153,8 @@ class _Kitchen:
         self.env = make_kitchen_env(cfg.task, seed=cfg.seed, cameras=cfg.cameras, image_size=cfg.image_size,
                                     horizon=10**9, terminate_on_success=False, **cfg.env)
         self.scene = self.env.scene
+        self.env.reset(seed=cfg.seed)
+        self.scene.step(np.r_[np.zeros(6), -1.0])  # the first step is slow (0.4-2 s): taken before going live
         self.expert = make_expert(self.env)
         self.scratch = None
         self.qvel_idx = np.array(self.scene.robots[0]._ref_joint_vel_indexes)
@@ -336,7 +341,7 @@ class KitchenDriver(TwinDriver):
     slots = SLOTS
 
 
-class KitchenRobot(ControlledRobot):
+class KitchenRobot(SimulatedRobot):
     """A kitchen task as a :class:`~vlastack.real_robot.base.Robot` (module docstring).
 
     Args:
@@ -364,7 +369,6 @@ class KitchenRobot(ControlledRobot):
                          instruction, FPS, max_frame_age_s, name="kitchen")
         self.fixed_instruction = instruction
         self.connect_timeout_s = float(connect_timeout_s)
-        self._proc = None
 
     @property
     def spec(self) -> DatasetSpec:
@@ -373,76 +377,19 @@ class KitchenRobot(ControlledRobot):
 
     # -------------------------------------------------------------- lifecycle
 
+    def _sim_spec(self, ctx):
+        """The kitchen process, its shared arrays and its driver."""
+        return _kitchen_main, (self.kitchen,), _Shared(ctx, self.kitchen), "vlastack.rollout.kitchen_robot:KitchenDriver"
+
     def connect(self) -> None:
-        """Start the kitchen process, then the controller process, then attach the cameras."""
-        if self._proc is not None:
-            return
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        shared = _Shared(ctx, self.kitchen)
-        ours, theirs = ctx.Pipe()
-        stop = ctx.Event()
-        proc = ctx.Process(target=_kitchen_main, args=(self.kitchen, shared, theirs, stop), name="kitchen-sim",
-                           daemon=True)
-        proc.start()
-        self._proc, self._conn, self._stop, self._shared = proc, ours, stop, shared
-        deadline = time.monotonic() + self.connect_timeout_s
-        while not ours.poll(0.05):
-            if not proc.is_alive() or time.monotonic() > deadline:
-                self._stop_kitchen()
-                raise RobotError(f"kitchen: the simulation process did not start "
-                                 f"({'exited' if not proc.is_alive() else 'timed out'})")
-        kind, info = ours.recv()
-        if kind != "ready":
-            self._stop_kitchen()
-            raise RobotError(f"kitchen: cannot build the simulation: {info}")
-        self.instruction = self.fixed_instruction or info["instruction"]
-        for cam in self.cameras:
-            cam.attach(shared.frames[cam.name], shared.metas[cam.name])
-        self.driver_spec = DriverSpec("vlastack.rollout.kitchen_robot:KitchenDriver",
-                                      {"state": shared.state, "cmd": shared.cmd})
-        try:
-            super().connect()
-        except BaseException:
-            self._stop_kitchen()
-            raise
-
-    def _stop_kitchen(self) -> None:
-        if self._proc is None:
-            return
-        self._stop.set()
-        self._proc.join(10.0)
-        if self._proc.is_alive():
-            self._proc.terminate()
-            self._proc.join(2.0)
-        self._conn.close()
-        self._proc = None
-
-    def disconnect(self) -> None:
-        """Stop the controller (a last hold), then the simulation."""
-        try:
-            super().disconnect()
-        finally:
-            self._stop_kitchen()
-
-    def kitchen_request(self, name: str, *args: Any, timeout: float = 30.0) -> Any:
-        """Ask the simulation: ``estop``, ``release_estop``, ``reset_scene`` (seed), ``resume``, ``expert_action``."""
-        if self._proc is None:
-            raise RobotError("kitchen: not connected")
-        self._conn.send((name, args))
-        if not self._conn.poll(timeout):
-            raise RobotError(f"kitchen: no answer to {name!r} within {timeout} s")
-        kind, payload = self._conn.recv()
-        if kind != "ok":
-            raise RobotError(f"kitchen: {payload}")
-        return payload
+        """Start the kitchen process and the controller; the task's instruction comes from the kitchen."""
+        super().connect()
+        self.instruction = self.fixed_instruction or self.sim_info["instruction"]
 
     # -------------------------------------------------------------- observations and actions
 
     def _published(self) -> dict[str, np.ndarray]:
-        if self._proc is None:
-            raise RobotError("kitchen: not connected")
+        self._require_sim()
         return read_slots(self._shared.state, SLOTS)
 
     def get_observation(self) -> dict[str, Any]:
@@ -486,7 +433,7 @@ class KitchenRobot(ControlledRobot):
         if st.status == "estop":
             raise RobotError("kitchen: cannot reset while e-stopped; clear it first")
         self.hold()
-        instruction = self.kitchen_request("reset_scene", int(seed))  # the arm holds its new start
+        instruction = self.sim_request("reset_scene", int(seed), timeout=30.0)  # the arm holds its new start
         q_new = self._published()["q"]
         deadline = time.monotonic() + 5.0
         while np.max(np.abs(self.state().q - q_new)) > 1e-6:  # the controller reads the new arm
@@ -494,7 +441,7 @@ class KitchenRobot(ControlledRobot):
                 raise RobotError("kitchen: the controller did not see the reset arm")
             time.sleep(0.005)
         self.reset_faults()  # re-anchor the controller there
-        self.kitchen_request("resume")
+        self.sim_request("resume")
         self.instruction = self.fixed_instruction or instruction
         return self.instruction
 
@@ -524,7 +471,7 @@ class KitchenScriptedPolicy:
         """The expert's action now (it reads the simulation, not ``obs``)."""
         if sampling:
             raise ValueError(f"the scripted kitchen policy takes no sampling options, got {sorted(sampling)}")
-        a = self.robot.kitchen_request("expert_action")
+        a = self.robot.sim_request("expert_action", timeout=30.0)
         if self.infer_delay_s:
             time.sleep(self.infer_delay_s)
         return ActionChunk(np.asarray(a, np.float32)[None, None])  # (1, 1, 7)
@@ -545,7 +492,7 @@ def make_kitchen_robot(cfg: Mapping[str, Any], instruction: str | None = None) -
         raise RobotConfigError(f"robot (kitchen): fps is the kitchen's own {FPS:g} Hz, got {cfg['fps']!r}")
     try:
         kitchen = KitchenRobotConfig(**{k: v for k, v in cfg.items() if k in fields})
-        controller = ControllerConfig(**dict(cfg.get("controller") or {}))
+        controller = ControllerConfig(**{**CONTROLLER, **dict(cfg.get("controller") or {})})
     except (TypeError, ValueError) as e:
         raise RobotConfigError(f"robot: {e}") from None
     return KitchenRobot(kitchen, controller, dict(cfg.get("safety") or {}), instruction,
