@@ -12,6 +12,7 @@ Both are driven by explicit monotonic times, from the simulation's own loop.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -27,6 +28,19 @@ def check_ranges(owner: str, values: Mapping[str, Any], ranges: Mapping[str, tup
         v = values[name]
         if isinstance(v, bool) or not (isinstance(v, (int, float)) and lo <= v <= hi):
             raise ValueError(f"{owner}.{name}: expected a number in [{lo}, {hi}], got {v!r}")
+
+
+@dataclass
+class InjectedFaults:
+    """The fault settings a simulated robot's config shares (module docstring); ``seed`` seeds their draws."""
+
+    cmd_latency_s: float = 0.0
+    cmd_jitter_s: float = 0.0
+    drop_prob: float = 0.0
+    obs_latency_s: float = 0.0
+    freeze_prob: float = 0.0
+    freeze_s: float = 0.3
+    seed: int = 0
 
 
 class DelayedCommands:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from vlastack.real_robot.base import RobotError
 from vlastack.real_robot.controller import ControlledRobot, DriverSpec
@@ -91,3 +91,16 @@ class SimulatedRobot(ControlledRobot):
         if kind != "ok":
             raise RobotError(f"{self.name}: {payload}")
         return payload
+
+
+def serve_requests(conn, handlers: Mapping[str, Callable[..., Any]], label: str) -> None:
+    """In the simulation process: answer every pending ``(name, args)`` request on ``conn`` with
+    ``("ok", handlers[name](*args))``, or ``("error", message)`` (an unknown name lists the valid ones)."""
+    while conn.poll():
+        name, args = conn.recv()
+        try:
+            if name not in handlers:
+                raise ValueError(f"unknown {label} request {name!r}; valid: {', '.join(handlers)}")
+            conn.send(("ok", handlers[name](*args)))
+        except Exception as e:  # noqa: BLE001 - reported to the client
+            conn.send(("error", f"{type(e).__name__}: {e}"))

@@ -39,10 +39,11 @@ import numpy as np
 
 from vlastack.real_robot.base import Frame, RobotError
 from vlastack.real_robot.controller import ArmState, ControllerConfig, DriverSpec
-from vlastack.real_robot.faults import FAULT_RANGES, DelayedCommands, DelayedObservations, check_ranges
+from vlastack.real_robot.faults import (FAULT_RANGES, DelayedCommands, DelayedObservations, InjectedFaults,
+                                       check_ranges)
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec
 from vlastack.real_robot.safety import SafetyLimits
-from vlastack.real_robot.simproc import SimulatedRobot
+from vlastack.real_robot.simproc import SimulatedRobot, serve_requests
 from vlastack.types import ActionChunk, Observation, quat_to_mujoco
 
 TASKS = {"drawer": "open the drawer"}
@@ -55,7 +56,7 @@ WORKSPACE = {"workspace_lower": [0.25, -0.35, 0.06], "workspace_upper": [0.78, 0
 
 
 @dataclass
-class TwinConfig:
+class TwinConfig(InjectedFaults):
     """The twin's scene, cameras, timing and injected faults (see the module docstring)."""
 
     task: str = "drawer"
@@ -63,13 +64,6 @@ class TwinConfig:
     image_size: tuple[int, int] = (64, 64)
     camera_fps: float = 20.0
     physics_dt: float = 0.002
-    cmd_latency_s: float = 0.0
-    cmd_jitter_s: float = 0.0
-    drop_prob: float = 0.0
-    obs_latency_s: float = 0.0
-    freeze_prob: float = 0.0
-    freeze_s: float = 0.3
-    seed: int = 0
     success_open_m: float = 0.08
     q_home: tuple[float, ...] = PANDA.home
     meshes: bool = True
@@ -381,6 +375,18 @@ def _publish_frame(shared: TwinShared, cam: str, image: np.ndarray, t: float, in
         _view(meta)[:] = (t, index)
 
 
+def take_command(cmd, last_seq: float, commands: DelayedCommands, accept: bool = True) -> float:
+    """Queue the driver's newest joint command (``cmd``: :data:`CMD_SLOTS`) in ``commands`` as (q, gripper),
+    unless already taken (its seq is ``last_seq``) or not ``accept`` ed; returns its seq."""
+    with cmd.get_lock():
+        c = _view(cmd).copy()
+    cs = CMD_SLOTS.slices
+    seq = float(c[cs["seq"]][0])
+    if seq != last_seq and accept:
+        commands.push(c[cs["t_sent"]][0], (c[cs["q"]].copy(), float(c[cs["gripper"]][0])))
+    return seq
+
+
 def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
     """Entry point of the twin process: real-time physics, cameras, injected faults, requests."""
     import signal
@@ -406,19 +412,31 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
     _publish_state(shared, twin.snapshot(t0, rtf), 1)
     for cam, img in twin.render().items():
         _publish_frame(shared, cam, img, t0, 0)
+
+    def publish_state(v: np.ndarray) -> None:
+        nonlocal seq
+        seq += 1
+        _publish_state(shared, v, seq)
+
+    def estop(on: bool) -> bool:
+        twin.estop = on
+        commands.clear()
+        return True
+
+    def set_drawer(opening: float) -> bool:
+        data.qpos[twin.drawer_adr] = float(opening)
+        mj.mj_forward(model, data)
+        return True
+
+    handlers = {"estop": lambda: estop(True), "release_estop": lambda: estop(False),
+                "reset_scene": lambda seed: twin.reset_scene(int(seed), home=False), "set_drawer": set_drawer}
     conn.send(("ready", {"layout": scene_layout(cfg.seed), "meshes": _panda_mesh_dir() is not None}))
     try:
         while not stop.is_set():
             now = time.monotonic()
-            # commands from the controller's driver
-            with shared.cmd.get_lock():
-                c = _view(shared.cmd).copy()
-            cs = CMD_SLOTS.slices
-            if c[cs["seq"]][0] != last_seq:
-                last_seq = c[cs["seq"]][0]
-                if not twin.estop:  # the hardware e-stop ignores commands
-                    commands.push(c[cs["t_sent"]][0], (c[cs["q"]].copy(), float(c[cs["gripper"]][0])))
-                twin.dropped = commands.dropped
+            # commands from the controller's driver (the hardware e-stop ignores them)
+            last_seq = take_command(shared.cmd, last_seq, commands, accept=not twin.estop)
+            twin.dropped = commands.dropped
             for q, g in commands.due(now):
                 twin.apply(q, g)
             # physics up to the wall clock (slip if more than 0.1 s behind: counted)
@@ -439,36 +457,8 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
             if now >= next_frame:
                 observed.add_frames(now, twin.render())
                 next_frame = max(next_frame + 1.0 / cfg.camera_fps, now)
-
-            def publish_state(v: np.ndarray) -> None:
-                nonlocal seq
-                seq += 1
-                _publish_state(shared, v, seq)
-
             observed.publish(now, publish_state, lambda cam, img, t, idx: _publish_frame(shared, cam, img, t, idx))
-            # requests from the client
-            while conn.poll():
-                name, args = conn.recv()
-                try:
-                    if name == "estop":
-                        twin.estop = True
-                        commands.clear()
-                        reply = True
-                    elif name == "release_estop":
-                        twin.estop = False
-                        reply = True
-                    elif name == "reset_scene":
-                        reply = twin.reset_scene(int(args[0]), home=False)
-                    elif name == "set_drawer":
-                        data.qpos[twin.drawer_adr] = float(args[0])
-                        mj.mj_forward(model, data)
-                        reply = True
-                    else:
-                        raise ValueError(f"unknown twin request {name!r}; valid: estop, release_estop, "
-                                         "reset_scene, set_drawer")
-                    conn.send(("ok", reply))
-                except Exception as e:  # noqa: BLE001
-                    conn.send(("error", f"{type(e).__name__}: {e}"))
+            serve_requests(conn, handlers, "twin")
             time.sleep(0.0005)
     finally:
         twin.close()

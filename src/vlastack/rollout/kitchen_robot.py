@@ -48,12 +48,14 @@ import numpy as np
 
 from vlastack.real_robot.base import RobotError
 from vlastack.real_robot.controller import ControllerConfig, DriverSpec
-from vlastack.real_robot.faults import FAULT_RANGES, DelayedCommands, DelayedObservations, check_ranges
+from vlastack.real_robot.faults import (FAULT_RANGES, DelayedCommands, DelayedObservations, InjectedFaults,
+                                       check_ranges)
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec, rotvec_to_matrix
 from vlastack.real_robot.registry import RobotConfigError
 from vlastack.real_robot.safety import SafetyLimits
-from vlastack.real_robot.simproc import SimulatedRobot
-from vlastack.real_robot.twin import CMD_SLOTS, TwinCamera, TwinDriver, _publish_frame, _Slots, _view, read_slots
+from vlastack.real_robot.simproc import SimulatedRobot, serve_requests
+from vlastack.real_robot.twin import (CMD_SLOTS, STATE_SLOTS, TwinCamera, TwinDriver, _publish_frame, _publish_state,
+                                      _Slots, read_slots, take_command)
 from vlastack.types import ACTION, STATE, TASK, TIMESTAMP, ActionChunk, DatasetSpec, FeatureSpec, Observation, image_key
 
 FPS = 20.0  # the kitchen's control rate (OSC_POSE, 25 physics steps of 2 ms)
@@ -68,26 +70,20 @@ N_STATE = 16
 SLOTS = _Slots([("seq", 1), ("t", 1), ("q", 7), ("dq", 7), ("gripper", 1), ("estop", 1), ("success", 1),
                 ("rtf", 1), ("dropped", 1), ("applied", 1), ("frozen", 1), ("slips", 1), ("steps", 1),
                 ("obs_state", N_STATE)])
+assert SLOTS.slices["seq"] == STATE_SLOTS.slices["seq"]
 
 
 # ------------------------------------------------------------------------------------ config
 
 
 @dataclass
-class KitchenRobotConfig:
+class KitchenRobotConfig(InjectedFaults):
     """The kitchen task, its cameras and the injected faults (see the module docstring)."""
 
     task: str = "OpenDrawer"
     cameras: tuple[str, ...] = ("left", "right", "wrist")
     image_size: tuple[int, int] = (128, 128)
     camera_fps: float = 20.0
-    cmd_latency_s: float = 0.0
-    cmd_jitter_s: float = 0.0
-    drop_prob: float = 0.0
-    obs_latency_s: float = 0.0
-    freeze_prob: float = 0.0
-    freeze_s: float = 0.3
-    seed: int = 0
     env: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -251,14 +247,37 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
     def publish_state(v: np.ndarray) -> None:
         nonlocal seq
         seq += 1
-        with shared.state.get_lock():
-            arr = _view(shared.state)
-            arr[:] = v
-            arr[SLOTS.slices["seq"]] = seq
+        _publish_state(shared, v, seq)  # (the twin's: both layouts start with seq)
 
     def publish_frame(cam: str, img: np.ndarray, t: float, idx: int) -> None:
         _publish_frame(shared, cam, img, t, idx)
 
+    def estop(on: bool) -> bool:
+        k.estop = on
+        commands.clear()
+        return True
+
+    def reset_scene(seed: int) -> str:  # commands are ignored until "resume"
+        nonlocal next_step
+        commands.clear()
+        k.paused = True
+        instruction = k.reset(int(seed))
+        now = time.monotonic()
+        observed.states.clear()
+        observed.frames.clear()
+        publish_state(k.snapshot(now, rtf, commands, observed.frozen))
+        for cam, img in k.render().items():
+            publish_frame(cam, img, now, observed.frame_index)
+        next_step = now + period
+        return instruction
+
+    def resume() -> bool:
+        commands.clear()
+        k.paused = False
+        return True
+
+    handlers = {"estop": lambda: estop(True), "release_estop": lambda: estop(False), "reset_scene": reset_scene,
+                "resume": resume, "expert_action": lambda: np.asarray(k.expert.act(k.env), np.float32)}
     t0 = time.monotonic()
     publish_state(k.snapshot(t0, 1.0, commands, 0))
     for cam, img in k.render().items():
@@ -269,13 +288,7 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
     try:
         while not stop.is_set():
             now = time.monotonic()
-            with shared.cmd.get_lock():
-                c = _view(shared.cmd).copy()
-            cs = CMD_SLOTS.slices
-            if c[cs["seq"]][0] != last_cmd:
-                last_cmd = c[cs["seq"]][0]
-                if not (k.estop or k.paused):
-                    commands.push(c[cs["t_sent"]][0], (c[cs["q"]].copy(), float(c[cs["gripper"]][0])))
+            last_cmd = take_command(shared.cmd, last_cmd, commands, accept=not (k.estop or k.paused))
             for cmd in commands.due(now):
                 k.target = cmd
                 k.applied += 1
@@ -294,39 +307,7 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
                     observed.add_frames(now, k.render())
                     next_frame = max(next_frame + 1.0 / cfg.camera_fps, now)
             observed.publish(now, publish_state, publish_frame)
-            while conn.poll():
-                name, args = conn.recv()
-                try:
-                    if name == "estop":
-                        k.estop = True
-                        commands.clear()
-                        reply = True
-                    elif name == "release_estop":
-                        k.estop = False
-                        reply = True
-                    elif name == "reset_scene":  # commands are ignored until "resume"
-                        commands.clear()
-                        k.paused = True
-                        reply = k.reset(int(args[0]))
-                        now = time.monotonic()
-                        observed.states.clear()
-                        observed.frames.clear()
-                        publish_state(k.snapshot(now, rtf, commands, observed.frozen))
-                        for cam, img in k.render().items():
-                            publish_frame(cam, img, now, observed.frame_index)
-                        next_step = now + period
-                    elif name == "resume":
-                        commands.clear()
-                        k.paused = False
-                        reply = True
-                    elif name == "expert_action":
-                        reply = np.asarray(k.expert.act(k.env), np.float32)
-                    else:
-                        raise ValueError(f"unknown kitchen request {name!r}; valid: estop, release_estop, "
-                                         "reset_scene, resume, expert_action")
-                    conn.send(("ok", reply))
-                except Exception as e:  # noqa: BLE001
-                    conn.send(("error", f"{type(e).__name__}: {e}"))
+            serve_requests(conn, handlers, "kitchen")
             time.sleep(max(0.0, min(0.002, next_step - time.monotonic())))
     finally:
         k.env.close()
