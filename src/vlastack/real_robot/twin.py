@@ -428,8 +428,14 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
         mj.mj_forward(model, data)
         return True
 
-    handlers = {"estop": lambda: estop(True), "release_estop": lambda: estop(False),
-                "reset_scene": lambda seed: twin.reset_scene(int(seed), home=False), "set_drawer": set_drawer}
+    def reset_scene(seed: int) -> dict[str, float]:
+        layout = twin.reset_scene(int(seed), home=False)
+        observed.states.clear()  # the new scene is what the client sees next (not a stale "success")
+        publish_state(twin.snapshot(time.monotonic(), rtf))
+        return layout
+
+    handlers = {"estop": lambda: estop(True), "release_estop": lambda: estop(False), "reset_scene": reset_scene,
+                "set_drawer": set_drawer}
     conn.send(("ready", {"layout": scene_layout(cfg.seed), "meshes": _panda_mesh_dir() is not None}))
     try:
         while not stop.is_set():

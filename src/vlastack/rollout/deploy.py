@@ -357,6 +357,20 @@ def _scripted_policy(robot: Any, cfg: DeployConfig) -> Any:
     return robot.scripted_policy(**dict(cfg.scripted or {}))
 
 
+def _reset_scene(robot: Any, seed: int, tries: int = 2) -> None:
+    """A simulated robot's scene reset for episode ``seed``; a controller stopped by faults is reset first,
+    and a reset that fails (an arm that does not get home in time on a busy computer) is tried again."""
+    for attempt in range(tries):
+        if robot.status == "stopped":
+            robot.reset_faults()
+        try:
+            robot.reset_scene(seed)
+            return
+        except RobotError:
+            if attempt == tries - 1:
+                raise
+
+
 def _describe(cfg: DeployConfig) -> str:
     return {"checkpoint": str(cfg.checkpoint), "scripted": "the scripted policy",
             "replay": f"the episodes of {cfg.replay}"}[cfg.policy]
@@ -438,9 +452,7 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
             seed = cfg.seed + ep
             if ep > 0 or per_episode_scene:
                 if callable(getattr(robot, "reset_scene", None)):
-                    if robot.status == "stopped":  # a simulation: clear the faults, then start the next episode
-                        robot.reset_faults()
-                    robot.reset_scene(seed)
+                    _reset_scene(robot, seed)
                     if not cfg.task:  # the scene's own instruction for this episode (the kitchen's)
                         instruction = robot.instruction
                 elif cfg.wait_for_operator:
