@@ -83,6 +83,9 @@ def test_the_kitchen_robot_takes_a_kitchen_checkpoint_and_names_its_cameras():
     twin_ckpt = PolicyInputs(("front", "wrist"), (128, 128), 14, 7, 1, 8)
     with pytest.raises(DeployError, match=r"the robot has \['left', 'right', 'wrist'\]"):
         check_inputs(twin_ckpt, kitchen, {})
+    left_only, _ = build_robot({**KITCHEN, "cameras": ["left"], "image_size": [128, 128]}, KITCHEN_CKPT, None)
+    with pytest.raises(DeployError, match=r"reads \['wrist'\], which the robot can render .* set robot.cameras=auto"):
+        check_inputs(KITCHEN_CKPT, left_only, {})
 
 
 # ------------------------------------------------------------------------------------ recording
@@ -151,3 +154,45 @@ def test_the_kitchen_robot_under_the_controller_reaches_the_experts_success():
     assert ep["success"], lines  # the expert succeeds at seed 0 in lockstep (64 steps)
     assert ep["controller"]["invalid"] == 0 and ep["instruction"]
     assert "kitchen: real-time factor" in "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_the_kitchen_robot_under_injected_faults_matches_the_lockstep_experts_success():
+    """Three seeds: the expert in lockstep vs through the controller with 50 ms latency, jitter, 5% drops."""
+    from vlastack.envs.kitchen import make_expert, make_kitchen_env, run_expert_episode
+
+    seeds = [0, 1, 2]
+    env = make_kitchen_env("OpenDrawer", cameras=())
+    expert = make_expert(env)
+    lockstep = [bool(run_expert_episode(env, expert, s)[0]) for s in seeds]
+    env.close()
+    faults = {"cmd_latency_s": 0.05, "cmd_jitter_s": 0.02, "drop_prob": 0.05, "seed": 1}
+    lines: list[str] = []
+    summary = deploy(DeployConfig(robot={**KITCHEN, "cameras": ["wrist"], **faults}, policy="scripted",
+                                  executor="receding", episodes=len(seeds), max_steps=300, seed=seeds[0]),
+                     print_fn=lines.append)
+    print("\n".join(lines))
+    realtime = [e["success"] for e in summary["episodes"]]
+    assert realtime == lockstep == [True] * len(seeds), lines
+    assert sum(e["kitchen"]["dropped_commands"] for e in summary["episodes"]) > 0
+
+
+@pytest.mark.slow
+def test_a_policy_trained_on_recorded_twin_demos_opens_the_drawer(tmp_path):
+    """The twin loop: scripted demos recorded through the controller, a small DUST trained on them, deployed."""
+    import subprocess
+    import sys
+
+    store, run = tmp_path / "twin.zarr", tmp_path / "train"
+    rec = deploy(DeployConfig(robot={**TWIN, "twin": {"cameras": ["front", "wrist"], "image_size": [64, 64]}},
+                              policy="scripted", episodes=20, record=str(store), record_success_only=True),
+                 print_fn=lambda s: None)
+    assert rec["recorded_episodes"] >= 15
+    subprocess.run([sys.executable, "-m", "vlastack.cli", "train", "experiment=quickstart", f"dataset.path={store}",
+                    f"run_dir={run}", "train.max_minutes=6", "progress=false"], check=True)
+    lines: list[str] = []
+    summary = deploy(DeployConfig(robot={**TWIN, "twin": {"cameras": "auto", "image_size": "auto"}},
+                                  checkpoint=str(run / "checkpoints" / "last"), episodes=5, max_steps=150),
+                     print_fn=lines.append)
+    print("\n".join(lines))
+    assert sum(e["success"] for e in summary["episodes"]) >= 1, lines

@@ -305,7 +305,12 @@ def check_inputs(inputs: PolicyInputs, robot: Any, camera_map: Mapping[str, str]
     if stray:
         problems.append(f"robot.camera_map maps {stray}, which the checkpoint does not read (it reads "
                         f"{list(inputs.cameras)})")
-    missing = [c for c in inputs.cameras if camera_map.get(c, c) not in has]
+    unrendered = [camera_map.get(c, c) for c in inputs.cameras if camera_map.get(c, c) in set(can) - set(has)]
+    if unrendered:
+        key = "robot.twin.cameras" if robot.name == "twin" else "robot.cameras"
+        problems.append(f"cameras: the checkpoint reads {unrendered}, which the robot can render but is not set to "
+                        f"(it renders {has}); add them to {key}, or set {key}=auto")
+    missing = [c for c in inputs.cameras if camera_map.get(c, c) not in can]
     if missing:
         free = [c for c in can if c not in {camera_map.get(x, x) for x in inputs.cameras}] or can
         hint = ",".join(f"{c}:{free[i % len(free)]}" for i, c in enumerate(missing)) if free else ""
