@@ -55,6 +55,7 @@ from vlastack.real_robot.base import (
     StaleFrameError,
     action_dim,
     check_action_mode,
+    raise_priority,
     robot_spec,
 )
 from vlastack.real_robot.kinematics import Chain, matrix_to_rotvec, rotvec_to_matrix
@@ -823,6 +824,7 @@ def _process_main(driver_spec, config, limits, chain, ch) -> None:
     # setting ch.stop (a multiprocessing Event) here could deadlock on a lock the loop holds
     terminate = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: terminate.set())
+    raise_priority()
     control_loop(driver_spec, config, limits, chain, ch, terminate)
 
 

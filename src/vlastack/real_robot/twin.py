@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vlastack.real_robot.base import Frame, RobotError
+from vlastack.real_robot.base import Frame, RobotError, raise_priority
 from vlastack.real_robot.controller import ArmState, ControllerConfig, DriverSpec
 from vlastack.real_robot.faults import (FAULT_RANGES, DelayedCommands, DelayedObservations, InjectedFaults,
                                        check_ranges)
@@ -392,6 +392,7 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_priority()
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     try:

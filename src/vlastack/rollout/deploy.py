@@ -218,6 +218,7 @@ class DeployConfig:
     max_steps: int = 400
     seed: int = 0
     device: str = "cpu"
+    torch_threads: int = 1
     executor: str = "async"
     executor_options: dict = field(default_factory=dict)
     sampling: dict = field(default_factory=dict)
@@ -245,7 +246,7 @@ class DeployConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or not v.strip()):
                 raise DeployError(f"{name}: expected a store path, got {v!r}")
-        for name in ("episodes", "max_steps"):
+        for name in ("episodes", "max_steps", "torch_threads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DeployError(f"{name}: expected an int >= 1, got {v!r}")
@@ -366,14 +367,25 @@ def _reset_scene(robot: Any, seed: int, tries: int = 2) -> None:
     """A simulated robot's scene reset for episode ``seed``; a controller stopped by faults is reset first,
     and a reset that fails (an arm that does not get home in time on a busy computer) is tried again."""
     for attempt in range(tries):
-        if robot.status == "stopped":
-            robot.reset_faults()
+        _clear_faults(robot)
         try:
             robot.reset_scene(seed)
+            _clear_faults(robot, always=True)  # each episode starts with no faults counted
             return
         except RobotError:
             if attempt == tries - 1:
                 raise
+
+
+def _clear_faults(robot: Any, always: bool = False, timeout_s: float = 2.0) -> None:
+    """A simulated robot's controller stopped by faults (or ``always``): clear its faults, re-anchored where the
+    arm is, and wait until its published status shows it."""
+    if robot.status != "stopped" and not always:
+        return
+    robot.reset_faults()
+    deadline = time.monotonic() + timeout_s
+    while robot.status == "stopped" and time.monotonic() < deadline:  # published at its next tick
+        time.sleep(0.01)
 
 
 def _describe(cfg: DeployConfig) -> str:
@@ -394,6 +406,9 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
 
     policy, inputs = None, None
     if cfg.policy == "checkpoint":
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)  # leave cores to the controller (and a simulation)
         try:
             from vlastack.policies.base import load_policy
             from vlastack.rollout.policy_adapters import LoadedPolicy, resolve_checkpoint
@@ -579,6 +594,8 @@ def command_job(hcfg) -> int:
     rate = summary["success_rate"]
     print(f"success: {sum(e['success'] for e in summary['episodes'])}/{len(summary['episodes'])}"
           + (f" ({rate:.0%})" if rate is not None else ""))
+    if summary.get("record"):
+        print(f"recorded {summary['recorded_episodes']} episodes into {summary['record']}")
     return 0 if summary["episodes"] and not any(e["reason"].startswith(("e-stop", "controller stopped"))
                                                 for e in summary["episodes"]) else 1
 

@@ -46,7 +46,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vlastack.real_robot.base import RobotError
+from vlastack.real_robot.base import RobotError, raise_priority
 from vlastack.real_robot.controller import ControllerConfig, DriverSpec
 from vlastack.real_robot.faults import (FAULT_RANGES, DelayedCommands, DelayedObservations, InjectedFaults,
                                        check_ranges)
@@ -221,6 +221,7 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_priority()
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     try:
