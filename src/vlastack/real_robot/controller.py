@@ -495,7 +495,10 @@ def _publish(arr, layout: StateLayout, seq: int, now: float, core: ControllerCor
         ee = np.concatenate([p, matrix_to_rotvec(R)])
     else:
         ee = np.zeros(6)
-    with arr.get_lock():
+    lock = arr.get_lock()
+    if not lock.acquire(block=False):  # a reader holds it (perhaps descheduled): never wait; publish next tick
+        return
+    try:
         v = np.frombuffer(arr.get_obj(), dtype=np.float64)
         v[s["seq"]] = seq
         v[s["t"]] = now
@@ -508,6 +511,8 @@ def _publish(arr, layout: StateLayout, seq: int, now: float, core: ControllerCor
         v[s["g_cmd"]] = core.g_cmd
         v[s["ee"]] = ee
         v[s["counters"]] = [core.counters[k] for k in COUNTERS]
+    finally:
+        lock.release()
 
 
 class _DriverCalls:

@@ -264,10 +264,15 @@ def _view(arr, dtype=np.float64) -> np.ndarray:
     return np.frombuffer(arr.get_obj(), dtype=dtype)
 
 
-def read_slots(arr, slots: _Slots) -> dict[str, np.ndarray]:
-    """Copy a shared array under its lock into named pieces."""
-    with arr.get_lock():
+def read_slots(arr, slots: _Slots, block: bool = True) -> dict[str, np.ndarray] | None:
+    """Copy a shared array under its lock into named pieces (``block=False``: None when the lock is held)."""
+    lock = arr.get_lock()
+    if not lock.acquire(block=block):
+        return None
+    try:
         v = _view(arr).copy()
+    finally:
+        lock.release()
     return {k: v[s] for k, s in slots.slices.items()}
 
 
@@ -361,11 +366,18 @@ class _Twin:
             pass
 
 
-def _publish_state(shared: TwinShared, v: np.ndarray, seq: int) -> None:
-    with shared.state.get_lock():
+def _publish_state(shared: TwinShared, v: np.ndarray, seq: int, block: bool = False) -> None:
+    """Publish a state snapshot; unless ``block``, skipped when a reader holds the lock (the loop publishes
+    again next iteration: the simulation never waits on a client process)."""
+    lock = shared.state.get_lock()
+    if not lock.acquire(block=block):
+        return
+    try:
         arr = _view(shared.state)
         arr[:] = v
         arr[STATE_SLOTS.slices["seq"]] = seq
+    finally:
+        lock.release()
 
 
 def _publish_frame(shared: TwinShared, cam: str, image: np.ndarray, t: float, index: int) -> None:
@@ -410,14 +422,14 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
     next_frame = t0
     rtf_t, rtf_sim = t0, data.time
     rtf = 1.0
-    _publish_state(shared, twin.snapshot(t0, rtf), 1)
+    _publish_state(shared, twin.snapshot(t0, rtf), 1, block=True)
     for cam, img in twin.render().items():
         _publish_frame(shared, cam, img, t0, 0)
 
-    def publish_state(v: np.ndarray) -> None:
+    def publish_state(v: np.ndarray, block: bool = False) -> None:
         nonlocal seq
         seq += 1
-        _publish_state(shared, v, seq)
+        _publish_state(shared, v, seq, block)
 
     def estop(on: bool) -> bool:
         twin.estop = on
@@ -432,7 +444,7 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
     def reset_scene(seed: int) -> dict[str, float]:
         layout = twin.reset_scene(int(seed), home=False)
         observed.states.clear()  # the new scene is what the client sees next (not a stale "success")
-        publish_state(twin.snapshot(time.monotonic(), rtf))
+        publish_state(twin.snapshot(time.monotonic(), rtf), block=True)
         return layout
 
     handlers = {"estop": lambda: estop(True), "release_estop": lambda: estop(False), "reset_scene": reset_scene,
@@ -493,10 +505,13 @@ class TwinDriver:
             if time.monotonic() > deadline:
                 raise RobotError("twin: no state published; is the twin process running?")
             time.sleep(0.01)
+        self._last = read_slots(self.state, self.slots)
 
     def read(self) -> ArmState:
-        """The twin's (possibly delayed) joint state, gripper and e-stop."""
-        s = read_slots(self.state, self.slots)
+        """The twin's (possibly delayed) joint state, gripper and e-stop (the last one read while a client
+        holds the state's lock: the controller never waits on another process)."""
+        s = read_slots(self.state, self.slots, block=False) or self._last
+        self._last = s
         estop = bool(s["estop"][0])
         return ArmState(q=s["q"], dq=s["dq"], gripper=float(s["gripper"][0]), t=float(s["t"][0]),
                         fault="twin hardware e-stop" if estop else None, estop=estop)

@@ -1,8 +1,13 @@
 """Deployment: run a policy on a robot (or its digital twin) through the safe controller.
 
 ``vlastack deploy robot=twin checkpoint=RUN task="open the drawer"`` (a Hydra app over
-``configs/deploy.yaml``; ``policy=scripted`` runs the twin's scripted drawer policy instead of a
-checkpoint). The loop is the one of simulation, :func:`~.episode.run_episode`, with
+``configs/deploy.yaml``; ``policy=scripted`` runs the twin's scripted drawer policy or the kitchen's
+expert instead of a checkpoint, ``policy=replay replay=STORE`` a store's episodes).
+``robot=kitchen robot.task=<Task>`` is a kitchen task in real time (:mod:`.kitchen_robot`);
+``record=STORE`` appends every finished episode to a Zarr store (:mod:`.record`). A checkpoint
+whose cameras, image size, state or action dims do not fit the robot is refused before anything
+starts, each mismatch named with its fix (:func:`check_inputs`; ``robot.camera_map`` maps the
+checkpoint's camera names to the robot's). The loop is the one of simulation, :func:`~.episode.run_episode`, with
 :class:`RobotDeployEnv` adapting the robot: each step sends one timestamped action (target time
 = send time + ``lookahead_s``) to the controller process, which interpolates between them at
 its servo rate and enforces the safety limits; the chunk executor runs asynchronously by default

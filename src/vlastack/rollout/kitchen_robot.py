@@ -245,10 +245,10 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
     seq, last_cmd = 0, 0.0
     period = 1.0 / FPS
 
-    def publish_state(v: np.ndarray) -> None:
+    def publish_state(v: np.ndarray, block: bool = False) -> None:
         nonlocal seq
         seq += 1
-        _publish_state(shared, v, seq)  # (the twin's: both layouts start with seq)
+        _publish_state(shared, v, seq, block)  # (the twin's: both layouts start with seq)
 
     def publish_frame(cam: str, img: np.ndarray, t: float, idx: int) -> None:
         _publish_frame(shared, cam, img, t, idx)
@@ -266,7 +266,7 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
         now = time.monotonic()
         observed.states.clear()
         observed.frames.clear()
-        publish_state(k.snapshot(now, rtf, commands, observed.frozen))
+        publish_state(k.snapshot(now, rtf, commands, observed.frozen), block=True)
         for cam, img in k.render().items():
             publish_frame(cam, img, now, observed.frame_index)
         next_step = now + period
@@ -280,7 +280,7 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
     handlers = {"estop": lambda: estop(True), "release_estop": lambda: estop(False), "reset_scene": reset_scene,
                 "resume": resume, "expert_action": lambda: np.asarray(k.expert.act(k.env), np.float32)}
     t0 = time.monotonic()
-    publish_state(k.snapshot(t0, 1.0, commands, 0))
+    publish_state(k.snapshot(t0, 1.0, commands, 0), block=True)
     for cam, img in k.render().items():
         publish_frame(cam, img, t0, 0)
     conn.send(("ready", {"instruction": instruction}))
