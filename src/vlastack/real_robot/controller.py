@@ -1032,12 +1032,21 @@ class ControlledRobot:
             frames[cam.name] = f
         return frames
 
+    def fresh_state(self, max_age_s: float) -> tuple[ControllerState, float]:
+        """(the controller's state, the time it was checked): published within ``max_age_s``, else RobotError.
+        A stale read is read again once: the stall may have been this process's, not the controller's."""
+        for attempt in range(2):
+            st = self.state()
+            now = time.monotonic()
+            if now - st.t <= max_age_s:
+                return st, now
+            if attempt == 0:
+                time.sleep(2 * self.config.dt)
+        raise RobotError(f"{self.name}: the controller has not published for {now - st.t:.3f} s")
+
     def get_observation(self) -> dict[str, Any]:
         """Flat observation: state, camera images, ``timestamp`` (oldest source's capture time), task."""
-        st = self.state()
-        now = time.monotonic()
-        if now - st.t > max(0.5, 20 * self.config.dt):
-            raise RobotError(f"{self.name}: the controller has not published for {now - st.t:.3f} s")
+        st, now = self.fresh_state(max(0.5, 20 * self.config.dt))
         frames = self.read_cameras(now)
         obs: dict[str, Any] = {STATE: st.state_vector()}
         for cam, f in frames.items():
