@@ -126,7 +126,7 @@ def test_recording_round_trip_and_an_interrupted_recording_keeps_finished_episod
         np.testing.assert_array_equal(ep[ACTION], np.stack(sent[i]))  # the actions actually sent
         assert ep[STATE].shape == (12, 14) and ep["observation.images.front"].shape == (12, 32, 32, 3)
         t = ep[TIMESTAMP]
-        assert t[0] == 0 and np.all(np.diff(t) > 0) and 0.8 < t[-1] < 2.5  # capture times, ~10 Hz
+        assert t[0] == 0 and np.all(np.diff(t) >= 0) and 0.8 < t[-1] < 2.5  # capture times (non-decreasing), ~10 Hz
         meta = store.episodes[i]
         assert meta["meta"]["seed"] == i and meta["instruction"] == "open the drawer" and meta["source"] == "deploy:scripted"
     # replay the recorded episodes: the robot is sent the same actions again
