@@ -11,10 +11,12 @@ state and command arrays. ``disconnect`` stops the controller (a last hold), the
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
 import time
 from typing import Any, Callable, Mapping
 
-from vlastack.real_robot.base import RobotError
+from vlastack.real_robot.base import RobotError, raise_priority
 from vlastack.real_robot.controller import ControlledRobot, DriverSpec
 
 
@@ -104,3 +106,12 @@ def serve_requests(conn, handlers: Mapping[str, Callable[..., Any]], label: str)
             conn.send(("ok", handlers[name](*args)))
         except Exception as e:  # noqa: BLE001 - reported to the client
             conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def start_sim_process() -> None:
+    """First thing in a simulation process: Ctrl-C is the client's, priority raised when permitted,
+    offscreen rendering (``MUJOCO_GL=egl`` unless set)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_priority()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,13 +36,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vlastack.real_robot.base import Frame, RobotError, raise_priority
+from vlastack.real_robot.base import Frame, RobotError
 from vlastack.real_robot.controller import ArmState, ControllerConfig, DriverSpec
 from vlastack.real_robot.faults import (FAULT_RANGES, DelayedCommands, DelayedObservations, InjectedFaults,
                                        check_ranges)
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec
 from vlastack.real_robot.safety import SafetyLimits
-from vlastack.real_robot.simproc import SimulatedRobot, serve_requests
+from vlastack.real_robot.simproc import SimulatedRobot, serve_requests, start_sim_process
 from vlastack.types import ActionChunk, Observation, quat_to_mujoco
 
 TASKS = {"drawer": "open the drawer"}
@@ -401,12 +400,7 @@ def take_command(cmd, last_seq: float, commands: DelayedCommands, accept: bool =
 
 def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
     """Entry point of the twin process: real-time physics, cameras, injected faults, requests."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise_priority()
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    start_sim_process()
     try:
         twin = _Twin(cfg, shared)
     except BaseException as e:  # noqa: BLE001 - reported to the client

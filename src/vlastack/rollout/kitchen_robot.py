@@ -39,21 +39,20 @@ The kitchen's scripted expert runs inside the kitchen process (it reads privileg
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
-from vlastack.real_robot.base import RobotError, raise_priority
+from vlastack.real_robot.base import RobotError
 from vlastack.real_robot.controller import ControllerConfig, DriverSpec
 from vlastack.real_robot.faults import (FAULT_RANGES, DelayedCommands, DelayedObservations, InjectedFaults,
                                        check_ranges)
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec, rotvec_to_matrix
 from vlastack.real_robot.registry import RobotConfigError
 from vlastack.real_robot.safety import SafetyLimits
-from vlastack.real_robot.simproc import SimulatedRobot, serve_requests
+from vlastack.real_robot.simproc import SimulatedRobot, serve_requests, start_sim_process
 from vlastack.real_robot.twin import (CMD_SLOTS, STATE_SLOTS, TwinCamera, TwinDriver, _publish_frame, _publish_state,
                                       _Slots, read_slots, take_command)
 from vlastack.types import ACTION, STATE, TASK, TIMESTAMP, ActionChunk, DatasetSpec, FeatureSpec, Observation, image_key
@@ -218,12 +217,7 @@ class _Kitchen:
 
 def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
     """Entry point of the kitchen process: 20 Hz steps against the wall clock, cameras, faults, requests."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise_priority()
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    start_sim_process()
     try:
         import torch
 
