@@ -1,7 +1,7 @@
 """The sim-to-real-time gap of a checkpoint: lockstep evaluation vs real-time deployment on the kitchen robot.
 
-    .venv/bin/python bench/deploy_gap.py                                   # the quickstart's checkpoint
-    .venv/bin/python bench/deploy_gap.py --checkpoint runs/x/checkpoints/last --task OpenDrawer --episodes 20
+    .venv/bin/python bench/deploy_gap.py                                   # the quickstart's checkpoint and task group
+    .venv/bin/python bench/deploy_gap.py --checkpoint runs/x/checkpoints/last --task OpenDrawer --scene single
     .venv/bin/python bench/deploy_gap.py --episodes 1 --latencies-ms 0 --executors async   # a smoke run
 
 For each executor (``receding``, ``ensemble``, ``async``) it measures the success rate with its 95%
@@ -29,11 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from vlastack.quickstart import DEFAULT_GROUP, DEFAULT_GROUP_TASKS
+
 EXECUTORS = ("receding", "ensemble", "async")
 
 
 def lockstep(checkpoint: str, task: str, executor: str, episodes: int, seed: int, n_action_steps: int,
-             max_steps: int) -> dict:
+             max_steps: int, scene: dict) -> dict:
     """Success of ``vlastack eval`` (lockstep) with ``executor``; returns its overall summary."""
     from vlastack.rollout.evaluate import evaluate
 
@@ -43,18 +45,19 @@ def lockstep(checkpoint: str, task: str, executor: str, episodes: int, seed: int
                      f"out={out}/eval"]
         overrides.append(f"n_action_steps={n_action_steps if executor != 'ensemble' else 'null'}")
         overrides.append(f"max_steps={max_steps}")
+        overrides += [f"{k}={v}" for k, v in scene.items()]
         doc = evaluate(overrides)
     return doc["summary"]["overall"]
 
 
 def realtime(checkpoint: str, task: str, executor: str, episodes: int, seed: int, n_action_steps: int,
-             latency_s: float, jitter_s: float, drop: float, max_steps: int) -> dict:
+             latency_s: float, jitter_s: float, drop: float, max_steps: int, scene: dict) -> dict:
     """Success and latency of ``vlastack deploy robot=kitchen`` with ``executor`` and the injected faults."""
     from vlastack.rollout.deploy import DeployConfig, deploy
     from vlastack.rollout.stats import success_summary
 
     robot = {"type": "kitchen", "task": task, "cameras": "auto", "image_size": "auto", "cmd_latency_s": latency_s,
-             "cmd_jitter_s": jitter_s, "drop_prob": drop, "seed": seed}
+             "cmd_jitter_s": jitter_s, "drop_prob": drop, "seed": seed, "env": dict(scene)}
     options = {} if executor == "ensemble" else {"n_action_steps": n_action_steps}
     summary = deploy(DeployConfig(robot=robot, checkpoint=checkpoint, episodes=episodes, seed=seed,
                                   max_steps=max_steps, executor=executor, executor_options=options),
@@ -75,7 +78,10 @@ def main() -> int:
     """Parse arguments, run every condition, print the table and write the JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="runs/quickstart/train/checkpoints/last")
-    p.add_argument("--task", default="OpenDrawer")
+    p.add_argument("--task", default=DEFAULT_GROUP_TASKS[0], help="a kitchen task (default: the quickstart group's first)")
+    p.add_argument("--scene", default="group", choices=("group", "single"),
+                   help="group: the task group's shared scene (the quickstart's); single: the task's own scene")
+    p.add_argument("--group", default=DEFAULT_GROUP, help="the task group with --scene group")
     p.add_argument("--episodes", type=int, default=20, help="episodes per condition")
     p.add_argument("--seed", type=int, default=100_000, help="first seed (default: the evaluation's held-out seeds)")
     p.add_argument("--executors", nargs="+", default=list(EXECUTORS), choices=EXECUTORS)
@@ -100,20 +106,24 @@ def main() -> int:
     except FileNotFoundError as e:
         print(f"deploy_gap: {e} (run `make quickstart` first, or pass --checkpoint)", file=sys.stderr)
         return 2
+    if a.task not in TASKS:
+        print(f"deploy_gap: unknown --task {a.task!r}; valid: {sorted(TASKS)}", file=sys.stderr)
+        return 2
     max_steps = a.max_steps or TASKS[a.task]().horizon
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    doc: dict = {"checkpoint": checkpoint, "task": a.task, "episodes": a.episodes, "seed": a.seed,
+    scene = {"scene": "group", "group": a.group} if a.scene == "group" else {}
+    doc: dict = {"checkpoint": checkpoint, "task": a.task, "scene": scene, "episodes": a.episodes, "seed": a.seed,
                  "jitter_ms": a.jitter_ms, "drop": a.drop, "n_action_steps": a.n_action_steps,
                  "max_steps": max_steps, "rows": []}
     t0 = time.time()
     for ex in a.executors:
         if not a.no_lockstep:
-            s = lockstep(checkpoint, a.task, ex, a.episodes, a.seed, a.n_action_steps, max_steps)
+            s = lockstep(checkpoint, a.task, ex, a.episodes, a.seed, a.n_action_steps, max_steps, scene)
             doc["rows"].append({"executor": ex, "mode": "lockstep", "latency_ms": None, **s, "obs_to_action": None})
             print(f"[{time.time() - t0:.0f}s] {ex} lockstep: {_fmt(s)}", flush=True)
         for lat in a.latencies_ms:
             s = realtime(checkpoint, a.task, ex, a.episodes, a.seed, a.n_action_steps, lat / 1e3, a.jitter_ms / 1e3,
-                         a.drop, max_steps)
+                         a.drop, max_steps, scene)
             doc["rows"].append({"executor": ex, "mode": "realtime", "latency_ms": lat, **s})
             print(f"[{time.time() - t0:.0f}s] {ex} real time, {lat:g} ms: {_fmt(s)}", flush=True)
             write_json_atomic(Path(a.out), doc)  # every row as it is measured

@@ -196,3 +196,16 @@ def test_a_policy_trained_on_recorded_twin_demos_opens_the_drawer(tmp_path):
                      print_fn=lines.append)
     print("\n".join(lines))
     assert sum(e["success"] for e in summary["episodes"]) >= 1, lines
+
+
+def test_the_command_line_composes_kitchen_options_and_camera_maps():
+    from vlastack.rollout.deploy import compose_config, config_from_hydra
+
+    cfg = config_from_hydra(compose_config(["robot=kitchen", "robot.task=TurnOnStove", "policy=scripted",
+                                            "robot.env={scene:group,group:sink_stove}", "record=x.zarr"]))
+    assert cfg.robot["task"] == "TurnOnStove" and cfg.robot["env"] == {"scene": "group", "group": "sink_stove"}
+    assert cfg.record == "x.zarr" and cfg.robot["controller"]["watchdog_s"] == 0.5
+    cfg = config_from_hydra(compose_config(["robot=twin", "robot.camera_map={left:front}", "checkpoint=c"]))
+    assert cfg.robot["camera_map"] == {"left": "front"}
+    with pytest.raises(DeployError, match="replay: required"):
+        config_from_hydra(compose_config(["policy=replay"]))

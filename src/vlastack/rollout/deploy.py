@@ -558,8 +558,9 @@ def format_episode(index: int, doc: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------ CLI
 
 
-#: open dictionaries: ``scripted.infer_delay_s=0.05`` adds a key there without Hydra's ``+``
-OPEN_KEYS = ("sampling.", "executor_options.", "scripted.")
+#: open dictionaries: ``scripted.infer_delay_s=0.05``, ``robot.camera_map={left:front}`` add keys there without
+#: Hydra's ``+``
+OPEN_KEYS = ("sampling.", "executor_options.", "scripted.", "robot.env", "robot.camera_map")
 #: ``policy=scripted`` on the command line sets ``policy_kind`` (``policy`` is also the training configs' group)
 REWRITE = hydra_app.overrides_rewriter(OPEN_KEYS, {"policy": "policy_kind"})
 
