@@ -99,6 +99,18 @@ class Robot(Protocol):
         """Disconnect."""
 
 
+def raise_priority(increment: int = -5) -> bool:
+    """Give this process ``increment`` of CPU priority (niceness) when permitted (root or CAP_SYS_NICE): the
+    controller and simulation processes keep their rate while policy inference loads the CPU. False if refused."""
+    import os
+
+    try:
+        os.nice(increment)
+        return True
+    except (OSError, AttributeError):  # not permitted, or no os.nice (Windows)
+        return False
+
+
 def check_action_mode(mode: str) -> str:
     """``mode`` if it is one of :data:`ACTION_MODES`; raises ValueError naming the choices."""
     if mode not in ACTION_MODES:

@@ -55,6 +55,7 @@ from vlastack.real_robot.base import (
     StaleFrameError,
     action_dim,
     check_action_mode,
+    raise_priority,
     robot_spec,
 )
 from vlastack.real_robot.kinematics import Chain, matrix_to_rotvec, rotvec_to_matrix
@@ -494,7 +495,10 @@ def _publish(arr, layout: StateLayout, seq: int, now: float, core: ControllerCor
         ee = np.concatenate([p, matrix_to_rotvec(R)])
     else:
         ee = np.zeros(6)
-    with arr.get_lock():
+    lock = arr.get_lock()
+    if not lock.acquire(block=False):  # a reader holds it (perhaps descheduled): never wait; publish next tick
+        return
+    try:
         v = np.frombuffer(arr.get_obj(), dtype=np.float64)
         v[s["seq"]] = seq
         v[s["t"]] = now
@@ -507,6 +511,8 @@ def _publish(arr, layout: StateLayout, seq: int, now: float, core: ControllerCor
         v[s["g_cmd"]] = core.g_cmd
         v[s["ee"]] = ee
         v[s["counters"]] = [core.counters[k] for k in COUNTERS]
+    finally:
+        lock.release()
 
 
 class _DriverCalls:
@@ -823,6 +829,7 @@ def _process_main(driver_spec, config, limits, chain, ch) -> None:
     # setting ch.stop (a multiprocessing Event) here could deadlock on a lock the loop holds
     terminate = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: terminate.set())
+    raise_priority()
     control_loop(driver_spec, config, limits, chain, ch, terminate)
 
 
@@ -1025,12 +1032,21 @@ class ControlledRobot:
             frames[cam.name] = f
         return frames
 
+    def fresh_state(self, max_age_s: float) -> tuple[ControllerState, float]:
+        """(the controller's state, the time it was checked): published within ``max_age_s``, else RobotError.
+        A stale read is read again once: the stall may have been this process's, not the controller's."""
+        for attempt in range(2):
+            st = self.state()
+            now = time.monotonic()
+            if now - st.t <= max_age_s:
+                return st, now
+            if attempt == 0:
+                time.sleep(2 * self.config.dt)
+        raise RobotError(f"{self.name}: the controller has not published for {now - st.t:.3f} s")
+
     def get_observation(self) -> dict[str, Any]:
         """Flat observation: state, camera images, ``timestamp`` (oldest source's capture time), task."""
-        st = self.state()
-        now = time.monotonic()
-        if now - st.t > max(0.5, 20 * self.config.dt):
-            raise RobotError(f"{self.name}: the controller has not published for {now - st.t:.3f} s")
+        st, now = self.fresh_state(max(0.5, 20 * self.config.dt))
         frames = self.read_cameras(now)
         obs: dict[str, Any] = {STATE: st.state_vector()}
         for cam, f in frames.items():

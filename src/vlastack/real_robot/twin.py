@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,9 +37,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlastack.real_robot.base import Frame, RobotError
-from vlastack.real_robot.controller import ArmState, ControlledRobot, ControllerConfig, DriverSpec
+from vlastack.real_robot.controller import ArmState, ControllerConfig, DriverSpec
+from vlastack.real_robot.faults import (FAULT_RANGES, DelayedCommands, DelayedObservations, InjectedFaults,
+                                       check_ranges)
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec
 from vlastack.real_robot.safety import SafetyLimits
+from vlastack.real_robot.simproc import SimulatedRobot, serve_requests, start_sim_process
 from vlastack.types import ActionChunk, Observation, quat_to_mujoco
 
 TASKS = {"drawer": "open the drawer"}
@@ -54,7 +55,7 @@ WORKSPACE = {"workspace_lower": [0.25, -0.35, 0.06], "workspace_upper": [0.78, 0
 
 
 @dataclass
-class TwinConfig:
+class TwinConfig(InjectedFaults):
     """The twin's scene, cameras, timing and injected faults (see the module docstring)."""
 
     task: str = "drawer"
@@ -62,13 +63,6 @@ class TwinConfig:
     image_size: tuple[int, int] = (64, 64)
     camera_fps: float = 20.0
     physics_dt: float = 0.002
-    cmd_latency_s: float = 0.0
-    cmd_jitter_s: float = 0.0
-    drop_prob: float = 0.0
-    obs_latency_s: float = 0.0
-    freeze_prob: float = 0.0
-    freeze_s: float = 0.3
-    seed: int = 0
     success_open_m: float = 0.08
     q_home: tuple[float, ...] = PANDA.home
     meshes: bool = True
@@ -83,13 +77,8 @@ class TwinConfig:
         self.image_size = tuple(int(s) for s in self.image_size)
         if len(self.image_size) != 2 or not all(8 <= s <= 1024 for s in self.image_size):
             raise ValueError(f"twin.image_size: expected [height, width] in 8..1024, got {self.image_size!r}")
-        checks = {"camera_fps": (1, 120), "physics_dt": (1e-4, 0.01), "cmd_latency_s": (0, 1), "cmd_jitter_s": (0, 1),
-                  "drop_prob": (0, 0.9), "obs_latency_s": (0, 1), "freeze_prob": (0, 1), "freeze_s": (0, 10),
-                  "success_open_m": (0.01, 0.19)}
-        for name, (lo, hi) in checks.items():
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and lo <= v <= hi):
-                raise ValueError(f"twin.{name}: expected a number in [{lo}, {hi}], got {v!r}")
+        check_ranges("twin", asdict(self), {"camera_fps": (1, 120), "physics_dt": (1e-4, 0.01), **FAULT_RANGES,
+                                            "success_open_m": (0.01, 0.19)})
         self.q_home = tuple(float(x) for x in self.q_home)
         if len(self.q_home) != PANDA.n:
             raise ValueError(f"twin.q_home: expected {PANDA.n} joint positions, got {len(self.q_home)}")
@@ -274,10 +263,15 @@ def _view(arr, dtype=np.float64) -> np.ndarray:
     return np.frombuffer(arr.get_obj(), dtype=dtype)
 
 
-def read_slots(arr, slots: _Slots) -> dict[str, np.ndarray]:
-    """Copy a shared array under its lock into named pieces."""
-    with arr.get_lock():
+def read_slots(arr, slots: _Slots, block: bool = True) -> dict[str, np.ndarray] | None:
+    """Copy a shared array under its lock into named pieces (``block=False``: None when the lock is held)."""
+    lock = arr.get_lock()
+    if not lock.acquire(block=block):
+        return None
+    try:
         v = _view(arr).copy()
+    finally:
+        lock.release()
     return {k: v[s] for k, s in slots.slices.items()}
 
 
@@ -371,11 +365,18 @@ class _Twin:
             pass
 
 
-def _publish_state(shared: TwinShared, v: np.ndarray, seq: int) -> None:
-    with shared.state.get_lock():
+def _publish_state(shared: TwinShared, v: np.ndarray, seq: int, block: bool = False) -> None:
+    """Publish a state snapshot; unless ``block``, skipped when a reader holds the lock (the loop publishes
+    again next iteration: the simulation never waits on a client process)."""
+    lock = shared.state.get_lock()
+    if not lock.acquire(block=block):
+        return
+    try:
         arr = _view(shared.state)
         arr[:] = v
         arr[STATE_SLOTS.slices["seq"]] = seq
+    finally:
+        lock.release()
 
 
 def _publish_frame(shared: TwinShared, cam: str, image: np.ndarray, t: float, index: int) -> None:
@@ -385,13 +386,21 @@ def _publish_frame(shared: TwinShared, cam: str, image: np.ndarray, t: float, in
         _view(meta)[:] = (t, index)
 
 
+def take_command(cmd, last_seq: float, commands: DelayedCommands, accept: bool = True) -> float:
+    """Queue the driver's newest joint command (``cmd``: :data:`CMD_SLOTS`) in ``commands`` as (q, gripper),
+    unless already taken (its seq is ``last_seq``) or not ``accept`` ed; returns its seq."""
+    with cmd.get_lock():
+        c = _view(cmd).copy()
+    cs = CMD_SLOTS.slices
+    seq = float(c[cs["seq"]][0])
+    if seq != last_seq and accept:
+        commands.push(c[cs["t_sent"]][0], (c[cs["q"]].copy(), float(c[cs["gripper"]][0])))
+    return seq
+
+
 def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
     """Entry point of the twin process: real-time physics, cameras, injected faults, requests."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    start_sim_process()
     try:
         twin = _Twin(cfg, shared)
     except BaseException as e:  # noqa: BLE001 - reported to the client
@@ -399,38 +408,49 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
         return
     mj, model, data = twin.mj, twin.model, twin.data
     rng = np.random.default_rng([cfg.seed, 1])
-    pending: deque = deque()  # (apply_at, q, g)
-    states: deque = deque()  # (t, snapshot) awaiting obs latency
-    frames: deque = deque()  # (t, index, {cam: image})
-    frame_index = 0
-    freeze_until = {c: -1.0 for c in cfg.cameras}
-    last_seq, last_apply, seq = 0.0, 0.0, 0
+    commands = DelayedCommands(cfg.cmd_latency_s, cfg.cmd_jitter_s, cfg.drop_prob, rng)
+    observed = DelayedObservations(cfg.cameras, cfg.obs_latency_s, cfg.freeze_prob, cfg.freeze_s, rng)
+    last_seq, seq = 0.0, 0
     t0 = time.monotonic()
     sim0 = data.time
     next_frame = t0
     rtf_t, rtf_sim = t0, data.time
     rtf = 1.0
-    _publish_state(shared, twin.snapshot(t0, rtf), 1)
+    _publish_state(shared, twin.snapshot(t0, rtf), 1, block=True)
     for cam, img in twin.render().items():
         _publish_frame(shared, cam, img, t0, 0)
+
+    def publish_state(v: np.ndarray, block: bool = False) -> None:
+        nonlocal seq
+        seq += 1
+        _publish_state(shared, v, seq, block)
+
+    def estop(on: bool) -> bool:
+        twin.estop = on
+        commands.clear()
+        return True
+
+    def set_drawer(opening: float) -> bool:
+        data.qpos[twin.drawer_adr] = float(opening)
+        mj.mj_forward(model, data)
+        return True
+
+    def reset_scene(seed: int) -> dict[str, float]:
+        layout = twin.reset_scene(int(seed), home=False)
+        observed.states.clear()  # the new scene is what the client sees next (not a stale "success")
+        publish_state(twin.snapshot(time.monotonic(), rtf), block=True)
+        return layout
+
+    handlers = {"estop": lambda: estop(True), "release_estop": lambda: estop(False), "reset_scene": reset_scene,
+                "set_drawer": set_drawer}
     conn.send(("ready", {"layout": scene_layout(cfg.seed), "meshes": _panda_mesh_dir() is not None}))
     try:
         while not stop.is_set():
             now = time.monotonic()
-            # commands from the controller's driver
-            with shared.cmd.get_lock():
-                c = _view(shared.cmd).copy()
-            cs = CMD_SLOTS.slices
-            if c[cs["seq"]][0] != last_seq:
-                last_seq = c[cs["seq"]][0]
-                if rng.random() < cfg.drop_prob:
-                    twin.dropped += 1
-                elif not twin.estop:
-                    at = c[cs["t_sent"]][0] + cfg.cmd_latency_s + rng.uniform(0, cfg.cmd_jitter_s)
-                    last_apply = max(at, last_apply)
-                    pending.append((last_apply, c[cs["q"]].copy(), float(c[cs["gripper"]][0])))
-            while pending and pending[0][0] <= now:
-                _, q, g = pending.popleft()
+            # commands from the controller's driver (the hardware e-stop ignores them)
+            last_seq = take_command(shared.cmd, last_seq, commands, accept=not twin.estop)
+            twin.dropped = commands.dropped
+            for q, g in commands.due(now):
                 twin.apply(q, g)
             # physics up to the wall clock (slip if more than 0.1 s behind: counted)
             target = sim0 + (now - t0)
@@ -444,50 +464,14 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
             if now - rtf_t > 0.5:
                 rtf = (data.time - rtf_sim) / (now - rtf_t)
                 rtf_t, rtf_sim = now, data.time
-            # state, published after the observation latency
-            states.append((now, twin.snapshot(now, rtf)))
-            while len(states) > 1 and states[1][0] <= now - cfg.obs_latency_s:
-                states.popleft()
-            if states[0][0] <= now - cfg.obs_latency_s:
-                seq += 1
-                _publish_state(shared, states[0][1], seq)
-            # cameras
+            # state and cameras, published after the observation latency
+            twin.frozen = observed.frozen
+            observed.add_state(now, twin.snapshot(now, rtf))
             if now >= next_frame:
-                frame_index += 1
-                frames.append((now, frame_index, twin.render()))
+                observed.add_frames(now, twin.render())
                 next_frame = max(next_frame + 1.0 / cfg.camera_fps, now)
-            while frames and frames[0][0] <= now - cfg.obs_latency_s:
-                t_cap, idx, imgs = frames.popleft()
-                for cam, img in imgs.items():
-                    if t_cap < freeze_until[cam]:
-                        twin.frozen += 1
-                        continue
-                    _publish_frame(shared, cam, img, t_cap, idx)
-                    if rng.random() < cfg.freeze_prob:
-                        freeze_until[cam] = t_cap + cfg.freeze_s
-            # requests from the client
-            while conn.poll():
-                name, args = conn.recv()
-                try:
-                    if name == "estop":
-                        twin.estop = True
-                        pending.clear()
-                        reply = True
-                    elif name == "release_estop":
-                        twin.estop = False
-                        reply = True
-                    elif name == "reset_scene":
-                        reply = twin.reset_scene(int(args[0]), home=False)
-                    elif name == "set_drawer":
-                        data.qpos[twin.drawer_adr] = float(args[0])
-                        mj.mj_forward(model, data)
-                        reply = True
-                    else:
-                        raise ValueError(f"unknown twin request {name!r}; valid: estop, release_estop, "
-                                         "reset_scene, set_drawer")
-                    conn.send(("ok", reply))
-                except Exception as e:  # noqa: BLE001
-                    conn.send(("error", f"{type(e).__name__}: {e}"))
+            observed.publish(now, publish_state, lambda cam, img, t, idx: _publish_frame(shared, cam, img, t, idx))
+            serve_requests(conn, handlers, "twin")
             time.sleep(0.0005)
     finally:
         twin.close()
@@ -497,9 +481,12 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
 
 
 class TwinDriver:
-    """The controller's driver for the twin: reads the published state, writes joint targets."""
+    """The controller's driver for the twin: reads the published state, writes joint targets.
+
+    ``slots``: the layout of the state array (the kitchen robot's driver reads its own)."""
 
     n_joints = PANDA.n
+    slots = STATE_SLOTS
 
     def __init__(self, state, cmd, timeout_s: float = 10.0):
         self.state, self.cmd, self.timeout_s = state, cmd, float(timeout_s)
@@ -508,14 +495,17 @@ class TwinDriver:
     def connect(self) -> None:
         """Wait for the twin's first published state."""
         deadline = time.monotonic() + self.timeout_s
-        while read_slots(self.state, STATE_SLOTS)["seq"][0] < 1:
+        while read_slots(self.state, self.slots)["seq"][0] < 1:
             if time.monotonic() > deadline:
                 raise RobotError("twin: no state published; is the twin process running?")
             time.sleep(0.01)
+        self._last = read_slots(self.state, self.slots)
 
     def read(self) -> ArmState:
-        """The twin's (possibly delayed) joint state, gripper and e-stop."""
-        s = read_slots(self.state, STATE_SLOTS)
+        """The twin's (possibly delayed) joint state, gripper and e-stop (the last one read while a client
+        holds the state's lock: the controller never waits on another process)."""
+        s = read_slots(self.state, self.slots, block=False) or self._last
+        self._last = s
         estop = bool(s["estop"][0])
         return ArmState(q=s["q"], dq=s["dq"], gripper=float(s["gripper"][0]), t=float(s["t"][0]),
                         fault="twin hardware e-stop" if estop else None, estop=estop)
@@ -572,7 +562,7 @@ class TwinCamera:
 # ------------------------------------------------------------------------------------ the robot
 
 
-class TwinRobot(ControlledRobot):
+class TwinRobot(SimulatedRobot):
     """The digital twin as a :class:`~.base.Robot`: its own physics process plus the controller process.
 
     Args:
@@ -594,77 +584,25 @@ class TwinRobot(ControlledRobot):
         super().__init__(DriverSpec("vlastack.real_robot.twin:TwinDriver"), PANDA, limits, config, cams,
                          instruction or self.twin.instruction, fps, max_frame_age_s, name="twin")
         self.connect_timeout_s = float(connect_timeout_s)
-        self._twin_proc = None
 
-    def connect(self) -> None:
-        """Start the twin process, then the controller process, then attach the cameras."""
-        if self._twin_proc is not None:
-            return
-        import multiprocessing as mp
+    def _sim_spec(self, ctx):
+        """The twin process, its shared arrays and its driver."""
+        return _twin_main, (self.twin,), TwinShared.create(ctx, self.twin), "vlastack.real_robot.twin:TwinDriver"
 
-        ctx = mp.get_context("spawn")
-        shared = TwinShared.create(ctx, self.twin)
-        ours, theirs = ctx.Pipe()
-        stop = ctx.Event()
-        proc = ctx.Process(target=_twin_main, args=(self.twin, shared, theirs, stop), name="twin-physics", daemon=True)
-        proc.start()
-        self._twin_proc, self._twin_conn, self._twin_stop, self._shared = proc, ours, stop, shared
-        deadline = time.monotonic() + self.connect_timeout_s
-        while not ours.poll(0.05):
-            if not proc.is_alive() or time.monotonic() > deadline:
-                self._stop_twin()
-                raise RobotError("twin: the physics process did not start "
-                                 f"({'exited' if not proc.is_alive() else 'timed out'})")
-        kind, info = ours.recv()
-        if kind != "ready":
-            self._stop_twin()
-            raise RobotError(f"twin: cannot build the simulation: {info}")
-        self.twin_info = info
-        for cam in self.cameras:
-            cam.attach(shared.frames[cam.name], shared.metas[cam.name])
-        self.driver_spec = DriverSpec("vlastack.real_robot.twin:TwinDriver", {"state": shared.state, "cmd": shared.cmd})
-        try:
-            super().connect()
-        except BaseException:
-            self._stop_twin()
-            raise
-
-    def _stop_twin(self) -> None:
-        if self._twin_proc is None:
-            return
-        self._twin_stop.set()
-        self._twin_proc.join(5.0)
-        if self._twin_proc.is_alive():
-            self._twin_proc.terminate()
-            self._twin_proc.join(2.0)
-        self._twin_conn.close()
-        self._twin_proc = None
-
-    def disconnect(self) -> None:
-        """Stop the controller (a last hold), then the physics."""
-        try:
-            super().disconnect()
-        finally:
-            self._stop_twin()
+    @property
+    def twin_info(self) -> dict:
+        """What the twin process reported when it started (scene layout, meshes)."""
+        return self.sim_info
 
     # -------------------------------------------------------------- twin-only
 
     def twin_request(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
         """Ask the physics process: ``estop``, ``release_estop``, ``reset_scene`` (seed), ``set_drawer`` (m)."""
-        if self._twin_proc is None:
-            raise RobotError("twin: not connected")
-        self._twin_conn.send((name, args))
-        if not self._twin_conn.poll(timeout):
-            raise RobotError(f"twin: no answer to {name!r} within {timeout} s")
-        kind, payload = self._twin_conn.recv()
-        if kind != "ok":
-            raise RobotError(f"twin: {payload}")
-        return payload
+        return self.sim_request(name, *args, timeout=timeout)
 
     def task_state(self) -> dict[str, Any]:
         """Privileged scene state: drawer opening (m), success, handle position, real-time factor, fault counts."""
-        if self._twin_proc is None:
-            raise RobotError("twin: not connected")
+        self._require_sim()
         s = read_slots(self._shared.state, STATE_SLOTS)
         return {"drawer": float(s["drawer"][0]), "success": bool(s["success"][0]), "handle": s["handle"].copy(),
                 "rtf": float(s["rtf"][0]), "dropped_commands": int(s["dropped"][0]),

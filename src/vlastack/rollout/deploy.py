@@ -1,8 +1,13 @@
 """Deployment: run a policy on a robot (or its digital twin) through the safe controller.
 
 ``vlastack deploy robot=twin checkpoint=RUN task="open the drawer"`` (a Hydra app over
-``configs/deploy.yaml``; ``policy=scripted`` runs the twin's scripted drawer policy instead of a
-checkpoint). The loop is the one of simulation, :func:`~.episode.run_episode`, with
+``configs/deploy.yaml``; ``policy=scripted`` runs the twin's scripted drawer policy or the kitchen's
+expert instead of a checkpoint, ``policy=replay replay=STORE`` a store's episodes).
+``robot=kitchen robot.task=<Task>`` is a kitchen task in real time (:mod:`.kitchen_robot`);
+``record=STORE`` appends every finished episode to a Zarr store (:mod:`.record`). A checkpoint
+whose cameras, image size, state or action dims do not fit the robot is refused before anything
+starts, each mismatch named with its fix (:func:`check_inputs`; ``robot.camera_map`` maps the
+checkpoint's camera names to the robot's). The loop is the one of simulation, :func:`~.episode.run_episode`, with
 :class:`RobotDeployEnv` adapting the robot: each step sends one timestamped action (target time
 = send time + ``lookahead_s``) to the controller process, which interpolates between them at
 its servo rate and enforces the safety limits; the chunk executor runs asynchronously by default
@@ -42,9 +47,11 @@ from vlastack.real_robot.registry import RobotConfigError, make_robot
 from vlastack.rollout.episode import run_episode
 from vlastack.rollout.executors import ExecutorError, make_executor
 from vlastack.rollout.policy_adapters import PolicyAdapterError, PolicyInputs, as_policy
-from vlastack.types import TIMESTAMP, Observation
+from vlastack.types import TIMESTAMP, Observation, image_key
 
-POLICIES = ("checkpoint", "scripted")
+POLICIES = ("checkpoint", "scripted", "replay")
+#: robots with a scripted policy of their own (privileged state of the simulation)
+SCRIPTED_ROBOTS = ("twin", "kitchen")
 
 
 class DeployError(ValueError):
@@ -60,22 +67,29 @@ class RobotDeployEnv:
     ``lookahead_s``: each action is the controller's target for send time + this (default 1/fps).
     """
 
-    def __init__(self, robot: Any, lookahead_s: float | None = None):
+    def __init__(self, robot: Any, lookahead_s: float | None = None, camera_map: Mapping[str, str] | None = None,
+                 recorder: Any = None):
         self.robot = robot
         self.lookahead_s = float(lookahead_s) if lookahead_s else 1.0 / robot.fps
+        self.camera_map = dict(camera_map or {})
+        self.recorder = recorder
         self.send_times: list[float] = []
         self.last_capture: float | None = None
         self.end_reason: str | None = None
         self._last_obs: dict | None = None
+        self._last_raw: dict | None = None
 
     def _success(self) -> bool:
         fn = getattr(self.robot, "task_success", None)
         return bool(fn()) if callable(fn) else False
 
     def _observe(self) -> dict:
-        obs = self.robot.get_observation()
-        self.last_capture = float(obs.get(TIMESTAMP, time.monotonic()))
-        self._last_obs = obs
+        raw = self.robot.get_observation()
+        self.last_capture = float(raw.get(TIMESTAMP, time.monotonic()))
+        obs = dict(raw)
+        for ckpt_cam, robot_cam in self.camera_map.items():  # the checkpoint's camera names
+            obs[image_key(ckpt_cam)] = raw[image_key(robot_cam)]
+        self._last_raw, self._last_obs = raw, obs
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
@@ -87,8 +101,11 @@ class RobotDeployEnv:
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         """Send one action; end the episode on e-stop, a stopped controller or a frozen camera."""
         now = time.monotonic()
-        self.robot.send_action(np.asarray(action, np.float32), t=now + self.lookahead_s)
+        action = np.asarray(action, np.float32)
+        self.robot.send_action(action, t=now + self.lookahead_s)
         self.send_times.append(now)
+        if self.recorder is not None:
+            self.recorder.add(self._last_raw, action)
         status = self.robot.status
         info: dict[str, Any] = {"success": False, "status": status}
         if status in ("estop", "stopped"):
@@ -99,6 +116,10 @@ class RobotDeployEnv:
         except StaleFrameError as e:
             self.end_reason = f"camera frozen: {e}"
             self.robot.hold()
+            return self._last_obs, 0.0, True, False, info
+        except RobotError as e:  # e.g. the controller fell silent for a while (an overloaded computer)
+            self.end_reason = f"no observation: {e}"
+            self.robot.hold()  # raises in turn when the controller is gone for good
             return self._last_obs, 0.0, True, False, info
         info["success"] = self._success()
         return obs, 0.0, False, False, info
@@ -183,7 +204,7 @@ def timing_report(probe: LatencyProbe, env: RobotDeployEnv, robot: Any) -> dict[
     task_state = getattr(robot, "task_state", None)
     if callable(task_state):
         ts = task_state()
-        out["twin"] = {k: ts[k] for k in ("rtf", "dropped_commands", "applied_commands", "frozen_frames", "slips")}
+        out[robot.name] = {k: ts[k] for k in ("rtf", "dropped_commands", "applied_commands", "frozen_frames", "slips")}
     return out
 
 
@@ -202,6 +223,7 @@ class DeployConfig:
     max_steps: int = 400
     seed: int = 0
     device: str = "cpu"
+    torch_threads: int = 1
     executor: str = "async"
     executor_options: dict = field(default_factory=dict)
     sampling: dict = field(default_factory=dict)
@@ -210,6 +232,9 @@ class DeployConfig:
     scripted: dict = field(default_factory=dict)
     lookahead_s: float | None = None
     wait_for_operator: bool = False
+    record: str | None = None
+    record_success_only: bool = False
+    replay: str | None = None
     out: str | None = None
 
     def __post_init__(self):
@@ -218,10 +243,16 @@ class DeployConfig:
         if self.policy == "checkpoint" and not self.checkpoint:
             raise DeployError("checkpoint: required with policy=checkpoint (a checkpoint directory, a `last` "
                               "pointer or a run directory); or use policy=scripted on the twin")
-        if self.policy == "scripted" and (self.robot or {}).get("type") != "twin":
-            raise DeployError(f"policy=scripted drives the digital twin only (robot=twin), not "
+        if self.policy == "scripted" and (self.robot or {}).get("type") not in SCRIPTED_ROBOTS:
+            raise DeployError(f"policy=scripted drives the simulated robots only (robot=twin or robot=kitchen), not "
                               f"robot.type={(self.robot or {}).get('type')!r}")
-        for name in ("episodes", "max_steps"):
+        if self.policy == "replay" and not self.replay:
+            raise DeployError("replay: required with policy=replay (a store recorded with record=STORE)")
+        for name in ("record", "replay"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v.strip()):
+                raise DeployError(f"{name}: expected a store path, got {v!r}")
+        for name in ("episodes", "max_steps", "torch_threads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DeployError(f"{name}: expected an int >= 1, got {v!r}")
@@ -231,39 +262,141 @@ class DeployConfig:
             raise DeployError(f"lookahead_s: expected seconds in (0, 2] or null, got {self.lookahead_s!r}")
 
 
-def _resolve_twin_inputs(robot_cfg: dict, inputs: PolicyInputs | None) -> dict:
-    """``twin.cameras`` / ``twin.image_size`` = ``auto`` take the policy's inputs (or the defaults)."""
+#: the cameras each simulated robot type can render (the fix hint names them)
+def _sim_cameras(kind: str) -> tuple[str, ...]:
+    if kind == "twin":
+        from vlastack.real_robot.twin import CAMERAS
+
+        return tuple(CAMERAS)
+    from vlastack.envs.kitchen.env import DEFAULT_CAMERAS
+
+    return tuple(DEFAULT_CAMERAS)
+
+
+def _camera_map(robot_cfg: dict) -> dict[str, str]:
+    """``robot.camera_map`` taken out of the robot config: {checkpoint camera: robot camera}."""
+    m = robot_cfg.pop("camera_map", None) or {}
+    if not isinstance(m, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
+        raise DeployError(f"robot.camera_map: expected {{checkpoint camera: robot camera}}, e.g. "
+                          f"robot.camera_map={{left:front}}; got {m!r}")
+    return dict(m)
+
+
+def _resolve_sim_inputs(robot_cfg: dict, inputs: PolicyInputs | None, camera_map: Mapping[str, str]) -> dict:
+    """``cameras`` / ``image_size`` = ``auto`` of the twin or the kitchen take the policy's inputs (mapped
+    through ``camera_map``; cameras the robot cannot render are left for :func:`check_inputs` to name)."""
     robot_cfg = json.loads(json.dumps(robot_cfg))
-    if robot_cfg.get("type") != "twin":
+    kind = robot_cfg.get("type")
+    if kind not in ("twin", "kitchen"):
         return robot_cfg
-    twin = robot_cfg.setdefault("twin", {})
-    if twin.get("cameras", "auto") == "auto":
-        twin["cameras"] = list(inputs.cameras) if inputs else ["front", "wrist"]
-    if twin.get("image_size", "auto") == "auto":
-        twin["image_size"] = list(inputs.image_size) if inputs else [64, 64]
+    sub = robot_cfg.setdefault("twin", {}) if kind == "twin" else robot_cfg  # the kitchen's keys are top-level
+    valid = _sim_cameras(kind)
+    if sub.get("cameras", "auto") == "auto":
+        wanted = [camera_map.get(c, c) for c in inputs.cameras] if inputs else []
+        wanted = list(dict.fromkeys(c for c in wanted if c in valid))
+        sub["cameras"] = wanted or (["front", "wrist"] if kind == "twin" else list(valid))
+    if sub.get("image_size", "auto") == "auto":
+        sub["image_size"] = list(inputs.image_size) if inputs else ([64, 64] if kind == "twin" else [128, 128])
     return robot_cfg
 
 
-def _check_inputs(inputs: PolicyInputs, robot: Any) -> None:
+def check_inputs(inputs: PolicyInputs, robot: Any, camera_map: Mapping[str, str] | None = None) -> None:
+    """Refuse a policy whose cameras, image size, state or action dims do not fit ``robot`` (not yet
+    connected): one line per mismatch, each with how to fix it."""
+    camera_map = dict(camera_map or {})
     spec = robot.spec
+    has = list(spec.cameras)
+    can = list(_sim_cameras(robot.name)) if robot.name in ("twin", "kitchen") else has  # what it could render
     problems = []
-    missing = [c for c in inputs.cameras if c not in spec.cameras]
+    stray = sorted(set(camera_map) - set(inputs.cameras))
+    if stray:
+        problems.append(f"robot.camera_map maps {stray}, which the checkpoint does not read (it reads "
+                        f"{list(inputs.cameras)})")
+    unrendered = [camera_map.get(c, c) for c in inputs.cameras if camera_map.get(c, c) in set(can) - set(has)]
+    if unrendered:
+        key = "robot.twin.cameras" if robot.name == "twin" else "robot.cameras"
+        problems.append(f"cameras: the checkpoint reads {unrendered}, which the robot can render but is not set to "
+                        f"(it renders {has}); add them to {key}, or set {key}=auto")
+    missing = [c for c in inputs.cameras if camera_map.get(c, c) not in can]
     if missing:
-        problems.append(f"cameras {missing} missing (the robot has {spec.cameras})")
+        free = [c for c in can if c not in {camera_map.get(x, x) for x in inputs.cameras}] or can
+        hint = ",".join(f"{c}:{free[i % len(free)]}" for i, c in enumerate(missing)) if free else ""
+        problems.append(f"cameras: the checkpoint reads {list(inputs.cameras)}, the robot has {can}; "
+                        f"{[camera_map.get(c, c) for c in missing]} missing. Map each checkpoint camera to one of the "
+                        f"robot's with robot.camera_map" + (f", e.g. 'robot.camera_map={{{hint}}}'" if hint else ""))
     for cam in inputs.cameras:
-        if cam in spec.cameras and tuple(spec.features[f"observation.images.{cam}"].shape[:2]) != tuple(inputs.image_size):
-            problems.append(f"camera {cam!r} gives {spec.features[f'observation.images.{cam}'].shape[:2]}, "
-                            f"the policy reads {tuple(inputs.image_size)}")
+        rc = camera_map.get(cam, cam)
+        k = f"observation.images.{rc}"
+        if rc in has and tuple(spec.features[k].shape[:2]) != tuple(inputs.image_size):
+            problems.append(f"image size: camera {rc!r} gives {list(spec.features[k].shape[:2])}, the checkpoint reads "
+                            f"{list(inputs.image_size)}; set the robot's camera size to {list(inputs.image_size)}"
+                            + (" (or image_size: auto)" if robot.name in ("twin", "kitchen") else ""))
+    retrain = ("train on this robot's own episodes (vlastack deploy ... record=STORE, then vlastack train "
+               "dataset.path=STORE)")
     if inputs.state_dim and inputs.state_dim != spec.state_dim:
-        problems.append(f"state dim {spec.state_dim}, the policy reads {inputs.state_dim}")
+        names = spec.features["observation.state"].names
+        problems.append(f"state: the robot gives {spec.state_dim} values ({', '.join(names or ())}), the checkpoint "
+                        f"reads {inputs.state_dim}; the checkpoint was trained on another robot: {retrain}")
     if inputs.action_dim != spec.action_dim:
-        problems.append(f"actions have {spec.action_dim} dims ({robot.config.action_mode} mode), the policy "
-                        f"predicts {inputs.action_dim}")
+        a = spec.action_space
+        problems.append(f"actions: the robot takes {spec.action_dim} values ({a.mode} {a.frame} "
+                        f"{', '.join(n for n, *_ in a.layout)}), the checkpoint predicts {inputs.action_dim}; {retrain}")
     if problems:
-        raise DeployError("the policy does not fit this robot: " + "; ".join(problems))
+        raise DeployError(f"the checkpoint does not fit robot {robot.name!r}:\n  - " + "\n  - ".join(problems))
+
+
+def build_robot(robot_cfg: Mapping[str, Any], inputs: PolicyInputs | None, instruction: str | None):
+    """The (unconnected) robot of ``robot_cfg`` and its camera map; the kitchen robot or :func:`make_robot`."""
+    robot_cfg = dict(robot_cfg)
+    camera_map = _camera_map(robot_cfg)
+    robot_cfg = _resolve_sim_inputs(robot_cfg, inputs, camera_map)
+    if robot_cfg.get("type") == "kitchen":
+        from vlastack.rollout.kitchen_robot import make_kitchen_robot
+
+        return make_kitchen_robot(robot_cfg, instruction), camera_map
+    return make_robot(robot_cfg, instruction=instruction), camera_map
 
 
 # ------------------------------------------------------------------------------------ the run
+
+
+def _scripted_policy(robot: Any, cfg: DeployConfig) -> Any:
+    """The simulated robot's own scripted policy (it reads the simulation's privileged state)."""
+    if robot.name == "twin":
+        from vlastack.real_robot.twin import TwinScriptedPolicy
+
+        return TwinScriptedPolicy(robot, seed=cfg.seed, **dict(cfg.scripted or {}))
+    return robot.scripted_policy(**dict(cfg.scripted or {}))
+
+
+def _reset_scene(robot: Any, seed: int, tries: int = 2) -> None:
+    """A simulated robot's scene reset for episode ``seed``; a controller stopped by faults is reset first,
+    and a reset that fails (an arm that does not get home in time on a busy computer) is tried again."""
+    for attempt in range(tries):
+        _clear_faults(robot)
+        try:
+            robot.reset_scene(seed)
+            _clear_faults(robot, always=True)  # each episode starts with no faults counted
+            return
+        except RobotError:
+            if attempt == tries - 1:
+                raise
+
+
+def _clear_faults(robot: Any, always: bool = False, timeout_s: float = 2.0) -> None:
+    """A simulated robot's controller stopped by faults (or ``always``): clear its faults, re-anchored where the
+    arm is, and wait until its published status shows it."""
+    if robot.status != "stopped" and not always:
+        return
+    robot.reset_faults()
+    deadline = time.monotonic() + timeout_s
+    while robot.status == "stopped" and time.monotonic() < deadline:  # published at its next tick
+        time.sleep(0.01)
+
+
+def _describe(cfg: DeployConfig) -> str:
+    return {"checkpoint": str(cfg.checkpoint), "scripted": "the scripted policy",
+            "replay": f"the episodes of {cfg.replay}"}[cfg.policy]
 
 
 def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
@@ -272,10 +405,16 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
 
     ``on_connect(robot)`` runs once the robot is connected (tests use it to inject e-stops).
     A KeyboardInterrupt is re-raised after the robot was held and disconnected; the partial
-    summary is then in ``deploy.last_summary``.
+    summary is then in ``deploy.last_summary``. With ``cfg.record`` every finished episode is
+    appended to that store (:mod:`.record`); an interrupted one is dropped.
     """
+    from vlastack.rollout.record import EpisodeRecorder, RecordError, ReplayPolicy
+
     policy, inputs = None, None
     if cfg.policy == "checkpoint":
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)  # leave cores to the controller (and a simulation)
         try:
             from vlastack.rollout.policy_adapters import load_policy_for
 
@@ -283,17 +422,28 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
         except (FileNotFoundError, PolicyAdapterError, ImportError) as e:
             raise DeployError(str(e)) from None
         inputs = policy.inputs()
-    robot = make_robot(_resolve_twin_inputs(dict(cfg.robot), inputs), instruction=cfg.task)
+    robot, camera_map = build_robot(cfg.robot, inputs, cfg.task)
     if inputs is not None:
-        _check_inputs(inputs, robot)
+        check_inputs(inputs, robot, camera_map)
+    elif camera_map:
+        raise DeployError("robot.camera_map: only a checkpoint's cameras are mapped (policy=checkpoint)")
+    executor_name, executor_options = cfg.executor, dict(cfg.executor_options or {})
     try:
-        executor = make_executor(cfg.executor, **dict(cfg.executor_options or {}))
+        if cfg.policy == "replay":  # one chunk per stored episode, played whole
+            policy = ReplayPolicy(cfg.replay, robot.spec)
+            executor_name, executor_options = "receding", {}
+        recorder = EpisodeRecorder(cfg.record, robot.spec, source=f"deploy:{cfg.policy}") if cfg.record else None
+    except RecordError as e:
+        raise DeployError(str(e)) from None
+    try:
+        executor = make_executor(executor_name, **executor_options)
     except ExecutorError as e:
         raise DeployError(str(e)) from None
     summary: dict[str, Any] = {"robot": robot.name, "policy": cfg.policy, "checkpoint": cfg.checkpoint,
                                "executor": executor.describe(), "fps": robot.fps,
-                               "rate_hz": robot.config.rate_hz, "episodes": []}
+                               "rate_hz": robot.config.rate_hz, "record": cfg.record, "episodes": []}
     deploy.last_summary = summary
+    latencies: list[float] = []  # every chunk of the run: summary["obs_to_action"]
     previous = signal.getsignal(signal.SIGUSR1) if threading.current_thread() is threading.main_thread() else None
     robot.connect()
     try:
@@ -302,35 +452,38 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
         if on_connect is not None:
             on_connect(robot)
         if cfg.policy == "scripted":
-            from vlastack.real_robot.twin import TwinScriptedPolicy
-
-            policy = TwinScriptedPolicy(robot, seed=cfg.seed, **dict(cfg.scripted or {}))
-        else:
+            policy = _scripted_policy(robot, cfg)
+        elif cfg.policy == "checkpoint":
             policy = as_policy(policy)
         instruction = cfg.task or robot.instruction
         if not instruction:
             raise DeployError("task: required for this robot (it has no task of its own), e.g. task=\"pick the cup\"")
         robot.instruction = instruction
-        print_fn(f"deploying {cfg.checkpoint if cfg.policy == 'checkpoint' else 'the scripted policy'} on {robot.name}: "
+        print_fn(f"deploying {_describe(cfg)} on {robot.name}: "
                  f"{robot.fps:g} Hz actions, controller at {robot.config.rate_hz:g} Hz ({robot.config.action_mode} mode), "
                  f"task {instruction!r}; Ctrl-C stops")
         if cfg.warmup and cfg.policy == "checkpoint":
             t0 = time.perf_counter()
-            obs = robot.get_observation()
+            env = RobotDeployEnv(robot, cfg.lookahead_s, camera_map)
             from vlastack.rollout.episode import ObservationHistory
 
             hist = ObservationHistory(inputs.n_obs, inputs.cameras)
-            hist.reset(obs, instruction)
+            hist.reset(env._observe(), instruction)
             policy.sample_actions(hist.observation())
             summary["warmup_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
+        per_episode_scene = bool(getattr(robot, "resets_every_episode", False))
         for ep in range(cfg.episodes):
             seed = cfg.seed + ep
-            if ep > 0:
+            if ep > 0 or per_episode_scene:
                 if callable(getattr(robot, "reset_scene", None)):
-                    robot.reset_scene(seed)
+                    _reset_scene(robot, seed)
+                    if not cfg.task:  # the scene's own instruction for this episode (the kitchen's)
+                        instruction = robot.instruction
                 elif cfg.wait_for_operator:
                     input(f"episode {ep}: reset the scene, then press Enter (Ctrl-C stops) ")
-            env = RobotDeployEnv(robot, cfg.lookahead_s)
+            env = RobotDeployEnv(robot, cfg.lookahead_s, camera_map, recorder)
+            if recorder is not None:
+                recorder.start()
             probe = LatencyProbe(executor, env)
             res = run_episode(env, policy, probe, max_steps=cfg.max_steps, seed=seed,
                               n_obs=inputs.n_obs if inputs else 1, cameras=list(inputs.cameras) if inputs else None,
@@ -338,10 +491,16 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
             if robot.status not in ("estop", "stopped"):
                 robot.hold()
             doc = {**res.to_dict(), "reason": env.end_reason or res.reason, **timing_report(probe, env, robot)}
+            latencies.extend(probe.latencies)
+            if recorder is not None and (res.success or not cfg.record_success_only):
+                doc["recorded_as"] = recorder.finish(instruction, res.success, {
+                    "seed": seed, "reason": doc["reason"], "robot": robot.name, "policy": cfg.policy,
+                    "checkpoint": cfg.checkpoint, "fps": robot.fps})
             summary["episodes"].append(doc)
             print_fn(format_episode(ep, doc))
-            if env.end_reason and env.end_reason.startswith(("e-stop", "controller stopped")):
-                break
+            sim = callable(getattr(robot, "reset_scene", None))
+            if env.end_reason and env.end_reason.startswith(("e-stop", "controller stopped")[:1 if sim else 2]):
+                break  # (a simulated robot's stopped controller is reset before the next episode)
     except KeyboardInterrupt:
         summary["interrupted"] = True
         try:
@@ -353,10 +512,17 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
         if previous is not None:
             signal.signal(signal.SIGUSR1, previous)
         robot.disconnect()
+        if recorder is not None:
+            recorder.discard()  # an unfinished episode; the finished ones are committed
+            summary["recorded_episodes"] = sum(e.get("recorded_as") is not None for e in summary["episodes"])
+            recorder.close()
         eps = summary["episodes"]
         summary["success_rate"] = (sum(e["success"] for e in eps) / len(eps)) if eps else None
+        summary["obs_to_action"] = _percentiles(latencies)
         if cfg.out:
-            Path(cfg.out).write_text(json.dumps(summary, indent=1, default=str))
+            from vlastack.rollout.common import write_json_atomic
+
+            write_json_atomic(Path(cfg.out), summary)
     return summary
 
 
@@ -380,18 +546,20 @@ def format_episode(index: int, doc: Mapping[str, Any]) -> str:
     if c:
         lines.append(f"  controller: {c['ticks']} ticks, {c['accepted']} actions, {c['stale']} stale dropped, "
                      f"{c['watchdog']} watchdog, {c['invalid']} invalid, {c['rate_limited']} rate-limited ticks")
-    tw = doc.get("twin")
-    if tw:
-        lines.append(f"  twin: real-time factor {tw['rtf']:.2f}, {tw['dropped_commands']} commands dropped, "
-                     f"{tw['frozen_frames']} frames frozen")
+    for sim in ("twin", "kitchen"):
+        tw = doc.get(sim)
+        if tw:
+            lines.append(f"  {sim}: real-time factor {tw['rtf']:.2f}, {tw['dropped_commands']} commands dropped, "
+                         f"{tw['frozen_frames']} frames frozen, {tw['slips']} slips")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ CLI
 
 
-#: open dictionaries: ``scripted.infer_delay_s=0.05`` adds a key there without Hydra's ``+``
-OPEN_KEYS = ("sampling.", "executor_options.", "scripted.")
+#: open dictionaries: ``scripted.infer_delay_s=0.05``, ``robot.camera_map={left:front}`` add keys there without
+#: Hydra's ``+``
+OPEN_KEYS = ("sampling.", "executor_options.", "scripted.", "robot.env", "robot.camera_map")
 #: ``policy=scripted`` on the command line sets ``policy_kind`` (``policy`` is also the training configs' group)
 REWRITE = hydra_app.overrides_rewriter(OPEN_KEYS, {"policy": "policy_kind"})
 
@@ -431,6 +599,8 @@ def command_job(hcfg) -> int:
     rate = summary["success_rate"]
     print(f"success: {sum(e['success'] for e in summary['episodes'])}/{len(summary['episodes'])}"
           + (f" ({rate:.0%})" if rate is not None else ""))
+    if summary.get("record"):
+        print(f"recorded {summary['recorded_episodes']} episodes into {summary['record']}")
     return 0 if summary["episodes"] and not any(e["reason"].startswith(("e-stop", "controller stopped"))
                                                 for e in summary["episodes"]) else 1
 

@@ -229,7 +229,11 @@ def run_episode(env_or_robot: Any, policy: Any, executor: Any = None, max_steps:
             action = executor.act(steps, history.observation())  # (D_a,)
             if period is not None:
                 next_tick += period
-                time.sleep(max(0.0, next_tick - time.perf_counter()))
+                delay = next_tick - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -period:  # more than a period late (a slow first chunk): restart the schedule
+                    next_tick = time.perf_counter()  # rather than send the missed steps' actions in a burst
             obs, _, terminated, truncated, info = env.step(action)
             steps += 1
             history.push(obs)
