@@ -143,10 +143,11 @@ def test_input_helpers():
     with pytest.raises(ContractError, match="expected image size 8x8"):
         base.images_to_float(imgs, "observation.images.left", (8, 8))
     assert base.check_tasks("open", 1) == ["open"]
+    assert base.check_tasks(["", "open"], 2) == ["", "open"]  # "": no instruction (the blank control)
     with pytest.raises(ContractError, match="missing the instruction"):
         base.check_tasks(None, 2)
     with pytest.raises(ContractError, match="expected 2 instructions"):
         base.check_tasks(["a"], 2)
-    with pytest.raises(ContractError, match="empty"):
+    with pytest.raises(ContractError, match="whitespace"):
         base.check_tasks(["a", " "], 2)
     assert base.feature_key("tiny", "observation.images.left") == "features.tiny.observation.images.left"

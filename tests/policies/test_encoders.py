@@ -402,6 +402,8 @@ def test_bad_input_errors(minilm):
             text_enc("open the drawer")
         with pytest.raises(ValueError, match="empty instruction"):
             text_enc(["open the drawer", "  "])
+        _, mask, pooled = text_enc([""])  # no instruction (the blank control): the start token only
+        assert mask.any() and torch.isfinite(pooled).all()
         with pytest.raises(TypeError, match=r"texts\[0\] must be str"):
             text_enc([3])
 

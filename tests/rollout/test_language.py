@@ -119,3 +119,20 @@ def test_expert_swap_scores_every_task(tmp_path, group):
     assert s["pairs"] == 3 * len(TASK_GROUPS[group])
     assert s["grounded_success"] >= 0.9 and s["ignore_bound"] <= 1 / len(TASK_GROUPS[group]) + 1e-9
     assert np.isclose(s["margin"], s["grounded_success"] - s["ignore_bound"])
+
+
+def test_a_checkpoint_runs_with_a_blank_instruction(tmp_path):
+    """The blank control reaches the policy as "" (no instruction), which the policy contract accepts."""
+    from vlastack.datasets.stats import array_stats
+    from vlastack.policies.base import make_policy
+    from vlastack.types import ACTION, STATE
+
+    rng = np.random.default_rng(0)
+    stats = {STATE: array_stats(rng.normal(size=(64, 4))), ACTION: array_stats(rng.uniform(-1, 1, size=(64, 4)))}
+    make_policy("dust", "tiny", stats=stats, cameras=["corner"], state_dim=4, action_dim=4).save_pretrained(
+        tmp_path / "ckpt")
+    doc = E.evaluate(E.EvalConfig(checkpoint=str(tmp_path / "ckpt"), suite="metaworld", tasks=["reach-v3"],
+                                  episodes=2, seeds=[100], max_steps=6, workers=0, videos=0, progress=False,
+                                  language="blank", out=str(tmp_path / "ev")))
+    assert doc["complete"] and [e["instruction"] for e in doc["episodes"]] == ["", ""]
+    assert all(e["policy_calls"] >= 1 for e in doc["episodes"])

@@ -149,15 +149,17 @@ def images_to_float(x: Any, key: str, image_size: tuple[int, int], device=None) 
 
 
 def check_tasks(task: Any, batch_size: int) -> list[str]:
-    """The instruction list, checked: one non-empty string per sample."""
+    """The instruction list, checked: one string per sample, text or exactly ``""`` (no instruction:
+    the blank-instruction evaluation control); whitespace-only strings are refused as a likely bug."""
     if task is None:
         raise ContractError(f"missing the instruction 'task': expected {batch_size} strings")
     task = [task] if isinstance(task, str) else list(task)
     if len(task) != batch_size:
         raise ContractError(f"'task': expected {batch_size} instructions (one per sample), got {len(task)}")
-    bad = [i for i, s in enumerate(task) if not isinstance(s, str) or not s.strip()]
+    bad = [i for i, s in enumerate(task) if not isinstance(s, str) or (s and not s.strip())]
     if bad:
-        raise ContractError(f"'task': instructions at {bad} are empty or not strings; expected text")
+        raise ContractError(f"'task': instructions at {bad} are whitespace or not strings; expected text "
+                            "(or \"\" for no instruction)")
     return task
 
 

@@ -313,12 +313,17 @@ def build_scene_class():
 
             m = self.sim.model._model
             i = STYLES.index(style)
-            rgb = mujoco.mjtTextureRole.mjTEXROLE_RGB
+            rgb = int(mujoco.mjtTextureRole.mjTEXROLE_RGB)
+            n_roles = m.mat_texid.shape[1]
+            # the renderer keeps its own copy of the material -> texture table (made with the context)
+            ctx = self.sim._render_context_offscreen
             for part, mats in STYLE_MATERIALS.items():
                 tex = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_TEXTURE, f"style_{part}_{i}")
                 for mat in mats:
                     mid = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_MATERIAL, mat)
                     m.mat_texid[mid, rgb] = tex
+                    if ctx is not None:
+                        ctx.con.mat_texid[mid * n_roles + rgb] = tex
                     m.mat_rgba[mid, :3] = 1.0
             if not hasattr(self, "_base_light"):
                 self._base_light = m.light_diffuse.copy()

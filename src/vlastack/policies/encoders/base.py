@@ -150,7 +150,9 @@ def check_images(images, who: str, like: nn.Module | None = None) -> Tensor:
 
 
 def check_texts(texts, who: str) -> list[str]:
-    """Validate text-encoder input: a list/tuple of non-empty strings; raise naming the problem."""
+    """Validate text-encoder input: a list/tuple of strings, each text or exactly ``""`` (no
+    instruction: the blank-instruction control; every encoder still emits its start token);
+    whitespace-only strings are refused as a likely bug. Raise naming the problem."""
     if isinstance(texts, str):
         raise TypeError(f"{who}: pass a list of strings (one per batch element), got a single str {texts!r}")
     try:
@@ -162,8 +164,8 @@ def check_texts(texts, who: str) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"{who}: texts[{i}] must be str, got {type(t).__name__}")
-        if not t.strip():
-            raise ValueError(f"{who}: texts[{i}] is an empty instruction")
+        if t and not t.strip():
+            raise ValueError(f"{who}: texts[{i}] is an empty instruction (whitespace only; \"\" means none)")
     return texts
 
 
