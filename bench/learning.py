@@ -400,8 +400,9 @@ def train_peer(py: Path, store: Path, run_dir: Path, budget: str, a, run: Runner
     res = peers.last_json(subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout)
     run.walls.append((f"train diffusion ({budget})", time.perf_counter() - t0))
     res["checkpoint"] = str(ckpt)
-    return {"step": res.get("steps"), "samples_per_s": res.get("samples_per_s"), "elapsed_s": res.get("seconds"),
-            "proxy": peers.proxy_for("diffusion", py, res, store, run_dir)}
+    wall = float(res.get("wall_s") or 0.0)
+    return {"step": res.get("steps"), "samples_per_s": res["samples"] / wall if wall > 0 else None,
+            "elapsed_s": wall, "proxy": peers.proxy_for("diffusion", py, res, store, run_dir)}
 
 
 def eval_args(a, ckpt: str, kind: str, out: Path, episodes: int) -> list[str]:
