@@ -74,7 +74,7 @@ SCALING_N_O = (4, 8, 16)
 TRAIN_BATCH = 32  # configs/train/cpu.yaml (experiment=learning): samples per optimizer step
 FULL = {"demos": 50, "eval_episodes": 50, "blank_episodes": 50, "minutes": 30.0, "steps": 3000}
 SMOKE = {"tasks": ["TurnOnStove", "TurnOnSinkFaucet"], "demos": 2, "minutes": 0.5, "steps": 20,
-         "eval_episodes": 1, "blank_episodes": 1, "rows": ["dust", "dust_no_wm"]}
+         "eval_episodes": 1, "blank_episodes": 1, "rows": ["dust", "dust_no_wm", "diffusion"]}
 NOT_RUN_PEER = "not run: side environment absent"
 
 
@@ -612,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(Path(a.results), md)
     from vlastack.rollout.common import write_json_atomic
 
-    write_json_atomic(Path(a.out) / "learning_results.json", {"header": header, "rows": rows, "suite": a.suite})
+    write_json_atomic(Path(a.out) / "learning_results.json", {"header": header, "rows": rows, "suite": a.suite,
+                                                               "tasks": a.tasks, "commands": run.commands})
     print("\n" + md)
     print(f"results: {a.results}")
     return 0 if ok else 1

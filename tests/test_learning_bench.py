@@ -114,7 +114,7 @@ def test_resolution_lines(bench):
 def test_parse_args(bench, capsys):
     a = bench.parse_args(["--suite", "group", "--smoke"])
     assert (a.tasks, a.demos, a.minutes, a.eval_episodes, a.rows) == (
-        ["TurnOnStove", "TurnOnSinkFaucet"], 2, 0.5, 1, ["dust", "dust_no_wm"])
+        ["TurnOnStove", "TurnOnSinkFaucet"], 2, 0.5, 1, ["dust", "dust_no_wm", "diffusion"])
     assert a.results == str(Path("runs/learning_smoke") / "learning_results.md")
     a = bench.parse_args(["--suite", "group", "--full"])
     assert (a.demos, a.eval_episodes, len(a.tasks), a.results) == (50, 50, 4, "bench/learning_results.md")
