@@ -74,7 +74,7 @@ SCALING_N_O = (4, 8, 16)
 TRAIN_BATCH = 32  # configs/train/cpu.yaml (experiment=learning): samples per optimizer step
 FULL = {"demos": 50, "eval_episodes": 50, "blank_episodes": 50, "minutes": 30.0, "steps": 3000}
 SMOKE = {"tasks": ["TurnOnStove", "TurnOnSinkFaucet"], "demos": 2, "minutes": 0.5, "steps": 20,
-         "eval_episodes": 1, "blank_episodes": 1, "rows": ["dust", "dust_no_wm", "diffusion"]}
+         "eval_episodes": 1, "blank_episodes": 1, "rows": ["dust", "dust_no_wm", "diffusion"], "max_steps": 50}
 NOT_RUN_PEER = "not run: side environment absent"
 
 
@@ -255,7 +255,9 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               f"- Evaluation on held-out seeds (100000+): `language=swap` ({header['eval_episodes']} shared start "
               f"states per task, every task from each), `language=blank` ({header['blank_episodes']} per task), "
               f"`split=heldout` (held-out layouts/styles, {header['eval_episodes']} per task); "
-              f"{header['n_action_steps']} actions run per chunk; 95% Wilson intervals in brackets.", ""]
+              f"{header['n_action_steps']} actions run per chunk"
+              + (f", episodes cut at {header['max_steps']} steps" if header.get("max_steps") else "")
+              + "; 95% Wilson intervals in brackets.", ""]
     for budget in header["budgets"]:
         what = f"{header['minutes']:g} min of training" if budget == "minutes" else f"{header['steps']} optimizer steps"
         lines += [f"## Same budget: {what}", "",
@@ -410,6 +412,8 @@ def eval_args(a, ckpt: str, kind: str, out: Path, episodes: int) -> list[str]:
     args = ["eval", f"checkpoint={ckpt}", "env=kitchen", f"tasks=[{','.join(a.tasks)}]", "scene=group",
             f"group={a.group}", f"episodes={episodes}", f"n_action_steps={a.n_action_steps}", "videos=0",
             f"out={out}"]
+    if a.max_steps is not None:
+        args.append(f"max_steps={a.max_steps}")
     if kind == "swap":
         args.append("language=swap")
         if a.instructions:
@@ -549,6 +553,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blank-episodes", type=int, default=None, help="group: per task, blank instruction (default 5)")
     p.add_argument("--instructions", default=None, help="group: JSON task -> phrasings for the swap evaluation")
     p.add_argument("--n-action-steps", type=int, default=16, help="actions executed per 16-action chunk")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="group: per-episode step cap of the evaluations (default: each task's horizon; --smoke 50)")
     p.add_argument("--peer-venv", type=Path, default=None, help="LeRobot side venv (default bench/peers/.venv*)")
     p.add_argument("--results", default=None)
     a = p.parse_args(argv)
@@ -560,7 +566,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group = a.suite == "group"
     defaults = {"tasks": list(DEFAULT_TASKS) if group else ["OpenDrawer", "CloseDrawer"],
                 "rows": list(ROWS if group else POLICIES), "demos": 25 if group else 30, "minutes": 8.0,
-                "steps": 1000, "eval_episodes": 10, "blank_episodes": 5,
+                "steps": 1000, "eval_episodes": 10, "blank_episodes": 5, "max_steps": None,
                 "out": "runs/learning_smoke" if a.smoke else "runs/learning_group" if group else "runs/learning"}
     for k, v in defaults.items():
         if getattr(a, k) is None:
@@ -599,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.suite == "group":
         rows, extra = run_group(a, run)
         header.update(extra, group=a.group, steps=a.steps, blank_episodes=a.blank_episodes, budgets=a.budgets,
-                      smoke=a.smoke)
+                      smoke=a.smoke, max_steps=a.max_steps)
         ok = all(r.get("skipped") or all(b.get("evals", {}).get("swap") for b in r["budgets"].values()) for r in rows)
     else:
         rows = run_drawers(a, run)

@@ -162,6 +162,7 @@ def test_main_writes_results_from_stage_outputs(bench, tmp_path, monkeypatch):
     # 2 budgets x 2 rows x (swap, blank, heldout) + DUST's 3 scaling runs
     assert len(evals) == 2 * 2 * 3 + 3
     assert sum("sampling.vision_steps=16" in a for a in evals) == 1
+    assert all("max_steps=50" in a for a in evals) and "episodes cut at 50 steps" in md
     assert any("split=heldout" in a for a in evals) and any("language=blank" in a for a in evals)
     trains = [a for a in seen if a[0] == "train"]
     assert ["train.max_minutes=null", "train.steps=20"] == trains[1][-2:]
