@@ -167,35 +167,57 @@ def resolution_lines(tasks: Sequence[str], eval_episodes: int) -> list[str]:
 
 
 def _eval_rate(doc: Mapping[str, Any]) -> tuple[float, float] | None:
-    """(start-up seconds, seconds per episode) of an evaluation from its own eval_info.json."""
+    """(start-up seconds, seconds per env step) of an evaluation, from its own eval_info.json.
+
+    Per env step: an episode's mean wall time over its mean length, divided by the env workers
+    that ran side by side; start-up: the rest of the evaluation's wall time (loading, planning).
+    """
     runs = doc.get("runs") or []
     n = sum(int(r.get("episodes_run", 0)) for r in runs)
     secs = sum(float(r.get("seconds", 0.0)) for r in runs)
-    workers = max(1, int(runs[-1].get("workers") or 1)) if runs else 1
-    wall = float(doc["summary"]["overall"].get("mean_wall_s", 0.0))
-    if n <= 0 or secs <= 0:
+    o = doc["summary"]["overall"]
+    wall, steps = float(o.get("mean_wall_s", 0.0)), float(o.get("mean_steps", 0.0))
+    if n <= 0 or secs <= 0 or wall <= 0 or steps <= 0:
         return None
-    per_ep = wall / workers if wall > 0 else secs / n
-    return max(0.0, secs - n * per_ep), per_ep
+    workers = max(1, int(runs[-1].get("workers") or 1))
+    per_step = wall / steps / workers
+    return max(0.0, secs - n * steps * per_step), per_step
 
 
-def full_cost(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], collect_rate: float | None,
-              demos_have: int, full: Mapping[str, Any] = FULL) -> tuple[list[str], float | None]:
+def task_horizons(tasks: Sequence[str]) -> dict[str, int]:
+    """Each kitchen task's own episode horizon (the step cap an uncapped evaluation runs to)."""
+    from vlastack.envs.kitchen.tasks import TASKS
+
+    return {t: int(TASKS[t].horizon) for t in tasks}
+
+
+def full_cost(rows: Sequence[Mapping[str, Any]], horizons: Mapping[str, int], collect_rate: float | None,
+              demos_have: int, full: Mapping[str, Any] = FULL) -> tuple[list[str], float]:
     """The ``--full`` mode's expected cost from this run's measured rates: markdown lines and total seconds.
 
     Rates: collection (stored demos per second, from the store's summary), training (seconds per
-    optimizer step and set-up, from each row's same-steps ``summary.json``; the wall-clock rows cost
-    ``full["minutes"]`` each), evaluation (start-up and seconds per episode from each eval_info.json).
+    optimizer step and set-up, from each row's same-steps ``summary.json``; a wall-clock row costs
+    ``full["minutes"]`` plus a minute of start), evaluation (start-up and seconds per env step from
+    each eval_info.json, times every episode running to its task's horizon in ``horizons``: an
+    upper bound, since successes end early).
     """
     lines = ["## Expected cost of `--full` (from this run's measured rates)", ""]
     total, missing = 0.0, []
-    n_tasks = len(tasks)
+    n_tasks, horizon_sum = len(horizons), sum(horizons.values())
     if collect_rate:
         more = max(0, full["demos"] * n_tasks - demos_have)
         total += more / collect_rate
         lines.append(f"- collect: {more} more demos at {collect_rate:.3f} stored demos/s = {more / collect_rate / 60:.1f} min")
     else:
         missing.append("collection rate")
+
+    def eval_s(doc: Mapping[str, Any] | None, per_task: int, what: str) -> float:
+        rate = _eval_rate(doc) if doc else None
+        if rate is None:
+            missing.append(what)
+            return 0.0
+        return rate[0] + per_task * horizon_sum * rate[1]
+
     for r in rows:
         if r.get("skipped"):
             continue
@@ -203,34 +225,29 @@ def full_cost(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], collect_r
         for b in r["budgets"].values():
             t = b.get("train")
             if b["budget"] == "minutes":
-                sec = 60 * full["minutes"] + 60  # the budget plus about a minute of process start
+                sec = 60 * full["minutes"] + 60
                 parts.append(f"train {full['minutes']:g} min")
             elif t and t.get("samples_per_s"):
                 per_step = TRAIN_BATCH / t["samples_per_s"]
                 setup = max(0.0, float(t.get("elapsed_s", 0.0)) - int(t["step"]) * per_step)
                 sec = setup + full["steps"] * per_step
-                parts.append(f"train {full['steps']} steps at {per_step:.2f} s/step")
+                parts.append(f"train {full['steps']} steps at {per_step:.2f} s/step = {sec / 60:.0f} min")
             else:
                 missing.append(f"{label} {b['budget']} training rate")
                 continue
-            total += sec
-            for kind, doc in b.get("evals", {}).items():
-                rate = _eval_rate(doc) if doc else None
-                if rate is None:
-                    missing.append(f"{label} {b['budget']} eval {kind} rate")
-                    continue
-                eps = (full["blank_episodes"] if kind == "blank" else full["eval_episodes"]) * n_tasks
-                total += rate[0] + eps * rate[1]
-            for n_o, doc in b.get("scaling", {}).items():
-                rate = _eval_rate(doc) if doc else None
-                if rate is not None:
-                    total += rate[0] + full["eval_episodes"] * n_tasks * rate[1]
+            ev = sum(eval_s(doc, full["blank_episodes"] if kind == "blank" else full["eval_episodes"],
+                            f"{label} {b['budget']} eval {kind} rate") for kind, doc in b.get("evals", {}).items())
+            ev += sum(eval_s(doc, full["eval_episodes"], f"{label} N_o={n_o} rate")
+                      for n_o, doc in b.get("scaling", {}).items())
+            total += sec + ev
+            parts.append(f"its evaluations <= {ev / 60:.0f} min")
         lines.append(f"- {label}: " + ", ".join(parts))
-    lines += ["", f"**Expected total: {total / 3600:.1f} h** on this machine"
+    lines += ["", f"**Expected total: at most {total / 3600:.1f} h** on this machine"
               + (f" (not counted, no rate measured: {', '.join(missing)})" if missing else "")
-              + ". Evaluation start-up and per-episode seconds are read from each eval_info.json "
-              "(`runs[].seconds`, `summary.overall.mean_wall_s` over the workers); a GPU shortens training, "
-              "not the simulation.", ""]
+              + ". Evaluation start-up and seconds per env step are read from each eval_info.json "
+              "(`runs[].seconds`, `summary.overall.mean_wall_s` / `mean_steps` over the workers), every episode "
+              f"counted to its task's horizon ({', '.join(f'{t} {h}' for t, h in horizons.items())} steps); "
+              "a GPU shortens training, not the simulation.", ""]
     return lines, total
 
 
@@ -245,7 +262,9 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
     lines = [f"# Learning benchmark: task group `{header['group']}`, {len(tasks)} tasks (kitchen, CPU)", ""]
     if header.get("smoke"):
         lines += ["**A smoke run** (`--smoke`): it proves the plumbing end to end; its figures rank nothing.", ""]
-    lines += [f"Run {header['date']} on {header['machine']} with `bench/learning.py {header['args']}`.", "",
+    lines += [f"Run {header['date']} on {header['machine']} with `bench/learning.py {header['args']}`"
+              + (f" (this file rendered again from the run's learning_results.json with `bench/learning.py "
+                 f"{header['rendered']}`)" if header.get("rendered") else "") + ".", "",
               f"- Demos: {header['demos']} scripted-expert demos per task ({', '.join(tasks)}) in the group's shared "
               f"scene (train split of layouts x styles), cameras {header['cameras']} at 128x128, one store for every "
               "row; validation: 10% of episodes.",
@@ -290,7 +309,7 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               for budget in header["budgets"] if r["budgets"].get(budget, {}).get("scaling")]
     if scaled:
         lines += [f"## DUST test-time scaling (N_A = {SCALING_N_A}, `language=swap`)", "",
-                  "| policy | budget | N_o | language-grounded | overall | seconds per episode |",
+                  "| policy | budget | N_o | language-grounded | overall | seconds per env step |",
                   "| --- | --- | ---: | --- | --- | ---: |"]
         for r, budget, sc in scaled:
             for n_o, doc in sorted(sc.items(), key=lambda kv: int(kv[0])):
@@ -299,7 +318,7 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
                     continue
                 rate = _eval_rate(doc)
                 lines.append(f"| {r['label']} | {budget} | {n_o} | {grounded_cell(doc['summary'].get('language_swap'))} "
-                             f"| {cell(doc['summary']['overall'])} | {f'{rate[1]:.1f}' if rate else '-'} |")
+                             f"| {cell(doc['summary']['overall'])} | {f'{rate[1]:.3f}' if rate else '-'} |")
         lines.append("")
     lines += resolution_lines(tasks, header["eval_episodes"])
     lines += header.get("cost_lines", [])
@@ -495,7 +514,7 @@ def run_group(a, run: Runner) -> tuple[list[dict], dict]:
                     args = eval_args(a, ckpt, "swap", run_dir / f"eval_swap_vision{n_o}", a.eval_episodes)
                     args += [f"sampling.action_steps={SCALING_N_A}", f"sampling.vision_steps={n_o}"]
                     b["scaling"][n_o] = run_eval(args, f"eval {name} N_o={n_o} ({budget})", run, in_process=False)
-    cost, _ = full_cost(rows, a.tasks, rate, n_demos)
+    cost, _ = full_cost(rows, task_horizons(a.tasks), rate, n_demos)
     return rows, {"cost_lines": cost, "collect_rate": rate}
 
 
@@ -557,6 +576,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="group: per-episode step cap of the evaluations (default: each task's horizon; --smoke 50)")
     p.add_argument("--peer-venv", type=Path, default=None, help="LeRobot side venv (default bench/peers/.venv*)")
     p.add_argument("--results", default=None)
+    p.add_argument("--render-from", type=Path, default=None,
+                   help="write --results again from a finished run's learning_results.json (runs no stage)")
     a = p.parse_args(argv)
     if (a.full or a.smoke) and a.suite != "group":
         p.error("--full and --smoke belong to --suite group")
@@ -593,9 +614,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def render_again(a: argparse.Namespace, args: str) -> int:
+    """``--render-from``: the results markdown of a finished run, from its learning_results.json, with the
+    ``--full`` cost recomputed from its rates by this version of the script."""
+    doc = json.loads(a.render_from.read_text())
+    if doc.get("suite") != a.suite or "tasks" not in doc:
+        raise SystemExit(f"learning: {a.render_from} holds suite {doc.get('suite')!r}"
+                         + ("" if "tasks" in doc else " without its tasks (written by an older version)")
+                         + f"; asked for --suite {a.suite}")
+    header, rows = doc["header"], doc["rows"]
+    if a.suite == "group":
+        rate, n_demos, _ = collect_rate(a.render_from.parent / "demos.zarr")
+        header["cost_lines"] = full_cost(rows, task_horizons(doc["tasks"]), rate, n_demos)[0]
+        header["rendered"] = args
+        md = group_markdown(rows, doc["tasks"], header, doc["commands"])
+    else:
+        md = drawers_markdown(rows, doc["tasks"], header, doc["commands"])
+    write_text_atomic(Path(a.results), md)
+    print(md + f"\nresults: {a.results}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen suite; write the results markdown (atomically) and a JSON beside the runs."""
     a = parse_args(argv)
+    if a.render_from is not None:
+        return render_again(a, " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)))
     Path(a.out).mkdir(parents=True, exist_ok=True)
     run = Runner()
     header: dict[str, Any] = {
