@@ -124,6 +124,14 @@ def cell(b: Mapping[str, Any]) -> str:
     return f"{b['successes']}/{b['episodes']} = {_pct(b['success_rate'])} [{_pct(b['ci_low'])}-{_pct(b['ci_high'])}]"
 
 
+def failure(doc: Mapping[str, Any]) -> str | None:
+    """The first error of an evaluation that did not finish (from its eval_info.json), else None."""
+    if doc.get("complete", True):
+        return None
+    errors = [e for r in doc.get("runs", []) for e in r.get("errors", [])]
+    return (errors[0].get("error") or "error")[:160].replace("|", "/") if errors else "incomplete"
+
+
 def grounded_cell(sw: Mapping[str, Any] | None) -> str:
     """Language-grounded success with its interval, from ``summary.language_swap``."""
     if not sw:
@@ -166,22 +174,13 @@ def resolution_lines(tasks: Sequence[str], eval_episodes: int) -> list[str]:
         "separates learning per step from speed. Neither says how the rows rank at convergence.", ""]
 
 
-def _eval_rate(doc: Mapping[str, Any]) -> tuple[float, float] | None:
-    """(start-up seconds, seconds per env step) of an evaluation, from its own eval_info.json.
-
-    Per env step: an episode's mean wall time over its mean length, divided by the env workers
-    that ran side by side; start-up: the rest of the evaluation's wall time (loading, planning).
-    """
+def _eval_rate(doc: Mapping[str, Any]) -> float | None:
+    """Seconds per env step of an evaluation, from its own eval_info.json: the wall time of its runs over
+    the env steps they ran (start-up, resets and every worker included: an upper bound for longer runs)."""
     runs = doc.get("runs") or []
-    n = sum(int(r.get("episodes_run", 0)) for r in runs)
+    steps = sum(int(r.get("env_steps", 0)) for r in runs)
     secs = sum(float(r.get("seconds", 0.0)) for r in runs)
-    o = doc["summary"]["overall"]
-    wall, steps = float(o.get("mean_wall_s", 0.0)), float(o.get("mean_steps", 0.0))
-    if n <= 0 or secs <= 0 or wall <= 0 or steps <= 0:
-        return None
-    workers = max(1, int(runs[-1].get("workers") or 1))
-    per_step = wall / steps / workers
-    return max(0.0, secs - n * steps * per_step), per_step
+    return secs / steps if steps > 0 and secs > 0 else None
 
 
 def task_horizons(tasks: Sequence[str]) -> dict[str, int]:
@@ -197,11 +196,16 @@ def full_cost(rows: Sequence[Mapping[str, Any]], horizons: Mapping[str, int], co
 
     Rates: collection (stored demos per second, from the store's summary), training (seconds per
     optimizer step and set-up, from each row's same-steps ``summary.json``; a wall-clock row costs
-    ``full["minutes"]`` plus a minute of start), evaluation (start-up and seconds per env step from
-    each eval_info.json, times every episode running to its task's horizon in ``horizons``: an
-    upper bound, since successes end early).
+    ``full["minutes"]`` plus a minute of start), evaluation (seconds per env step from each
+    eval_info.json, times every episode running to its task's horizon in ``horizons``: an upper
+    bound, since successes end early and start-up is paid once).
     """
-    lines = ["## Expected cost of `--full` (from this run's measured rates)", ""]
+    n_rows = sum(1 for r in rows if not r.get("skipped"))
+    lines = ["## Expected cost of `--full` (from this run's measured rates)", "",
+             f"For this run's {len(horizons)} tasks and {n_rows} trained rows, at {full['demos']} demos and "
+             f"{full['eval_episodes']} episodes per task ({full['blank_episodes']} blank), {full['minutes']:g} min "
+             f"or {full['steps']} steps of training; more tasks or rows scale it. A short run's evaluations are "
+             "dominated by start-up, so their per-step rate overstates a long run's.", ""]
     total, missing = 0.0, []
     n_tasks, horizon_sum = len(horizons), sum(horizons.values())
     if collect_rate:
@@ -216,7 +220,7 @@ def full_cost(rows: Sequence[Mapping[str, Any]], horizons: Mapping[str, int], co
         if rate is None:
             missing.append(what)
             return 0.0
-        return rate[0] + per_task * horizon_sum * rate[1]
+        return per_task * horizon_sum * rate
 
     for r in rows:
         if r.get("skipped"):
@@ -244,8 +248,8 @@ def full_cost(rows: Sequence[Mapping[str, Any]], horizons: Mapping[str, int], co
         lines.append(f"- {label}: " + ", ".join(parts))
     lines += ["", f"**Expected total: at most {total / 3600:.1f} h** on this machine"
               + (f" (not counted, no rate measured: {', '.join(missing)})" if missing else "")
-              + ". Evaluation start-up and seconds per env step are read from each eval_info.json "
-              "(`runs[].seconds`, `summary.overall.mean_wall_s` / `mean_steps` over the workers), every episode "
+              + ". Evaluation seconds per env step are read from each eval_info.json (`runs[].seconds` over "
+              "`runs[].env_steps`, start-up included), every episode "
               f"counted to its task's horizon ({', '.join(f'{t} {h}' for t, h in horizons.items())} steps); "
               "a GPU shortens training, not the simulation.", ""]
     return lines, total
@@ -293,13 +297,15 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
                 continue
             ev, t = b.get("evals", {}), b.get("train") or {}
             swap = ev.get("swap")
-            if swap is None:
-                lines.append(f"| {r['label']} | {dash} | failed ({b.get('error') or 'no evaluation'}) | | | | | |")
+            if swap is None or failure(swap):
+                why = b.get("error") or (failure(swap) if swap else "no evaluation")
+                lines.append(f"| {r['label']} | {dash} | failed ({why}) | | | | | |")
                 continue
             sw = swap["summary"].get("language_swap")
             per_task = " | ".join(cell(swap["summary"]["per_task"][k]) if k in swap["summary"]["per_task"] else "-"
                                   for k in tasks)
-            other = [cell(ev[k]["summary"]["overall"]) if ev.get(k) else "-" for k in ("blank", "heldout")]
+            other = [(f"failed ({failure(ev[k])})" if failure(ev[k]) else cell(ev[k]["summary"]["overall"]))
+                     if ev.get(k) else "-" for k in ("blank", "heldout")]
             sps = f"{t['samples_per_s']:.1f}" if isinstance(t.get("samples_per_s"), (int, float)) else "-"
             lines.append(f"| {r['label']} | {per_task} | **{grounded_cell(sw)}** | "
                          f"{_pct(sw['ignore_bound']) if sw else '-'} | {other[0]} | {other[1]} | "
@@ -309,16 +315,16 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               for budget in header["budgets"] if r["budgets"].get(budget, {}).get("scaling")]
     if scaled:
         lines += [f"## DUST test-time scaling (N_A = {SCALING_N_A}, `language=swap`)", "",
-                  "| policy | budget | N_o | language-grounded | overall | seconds per env step |",
+                  "| policy | budget | N_o | language-grounded | overall | seconds per env step (whole evaluation) |",
                   "| --- | --- | ---: | --- | --- | ---: |"]
         for r, budget, sc in scaled:
             for n_o, doc in sorted(sc.items(), key=lambda kv: int(kv[0])):
-                if doc is None:
-                    lines.append(f"| {r['label']} | {budget} | {n_o} | failed | | |")
+                if doc is None or failure(doc):
+                    lines.append(f"| {r['label']} | {budget} | {n_o} | failed ({failure(doc) if doc else 'no evaluation'}) | | |")
                     continue
                 rate = _eval_rate(doc)
                 lines.append(f"| {r['label']} | {budget} | {n_o} | {grounded_cell(doc['summary'].get('language_swap'))} "
-                             f"| {cell(doc['summary']['overall'])} | {f'{rate[1]:.3f}' if rate else '-'} |")
+                             f"| {cell(doc['summary']['overall'])} | {f'{rate:.3f}' if rate else '-'} |")
         lines.append("")
     lines += resolution_lines(tasks, header["eval_episodes"])
     lines += header.get("cost_lines", [])
@@ -446,6 +452,11 @@ def eval_args(a, ckpt: str, kind: str, out: Path, episodes: int) -> list[str]:
     return args
 
 
+def eval_dir(run_dir: Path, kind: str, vision_steps: int | None = None) -> Path:
+    """Where a row's evaluation of ``kind`` (at ``vision_steps`` for the test-time scaling) writes."""
+    return run_dir / (f"eval_{kind}" if vision_steps is None else f"eval_{kind}_vision{vision_steps}")
+
+
 def run_eval(args: list[str], name: str, run: Runner, in_process: bool) -> dict | None:
     """One evaluation (a child ``vlastack eval``, or in this process for the LeRobot proxy); its eval_info.json."""
     out = Path(next(x for x in args if x.startswith("out="))[4:])
@@ -460,8 +471,8 @@ def run_eval(args: list[str], name: str, run: Runner, in_process: bool) -> dict 
         except Exception as e:  # noqa: BLE001 - the row reports the failure
             print(f"learning: {name} failed: {e}", file=sys.stderr)
         run.walls.append((name, time.perf_counter() - t0))
-    elif run(name, args):
-        return None
+    else:
+        run(name, args)  # a failed evaluation still leaves eval_info.json with its errors (see failure())
     return _load_json(out / "eval_info.json")
 
 
@@ -507,11 +518,11 @@ def run_group(a, run: Runner) -> tuple[list[dict], dict]:
                 ckpt = str(run_dir / "checkpoints" / "last")
             for kind in EVALS:
                 eps = a.blank_episodes if kind == "blank" else a.eval_episodes
-                b["evals"][kind] = run_eval(eval_args(a, ckpt, kind, run_dir / f"eval_{kind}", eps),
+                b["evals"][kind] = run_eval(eval_args(a, ckpt, kind, eval_dir(run_dir, kind), eps),
                                             f"eval {name} {kind} ({budget})", run, in_process=group is None)
             if name == "dust" and budget == a.budgets[0]:
                 for n_o in SCALING_N_O:
-                    args = eval_args(a, ckpt, "swap", run_dir / f"eval_swap_vision{n_o}", a.eval_episodes)
+                    args = eval_args(a, ckpt, "swap", eval_dir(run_dir, "swap", n_o), a.eval_episodes)
                     args += [f"sampling.action_steps={SCALING_N_A}", f"sampling.vision_steps={n_o}"]
                     b["scaling"][n_o] = run_eval(args, f"eval {name} N_o={n_o} ({budget})", run, in_process=False)
     cost, _ = full_cost(rows, task_horizons(a.tasks), rate, n_demos)
@@ -623,7 +634,14 @@ def render_again(a: argparse.Namespace, args: str) -> int:
                          + ("" if "tasks" in doc else " without its tasks (written by an older version)")
                          + f"; asked for --suite {a.suite}")
     header, rows = doc["header"], doc["rows"]
-    if a.suite == "group":
+    if a.suite == "group":  # evaluations as their files now stand (a failed stage still left eval_info.json)
+        for r in rows:
+            for budget, b in r["budgets"].items():
+                run_dir = a.render_from.parent / budget / r["name"]
+                for kind in b.get("evals", {}):
+                    b["evals"][kind] = _load_json(eval_dir(run_dir, kind) / "eval_info.json")
+                for n_o in b.get("scaling", {}):
+                    b["scaling"][n_o] = _load_json(eval_dir(run_dir, "swap", int(n_o)) / "eval_info.json")
         rate, n_demos, _ = collect_rate(a.render_from.parent / "demos.zarr")
         header["cost_lines"] = full_cost(rows, task_horizons(doc["tasks"]), rate, n_demos)[0]
         header["rendered"] = args
@@ -650,7 +668,9 @@ def main(argv: list[str] | None = None) -> int:
         rows, extra = run_group(a, run)
         header.update(extra, group=a.group, steps=a.steps, blank_episodes=a.blank_episodes, budgets=a.budgets,
                       smoke=a.smoke, max_steps=a.max_steps)
-        ok = all(r.get("skipped") or all(b.get("evals", {}).get("swap") for b in r["budgets"].values()) for r in rows)
+        ok = all(r.get("skipped") or all(b.get("evals", {}).get("swap") is not None and all(
+            d is not None and not failure(d) for d in [*b["evals"].values(), *b["scaling"].values()])
+            for b in r["budgets"].values()) for r in rows)
     else:
         rows = run_drawers(a, run)
         ok = all(r["eval"] is not None for r in rows)

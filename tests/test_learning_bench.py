@@ -34,7 +34,7 @@ def fake_eval(successes: dict[str, list[bool]], language: str = "swap", seconds:
     if language == "swap":
         summary["language_swap"] = swap_summary(eps, list(successes))
     return {"summary": summary, "episodes": eps, "language": language,
-            "runs": [{"episodes_run": len(eps), "seconds": seconds, "workers": workers}]}
+            "runs": [{"episodes_run": len(eps), "env_steps": 50 * len(eps), "seconds": seconds, "workers": workers}]}
 
 
 def dust_row() -> dict:
@@ -70,7 +70,7 @@ def test_group_markdown_cells(bench):
     assert "| 2/4 = 50% [15%-85%] | 2/8 = 25% [7%-59%] | 100 | 32.0 |" in md
     assert f"| LeRobot Diffusion Policy (no language input) | - | - | {bench.NOT_RUN_PEER} |" in md
     # test-time scaling rows, sorted by N_o; seconds per episode = mean wall / workers
-    assert "| DUST: MMDiT, decoupled noise | minutes | 4 | 3/8 = 38% [14%-69%] | 3/8 = 38% [14%-69%] | 0.040 |" in md
+    assert "| DUST: MMDiT, decoupled noise | minutes | 4 | 3/8 = 38% [14%-69%] | 3/8 = 38% [14%-69%] | 0.050 |" in md
     assert md.index("| minutes | 4 |") < md.index("| minutes | 16 |")
     assert "| minutes | 16 | 8/8 = 100% [68%-100%]" in md
     assert "**A smoke run**" in md and "vlastack collect x" in md
@@ -80,8 +80,12 @@ def test_group_markdown_cells(bench):
 def test_group_markdown_failed_row(bench):
     row = dust_row()
     row["budgets"]["steps"] = {"budget": "steps", "train": None, "error": "train failed", "evals": {}, "scaling": {}}
+    blank = row["budgets"]["minutes"]["evals"]["blank"]
+    blank["complete"] = False
+    blank["runs"][-1]["errors"] = [{"task": "TurnOnStove", "seed": 100000, "error": "ContractError: empty | text"}]
     md = bench.group_markdown([row], TASKS, header(), [])
     assert "| DUST: MMDiT, decoupled noise | - | - | failed (train failed) |" in md
+    assert "| 25% | failed (ContractError: empty / text) | 2/8 = 25% [7%-59%] | 300 |" in md
 
 
 def test_full_cost_from_measured_rates(bench):
@@ -92,9 +96,8 @@ def test_full_cost_from_measured_rates(bench):
     collect = (50 * 2 - 4) / 0.5
     minutes_train = 30 * 60 + 60
     steps_train = 10.0 + 3000 * 1.0  # 32 samples/s at batch 32: 1 s/step; set-up 110 - 100 = 10 s
-    per_step = 4.0 / 50 / 2  # mean wall 4 s over 50 steps, 2 workers side by side
-    one_eval = lambda n_ran: (20.0 - n_ran * 50 * per_step) + 50 * 400 * per_step  # noqa: E731
-    evals = one_eval(8) + one_eval(4) + one_eval(8)  # swap, blank, heldout: 50 per task to the horizons
+    one_eval = lambda n_ran: 50 * 400 * 20.0 / (50 * n_ran)  # noqa: E731 - 20 s over its env steps, to the horizons
+    evals = one_eval(8) + one_eval(4) + one_eval(8)  # swap, blank, heldout: 50 per task
     scaling = one_eval(8) + one_eval(8)
     assert total == pytest.approx(collect + minutes_train + steps_train + 2 * evals + scaling)
     text = "\n".join(lines)
