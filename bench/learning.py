@@ -71,7 +71,7 @@ BUDGETS = ("minutes", "steps")
 EVALS = ("swap", "blank", "heldout")
 SCALING_N_A = 4  # DUST small's N_A, held fixed while N_o varies
 SCALING_N_O = (4, 8, 16)
-TRAIN_BATCH = 32  # configs/train/cpu.yaml (experiment=learning): samples per optimizer step
+TRAIN_BATCH = 32  # src/vlastack/configs/train/cpu.yaml (experiment=learning): samples per optimizer step
 FULL = {"demos": 50, "eval_episodes": 50, "blank_episodes": 50, "minutes": 30.0, "steps": 3000}
 SMOKE = {"tasks": ["TurnOnStove", "TurnOnSinkFaucet"], "demos": 2, "minutes": 0.5, "steps": 20,
          "eval_episodes": 1, "blank_episodes": 1, "rows": ["dust", "dust_no_wm", "diffusion"], "max_steps": 50}
