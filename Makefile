@@ -32,8 +32,11 @@ $(STAMP): pyproject.toml constraints.txt scripts/sysdeps.sh
 	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
+# two processes: in one process with the rest, a real_robot test module's import leaves pytest's stderr
+# capture closed for later tests and the session dies with "lost sys.stderr" (not yet understood)
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/real_robot
+	$(PY) -m pytest -q tests/real_robot
 
 test-all: setup
 	$(PY) -m pytest -q -m ""
