@@ -89,7 +89,8 @@ def measure(task: str, cameras: tuple[str, ...], size: int, steps: int, warmup: 
 def main() -> None:
     """Measure each task with cameras off and on; print the side-by-side table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="*", default=["OpenDrawer", "PnPCounterToSink"])
+    p.add_argument("--tasks", nargs="*", default=None,
+                   help="default: OpenDrawer PnPCounterToSink; with --compare-scenes one task per task group")
     p.add_argument("--steps", type=int, default=300, help="timed steps per configuration")
     p.add_argument("--size", type=int, default=128, help="camera image side (pixels)")
     p.add_argument("--cameras", nargs="*", default=["left", "right", "wrist"])
@@ -111,7 +112,7 @@ def main() -> None:
         compare_scenes(a)
         return
     rows = []
-    for task in a.tasks:
+    for task in a.tasks or ["OpenDrawer", "PnPCounterToSink"]:
         off = measure(task, (), a.size, a.steps)
         on = measure(task, tuple(a.cameras), a.size, a.steps, arm_render=a.arm_render)
         rows.append({"off": off, "on": on})
@@ -139,7 +140,7 @@ def compare_scenes(a) -> None:
     """Steps/s with cameras of each task in its own scene and in its group's shared scene, interleaved."""
     from vlastack.envs.kitchen import TASK_GROUPS, groups_of
 
-    tasks = a.tasks if a.tasks != ["OpenDrawer", "PnPCounterToSink"] else [ts[-2] for ts in TASK_GROUPS.values()]
+    tasks = a.tasks or [ts[-2] for ts in TASK_GROUPS.values()]
     rows = []
     for task in tasks:
         if not groups_of(task):

@@ -154,10 +154,6 @@ class TaskGroup:
 
 
 # ------------------------------------------------------------------------------ set-up helpers
-def _phrase(obj, colour: str | None) -> str:
-    return f"{colour} {obj.category.noun}" if colour else obj.category.noun
-
-
 def place_on_counter(scene, rng: np.random.Generator, categories, keep_clear=(), required: int = 1) -> dict[str, str]:
     """Stand objects of ``categories`` on the free counter, apart from each other and from the
     ``keep_clear`` points; returns category -> instruction phrase (colour + noun) of those placed.
@@ -169,7 +165,7 @@ def place_on_counter(scene, rng: np.random.Generator, categories, keep_clear=(),
     names = {}
     for i, cat in enumerate(categories):
         obj = scene.objects[cat]
-        colour = obj.set_colour(rng)
+        obj.set_colour(rng)
         for _ in range(400):
             xy = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
             if all(np.linalg.norm(xy - p) >= OBJECT_GAP for p in taken):
@@ -180,7 +176,7 @@ def place_on_counter(scene, rng: np.random.Generator, categories, keep_clear=(),
             continue
         taken.append(xy)
         obj.place(xy, COUNTER_Z, yaw=rng.uniform(-np.pi / 4, np.pi / 4))
-        names[cat] = _phrase(obj, colour)
+        names[cat] = obj.phrase()
     return names
 
 
@@ -256,13 +252,13 @@ def setup_pantry(scene, rng) -> dict:
     drawer.set_qpos("slide", rng.uniform(0.12, 0.18))
     (on_counter, inside), distractors = _draw_objects(rng, SMALL, 2, most=1)  # + the one inside
     obj = scene.objects[inside]
-    colour = obj.set_colour(rng)
+    obj.set_colour(rng)
     region = MicrowaveRegion()
     obj.place(region.sample(scene, rng), region.surface(scene), yaw=rng.uniform(-np.pi / 4, np.pi / 4))
     scene.counter_drop = _drop_spot(scene, rng)
     names = place_on_counter(scene, rng, [on_counter, *distractors], keep_clear=[scene.counter_drop])
     distractors = [c for c in distractors if c in names]
-    names[inside] = _phrase(obj, colour)
+    names[inside] = obj.phrase()
     return {"active": {"PnPCounterToMicrowave": on_counter, "PnPMicrowaveToCounter": inside},
             "names": names, "distractors": distractors}
 

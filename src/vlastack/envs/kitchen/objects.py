@@ -169,6 +169,10 @@ class KitchenObject:
         """Move the object off stage (on the floor behind the robot)."""
         self.place(self.park_pos[:2], 0.0)
 
+    def phrase(self) -> str:
+        """How instructions name the object: its drawn colour (when named) and its noun."""
+        return f"{self.colour_name} {self.category.noun}" if self.colour_name else self.category.noun
+
     def set_colour(self, rng: np.random.Generator) -> str | None:
         """Draw a colour for this episode; returns its name when it should appear in instructions."""
         kind = self.category.colour

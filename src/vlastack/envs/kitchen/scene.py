@@ -278,7 +278,8 @@ def build_scene_class():
             group = self.group
             layout, style = draw_variation(rng, self.split)
             self._apply_style(style, rng)
-            nominal = group.positions(layout, *_fixture_geometry())
+            footprints, front_x = _fixture_geometry()
+            nominal = group.positions(layout, footprints, front_x)
             for kind, fx in self.fixtures.items():
                 jx, jy = rng.uniform(-GROUP_JITTER, GROUP_JITTER, 2)
                 if kind == group.wall:
@@ -289,7 +290,7 @@ def build_scene_class():
             for obj in self.objects.values():
                 obj.park()
             self.active_object = None
-            self.counter_zone = group.counter_zone(layout, _fixture_geometry()[0])
+            self.counter_zone = group.counter_zone(layout, footprints)
             self.counter_drop = None
             self.sim.forward()
             shared = group.setup(self, rng)

@@ -534,12 +534,12 @@ class _PnPTask(KitchenTask):
             scene.episode_meta = {"burner_id": burner}  # regions read it while sampling
             words.update(burner_id=burner, burner=burner.replace("_", " "))
         obj = scene.objects[_pick(rng, self.object_categories)]
-        colour = obj.set_colour(rng)
+        obj.set_colour(rng)
         max_yaw = min(MUG_MAX_YAW, self.source.max_yaw) if obj.category.name == "mug" else self.source.max_yaw
         yaw = rng.uniform(-max_yaw, max_yaw)
         obj.place(self.source.sample(scene, rng), self.source.surface(scene), yaw)
         scene.active_object = obj
-        words["obj"] = f"{colour} {obj.category.noun}" if colour else obj.category.noun
+        words["obj"] = obj.phrase()
         words["obj_category"] = obj.category.name
         return words
 
