@@ -166,7 +166,7 @@ def test_skipping_action_blocks_does_not_change_the_result():
     with torch.no_grad():
         state = p._state(data)
         frames = p._camera_frames(data, {c: [0] for c in cfg.cameras}, 2)
-        ctx, valid = p._condition(frames, data["task"])
+        ctx, valid, _ = p._condition(frames, data["task"])
         g = torch.Generator().manual_seed(4)
         a = torch.randn(2, cfg.horizon, cfg.action_dim, generator=g)
         o = torch.randn(2, cfg.num_future_tokens, p.feat_dim, generator=g)
@@ -313,7 +313,7 @@ def _velocities(p, batch, seed=0):
     with torch.no_grad():
         state = p._state(batch)
         frames = p._camera_frames(batch, {c: [0] for c in cfg.cameras}, b)
-        ctx, valid = p._condition(frames, batch["task"])
+        ctx, valid, _ = p._condition(frames, batch["task"])
         a = torch.randn(b, cfg.horizon, cfg.action_dim, generator=g)
         o = torch.randn(b, max(cfg.num_future_tokens, 1), p.feat_dim, generator=g)[:, :cfg.num_future_tokens]
         tau = torch.rand(b, generator=g)
@@ -372,7 +372,7 @@ def test_shared_dit_modulates_each_token_by_its_modality_timestep(strategy):
     tau_a, tau_o = torch.rand(3, generator=g), torch.rand(3, generator=g)
     with torch.no_grad():
         state = p._state(batch)
-        ctx, valid = p._condition(p._camera_frames(batch, {c: [0] for c in cfg.cameras}, 3), batch["task"])
+        ctx, valid, _ = p._condition(p._camera_frames(batch, {c: [0] for c in cfg.cameras}, 3), batch["task"])
         net(state, torch.randn(3, cfg.horizon, cfg.action_dim), tau_a, ctx, valid,
             torch.randn(3, cfg.num_future_tokens, p.feat_dim), tau_o)
         ada = net.blocks[0].ada
@@ -412,11 +412,13 @@ def test_every_row_trains_and_samples_with_its_world_model_loss(strategy):
             p.sample_actions(fake_observation(_spec(p.config), batch_size=1), num_vision_steps=8)
 
 
-@pytest.mark.parametrize("strategy", list(GRID))
-def test_sampler_plan_matches_the_plain_forward(strategy):
+@pytest.mark.parametrize("strategy,adaln", [(s, False) for s in GRID] + [("mmdit_decoupled", True),
+                                                                          ("dit_joint", True)])
+def test_sampler_plan_matches_the_plain_forward(strategy, adaln):
     """The sampler's precomputed plan (cached keys/values and modulations) gives the chunk that
-    plain forward calls give on the same schedule, for every row of the grid."""
-    p = _policy(strategy=strategy)
+    plain forward calls give on the same schedule, for every row of the grid (and with the
+    instruction in the adaLN conditioning, where the modulations are per sample)."""
+    p = _policy(strategy=strategy, instruction_adaln=adaln)
     _randomise(p.net, seed=1)
     cfg, obs = p.config, fake_observation(_spec(p.config), batch_size=2)
     n_a, n_o = 2, (4 if GRID[strategy][1] == "decoupled" else 2)
@@ -424,16 +426,41 @@ def test_sampler_plan_matches_the_plain_forward(strategy):
     data = obs.to_flat()
     with torch.no_grad():
         state = p._state(data)
-        ctx, valid = p._condition(p._camera_frames(data, {c: [0] for c in cfg.cameras}, 2), data["task"])
+        ctx, valid, y = p._condition(p._camera_frames(data, {c: [0] for c in cfg.cameras}, 2), data["task"])
+        assert (y is not None) == adaln
         g = torch.Generator().manual_seed(4)
         a = torch.randn(2, cfg.horizon, cfg.action_dim, generator=g)
         o = torch.randn(2, cfg.num_future_tokens, p.feat_dim, generator=g) if cfg.world_model else None
         for st in p.strategy.schedule(n_a, n_o):
             tau_o = torch.full((2,), st.tau_o) if o is not None else None
-            v_a, v_o = p.net(state, a, torch.full((2,), st.tau_a), ctx, valid, o, tau_o)
+            v_a, v_o = p.net(state, a, torch.full((2,), st.tau_a), ctx, valid, o, tau_o, y=y)
             o = o + st.dt_o * v_o if o is not None else None
             a = a + st.dt_a * v_a if st.advance else a
     assert torch.allclose(fast.actions, p.normalizer.unnormalize("action", a), atol=1e-4)
+
+
+def test_instruction_adaln_conditions_every_block_on_the_instruction():
+    """With ``instruction_adaln`` the pooled instruction reaches the denoiser through the adaLN
+    vectors: cutting the instruction out of the conditioning tokens leaves the chunk depending on it,
+    and training moves the instruction MLP."""
+    p = _policy(instruction_adaln=True)
+    _randomise(p.net, seed=1)
+    obs = fake_observation(_spec(p.config), batch_size=1).to_flat()
+    # the instruction tokens are masked out of the conditioning, so only the adaLN path carries the text
+    real_condition = p.condition.forward
+
+    def vision_only(grids, text, text_valid):
+        return real_condition(grids, text, torch.zeros_like(text_valid))
+
+    p.condition.forward = vision_only
+    chunks = [p.sample_actions({**obs, "task": [t]}, seed=0).actions for t in ("open the door", "turn on the stove")]
+    assert not torch.allclose(chunks[0], chunks[1], atol=1e-4)
+    p.condition.forward = real_condition
+    q = _policy(instruction_adaln=True)
+    before = [t.detach().clone() for t in q.net.instr_embed.parameters()]
+    _train(q, _batch(q.config), steps=4)  # the zero-initialised adaLN layers pass no gradient to it at first
+    assert any(not torch.equal(a, b) for a, b in zip(before, q.net.instr_embed.parameters()))
+    assert _policy().net.instr_embed is None  # off unless asked for (the paper's DUST)
 
 
 # ---------------------------------------------------------------- checkpoints

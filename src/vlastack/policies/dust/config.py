@@ -69,6 +69,10 @@ class DUSTConfig(PolicyConfig):
     n_mmdit: int = 12  # joint-attention blocks (dit_* strategies: n_mmdit + n_stream_blocks shared DiT blocks)
     n_stream_blocks: int = 4  # stream-specific DiT blocks after them, per stream
     mmdit_cross_attention: bool = True  # MMDiT blocks cross-attend to the conditioning too
+    # the pooled instruction embedding added to every adaLN conditioning vector (timestep + text, as SD3's
+    # MMDiT does with its pooled text): a direct task signal in every block. Not in the DUST paper (there
+    # the instruction reaches the denoiser only through the conditioning tokens); off in its presets
+    instruction_adaln: bool = False
 
     # --- flow matching -------------------------------------------------------------------------
     strategy: str = "mmdit_decoupled"  # DUST; the ablation grid: see strategies.STRATEGIES

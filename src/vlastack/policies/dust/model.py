@@ -95,10 +95,16 @@ class DUSTNetwork(nn.Module):
     and reduce to DiT blocks. :class:`SharedDiTNetwork` is the shared-weight DiT of the ablation.
     """
 
-    def __init__(self, cfg: DUSTConfig, feat_dim: int):
+    def __init__(self, cfg: DUSTConfig, feat_dim: int, text_dim: int | None = None):
         super().__init__()
         w = cfg.width
         self.world_model = cfg.world_model
+        # pooled instruction -> a vector added to every timestep embedding (cfg.instruction_adaln)
+        self.instr_embed = None
+        if cfg.instruction_adaln:
+            if not text_dim:
+                raise ValueError("instruction_adaln needs the text encoder's width (text_dim)")
+            self.instr_embed = nn.Sequential(nn.Linear(text_dim, w), nn.SiLU(), nn.Linear(w, w))
         # action stream: encoders and positions
         self.state_enc = nn.Linear(cfg.n_obs_steps * cfg.state_dim, w)
         self.action_enc = nn.Linear(cfg.action_dim, w)
@@ -119,8 +125,8 @@ class DUSTNetwork(nn.Module):
             if hasattr(m, "ada") and isinstance(m.ada, nn.Module):
                 for a in (m.ada if isinstance(m.ada, nn.ModuleList) else [m.ada]):
                     nn.init.zeros_(a.linear.weight), nn.init.zeros_(a.linear.bias)
-        for te in self.time_embedders():
-            nn.init.normal_(te.mlp[0].weight, std=0.02), nn.init.normal_(te.mlp[2].weight, std=0.02)
+        for mlp in [te.mlp for te in self.time_embedders()] + ([self.instr_embed] if self.instr_embed is not None else []):
+            nn.init.normal_(mlp[0].weight, std=0.02), nn.init.normal_(mlp[2].weight, std=0.02)
         # decoders (zero-initialised last layers)
         self.action_out = FinalLayer(w, cfg.action_dim)
         if self.world_model:
@@ -184,6 +190,15 @@ class DUSTNetwork(nn.Module):
         return [F.linear(hc, a.linear.weight, a.linear.bias).view(c.shape[0], a.n, -1)  # (N, k, W)
                 for a in self.ada_layers(stream)]
 
+    def conditioning(self, stream: int, tau: Tensor, y: Tensor | None) -> Tensor:
+        """adaLN conditioning vectors: timestep embedding of tau (N,) (+ the instruction's, y (N, D_t)) -> (N, W)."""
+        c = self.time_embed(stream)(tau)  # (N, W)
+        if self.instr_embed is not None:
+            if y is None:
+                raise ValueError("instruction_adaln: the pooled instruction embedding y is missing")
+            c = c + self.instr_embed(y.to(c.dtype))  # (N, W)
+        return c
+
     def embed_action(self, state: Tensor, a_t: Tensor) -> Tensor:
         """Action-stream tokens: state token + H action tokens with 1-D positions -> (B, 1+H, W)."""
         return torch.cat([self.state_enc(state)[:, None], self.action_enc(a_t)], dim=1) + self.action_pos
@@ -228,11 +243,12 @@ class DUSTNetwork(nn.Module):
     def forward(self, state: Tensor, a_t: Tensor, tau_a: Tensor | None, ctx: Tensor, ctx_valid: Tensor,
                 o_t: Tensor | None = None, tau_o: Tensor | None = None, kv: dict[str, list] | None = None,
                 need_action: bool = True, plan: "SamplingPlan | None" = None,
-                step: int = 0) -> tuple[Tensor | None, Tensor | None]:
+                step: int = 0, y: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         """Velocities of both streams.
 
         state (B, n_obs*D_s), a_t (B, H, D_a), tau_a (B,), ctx (B, S, W), ctx_valid (B, S),
-        o_t (B, N_v, C), tau_o (B,); kv from :meth:`context_kv`. With ``need_action=False`` the
+        o_t (B, N_v, C), tau_o (B,); kv from :meth:`context_kv`; y (B, D_t) the pooled instruction
+        (with ``instruction_adaln``). With ``need_action=False`` the
         action-only work (last MMDiT block's action outputs, action DiT blocks, decoder) is skipped
         and v_a is None. With a ``plan`` from :meth:`sampling_plan`, step ``step`` of it is run
         (state, taus, ctx, ctx_valid and kv come from the plan). Returns v_a (B, H, D_a) | None, v_o (B, N_v, C) | None.
@@ -242,24 +258,24 @@ class DUSTNetwork(nn.Module):
         dt = self.action_enc.weight.dtype  # float32, or bfloat16 after DUSTPolicy.for_inference
         state, a_t, ctx = state.to(dt), a_t.to(dt), ctx.to(dt)
         xa = self.embed_action(state, a_t)  # (B, 1+H, W)
-        mods_a = [m.unbind(1) for m in self.modulations(self.time_embed(0)(tau_a), 0)]  # per layer k x (B, W)
+        mods_a = [m.unbind(1) for m in self.modulations(self.conditioning(0, tau_a, y), 0)]  # per layer k x (B, W)
         xo = mods_o = None
         if self.world_model:
             if o_t is None or tau_o is None:
                 raise ValueError("the world-model stream needs o_t and tau_o")
             xo = self.future_enc(o_t.to(dt)) + self.future_pos_embed()  # (B, N_v, W)
-            mods_o = [m.unbind(1) for m in self.modulations(self.time_embed(1)(tau_o), 1)]  # per layer k x (B, W)
+            mods_o = [m.unbind(1) for m in self.modulations(self.conditioning(1, tau_o, y), 1)]  # per layer k x (B, W)
         v_a, v_o = self.denoise(xa, xo, mods_a, mods_o, kv if kv is not None else ctx, ctx_valid, need_action)
         return (v_a.float() if v_a is not None else None), (v_o.float() if v_o is not None else None)
 
     # ------------------------------------------------------------ sampling: constants once per chunk
 
     def sampling_plan(self, state: Tensor, ctx: Tensor, ctx_valid: Tensor, taus_a: list[float],
-                      taus_o: list[float] | None) -> "SamplingPlan":
+                      taus_o: list[float] | None, y: Tensor | None = None) -> "SamplingPlan":
         """Everything constant across a chunk's denoising steps, computed once.
 
         state (B, n_obs*D_s), ctx (B, S, W), ctx_valid (B, S); taus_a / taus_o: the noise level of
-        each step. Precomputes the cross-attention keys/values, the state token, the vision-stream
+        each step; y (B, D_t): the pooled instruction (with ``instruction_adaln``). Precomputes the cross-attention keys/values, the state token, the vision-stream
         positions, an additive key mask, and every step's adaLN modulations (one matmul per layer
         over the distinct noise levels).
         """
@@ -272,19 +288,30 @@ class DUSTNetwork(nn.Module):
             state_tok=self.state_enc(state.to(dt))[:, None] + self.action_pos[:1],  # (B, 1, W)
             action_pos=self.action_pos[1:],  # (H, W)
             future_pos=self.future_pos_embed() if self.world_model else None,  # (N_v, W)
-            mods_a=self.step_modulations(taus_a, 0),
-            mods_o=self.step_modulations(taus_o, 1) if self.world_model and taus_o is not None else None,
+            mods_a=self.step_modulations(taus_a, 0, y),
+            mods_o=self.step_modulations(taus_o, 1, y) if self.world_model and taus_o is not None else None,
             dtype=dt)
 
-    def step_modulations(self, taus: list[float], stream: int) -> list[list[tuple[Tensor, ...]]]:
-        """Every adaLN modulation of one stream at each step's noise level: per step, per layer k x (1, W).
+    def step_modulations(self, taus: list[float], stream: int,
+                         y: Tensor | None = None) -> list[list[tuple[Tensor, ...]]]:
+        """Every adaLN modulation of one stream at each step's noise level: per step, per layer k x (1 or B, W).
 
-        They depend only on the noise levels and the weights, not on the observation, so without
-        gradients they are kept across chunks (:class:`ModulationCache`) and recomputed only when a
-        schedule is new or the timestep-embedding / adaLN weights changed.
+        Without ``instruction_adaln`` they depend only on the noise levels and the weights, not on
+        the observation, so without gradients they are kept across chunks (:class:`ModulationCache`)
+        and recomputed only when a schedule is new or the timestep-embedding / adaLN weights
+        changed. With it, the pooled instruction y (B, D_t) is added to every level's embedding
+        and the modulations are per sample (B, W), computed per chunk.
         """
         embed = self.time_embed(stream)
         dev = self.action_enc.weight.device
+        if self.instr_embed is not None:
+            levels = sorted(set(taus))
+            c = self.conditioning(stream, torch.tensor(levels, dtype=torch.float32, device=dev).repeat(y.shape[0]),
+                                  y.repeat_interleave(len(levels), dim=0))  # (B*n_levels, W)
+            mods = [m.view(y.shape[0], len(levels), *m.shape[1:]) for m in self.modulations(c, stream)]
+            # per layer (B, n_levels, k, W) -> per level, per layer k x (B, W)
+            rows = [[m[:, i].unbind(1) for m in mods] for i in range(len(levels))]
+            return [rows[levels.index(t)] for t in taus]
         cache = not torch.is_grad_enabled()
         if cache:
             params = list(embed.parameters()) + [t for a in self.ada_layers(stream) for t in a.linear.parameters()]
@@ -480,7 +507,7 @@ class DUSTPolicy(Policy):
         self.feat_dim = int(self.vision.out_dim)
         self.condition = ConditionEncoder(self.feat_dim, int(self.text.out_dim), cfg.width, cfg.heads, cfg.cond_layers,
                                           len(cfg.cameras), cfg.n_obs_steps, self.cond_grid, cfg.mlp_ratio)
-        self.net = NETWORK_CLASSES[self.strategy.network](cfg, self.feat_dim)
+        self.net = NETWORK_CLASSES[self.strategy.network](cfg, self.feat_dim, int(self.text.out_dim))
         self.normalizer = Normalizer({STATE: cfg.state_dim, ACTION: cfg.action_dim},
                                      {STATE: cfg.state_norm, ACTION: cfg.action_norm}, stats=stats,
                                      on_constant=cfg.norm_on_constant)
@@ -564,8 +591,11 @@ class DUSTPolicy(Policy):
                                 f"{cfg.state_dim}, n_obs_steps={cfg.n_obs_steps}), got {tuple(s.shape)}")
         return self.normalizer.normalize(STATE, s).flatten(1)  # (B, n_obs*D_s)
 
-    def _condition(self, frames: dict[str, Tensor], tasks: list[str]) -> tuple[Tensor, Tensor]:
-        """Current-frame grids per camera + instructions -> ctx (B, S, W), valid (B, S)."""
+    def _condition(self, frames: dict[str, Tensor], tasks: list[str]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Current-frame grids per camera + instructions -> ctx (B, S, W), valid (B, S), pooled text (B, D_t) | None.
+
+        The pooled instruction embedding is returned only where the denoiser uses it (``instruction_adaln``).
+        """
         n = self.config.n_obs_steps
         grids = torch.stack([frames[c][:, :n] for c in self.config.cameras], dim=2)  # (B, n_obs, K, C, h, w)
         if tuple(self.cond_grid) != tuple(self.grid):
@@ -573,7 +603,14 @@ class DUSTPolicy(Policy):
             grids = F.adaptive_avg_pool2d(grids.flatten(0, 2), self.cond_grid).view(b, t, k, self.feat_dim,
                                                                                    *self.cond_grid)
         tokens, mask, _ = self.text(tasks)  # (B, L, D_t), (B, L)
-        return self.condition(grids, tokens.to(self.device), mask.to(self.device))
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        ctx, valid = self.condition(grids, tokens, mask)
+        if not self.config.instruction_adaln:
+            return ctx, valid, None
+        # the masked mean of the instruction's tokens; computed from the tokens, not
+        # the encoder's own pooled vector, so that exported graphs (which take tokens and mask) agree
+        m = mask.to(tokens.dtype)[..., None]  # (B, L, 1)
+        return ctx, valid, (tokens * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D_t)
 
     def _future_target(self, frames: dict[str, Tensor]) -> Tensor:
         """The world-model target: future-frame features pooled to the future grid -> (B, N_v, C)."""
@@ -623,7 +660,7 @@ class DUSTPolicy(Policy):
         want = {c: list(range(n)) + ([n] if self.strategy.world_model and c in cfg.future_camera_list else [])
                 for c in cfg.cameras}
         frames = self._camera_frames(batch, want, b)
-        ctx, ctx_valid = self._condition(frames, tasks)
+        ctx, ctx_valid, y = self._condition(frames, tasks)
         # noise levels (action-free samples see pure action noise, tau_a = 0)
         tau_a, tau_o = self.strategy.train_taus(self.flow, b, device=dev)  # (B,), (B,) | None
         tau_a = torch.where(has_action, tau_a, torch.zeros_like(tau_a))
@@ -634,7 +671,7 @@ class DUSTPolicy(Policy):
             o = self._future_target(frames)  # (B, N_v, C)
             eps_o = torch.randn_like(o)
             o_t = self.flow.interpolate(o, eps_o, tau_o)  # (B, N_v, C)
-        v_a, v_o = self.net(state, a_t, tau_a, ctx, ctx_valid, o_t, tau_o)
+        v_a, v_o = self.net(state, a_t, tau_a, ctx, ctx_valid, o_t, tau_o, y=y)
         # action loss: mean over valid (sample, step) pairs
         err_a = (v_a - self.flow.velocity_target(a, eps_a)).pow(2).mean(-1)  # (B, H)
         err_a = torch.where(valid, err_a, torch.zeros_like(err_a))
@@ -696,10 +733,10 @@ class DUSTPolicy(Policy):
         b = state.shape[0]
         tasks = check_tasks(data.get(TASK), b)
         frames = self._camera_frames(data, {c: list(range(cfg.n_obs_steps)) for c in cfg.cameras}, b)
-        ctx, ctx_valid = self._condition(frames, tasks)
+        ctx, ctx_valid, y = self._condition(frames, tasks)
         world = self.strategy.world_model
         plan = self.net.sampling_plan(state, ctx, ctx_valid, [st.tau_a for st in steps],
-                                      [st.tau_o for st in steps] if world else None)
+                                      [st.tau_o for st in steps] if world else None, y)
         if seed is not None:
             generator = torch.Generator(device=dev).manual_seed(int(seed))
         if noise is None:
