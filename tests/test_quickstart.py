@@ -92,3 +92,22 @@ def test_rerun_shows_the_first_runs_wall_times_beside_this_one(tmp_path):
     assert "| stage | wall time | exit | first run here |" in text
     assert "| train DUST small | 4 s | 0 | 7.2 min |" in text
     assert "| **total** | **12 s** | | **12.6 min** |" in text
+
+
+def test_training_runs_as_ddp_ranks_and_the_report_says_how(tmp_path, monkeypatch):
+    """--ranks 2 launches only the training stage under torchrun (the command in the report says so);
+    the other stages stay single processes; a bad value is refused before anything runs."""
+    launched = []
+
+    def fake_run(argv, ranks=1):
+        launched.append((argv[0], ranks))
+        return 1 if argv[0] == "eval" else 0, 0.1  # stop after the first evaluation
+
+    monkeypatch.setattr(qs, "run_vlastack", fake_run)
+    assert qs.main(["--out", str(tmp_path / "q"), "--ranks", "2"]) == 1
+    assert launched == [("collect", 1), ("inspect", 1), ("train", 2), ("eval", 1)]
+    train = [s for s in qs.read_history(tmp_path / "q")[0]["stages"] if s["title"].startswith("train")][0]
+    assert train["command"].startswith("torchrun --standalone --nproc-per-node=2 -m vlastack.cli train ")
+    assert qs.Stage("t", ["train"], 0, 1.0).command == "vlastack train"
+    with pytest.raises(SystemExit, match="--ranks"):
+        qs.main(["--out", str(tmp_path / "r"), "--ranks", "0"])

@@ -69,11 +69,17 @@ class Stage:
     argv: list[str]
     rc: int
     seconds: float
+    ranks: int = 1  # processes (torchrun DDP ranks) the stage ran as
 
     @property
     def command(self) -> str:
         """The stage as a shell command line."""
-        return "vlastack " + shlex.join(self.argv)
+        return launcher(self.ranks) + " " + shlex.join(self.argv)
+
+
+def launcher(ranks: int = 1) -> str:
+    """How a stage is launched, as a user would type it: ``vlastack`` or ``torchrun ... -m vlastack.cli``."""
+    return "vlastack" if ranks <= 1 else f"torchrun --standalone --nproc-per-node={ranks} -m vlastack.cli"
 
 
 def stage_commands(out: Path, task: str | Sequence[str], demos: int, cameras: Sequence[str], eval_episodes: int,
@@ -109,20 +115,26 @@ def stage_commands(out: Path, task: str | Sequence[str], demos: int, cameras: Se
     return stages
 
 
-def run_stage(title: str, argv: list[str]) -> Stage:
-    """Run ``vlastack <argv>`` in a child process (output streams through); time it."""
-    print(f"\n== {title}: vlastack {shlex.join(argv)}", flush=True)
-    rc, seconds = run_vlastack(argv)
-    return Stage(title, list(argv), rc, seconds)
+def run_stage(title: str, argv: list[str], ranks: int = 1) -> Stage:
+    """Run ``vlastack <argv>`` in a child process (``ranks`` > 1: as DDP ranks under torchrun); time it."""
+    print(f"\n== {title}: {launcher(ranks)} {shlex.join(argv)}", flush=True)
+    rc, seconds = run_vlastack(argv, ranks)
+    return Stage(title, list(argv), rc, seconds, ranks)
 
 
-def run_vlastack(argv: Sequence[str]) -> tuple[int, float]:
-    """Run ``vlastack <argv>`` in a child process with offscreen GL; returns (exit code, seconds)."""
+def run_vlastack(argv: Sequence[str], ranks: int = 1) -> tuple[int, float]:
+    """Run ``vlastack <argv>`` in a child process with offscreen GL; returns (exit code, seconds).
+
+    With ``ranks`` > 1 the command runs as that many DDP processes on this machine
+    (``torch.distributed.run --standalone``; gloo on a CPU), one thread each.
+    """
     env = dict(os.environ)
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("PYOPENGL_PLATFORM", "egl")
+    run = [sys.executable, "-m", "vlastack.cli"] if ranks <= 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m", "vlastack.cli"]
     t0 = time.perf_counter()
-    rc = subprocess.call([sys.executable, "-m", "vlastack.cli", *argv], env=env)
+    rc = subprocess.call([*run, *argv], env=env)
     return int(rc), time.perf_counter() - t0
 
 
@@ -351,6 +363,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"per task (default {DEFAULT_GROUP_EVAL}; --single: {DEFAULT_EVAL_EPISODES})")
     p.add_argument("--minutes", type=float, default=None,
                    help="training budget (default: configs/experiment/quickstart.yaml's train.max_minutes)")
+    p.add_argument("--ranks", type=int, default=None,
+                   help="training processes (DDP over gloo, one thread each; default: 2 when the machine has "
+                        "2 or more cores, else 1)")
     return p
 
 
@@ -384,9 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stages: list[Stage] = []
     rc = 0
+    ranks = a.ranks if a.ranks is not None else (2 if (os.cpu_count() or 1) >= 2 else 1)
+    if ranks < 1:
+        raise SystemExit(f"quickstart: --ranks must be >= 1, got {ranks}")
     for title, args in stage_commands(out, tasks[0] if a.single else tasks, a.demos, cameras, a.eval_episodes,
                                       a.minutes, group=group, blank_episodes=a.blank_episodes):
-        stages.append(run_stage(title, args))
+        stages.append(run_stage(title, args, ranks if args[0] == "train" else 1))
         if stages[-1].rc:
             rc = stages[-1].rc
             print(f"quickstart: {title} failed with exit code {rc}", file=sys.stderr)
