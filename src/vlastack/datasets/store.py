@@ -394,16 +394,14 @@ class _LocalChunkReader:
             dest[...] = self.fill
             return dest
         expected = self.rows_per_chunk * self.frame_nbytes
+        where = f"{self.key}: corrupt chunk {ci} (rows {ci * self.rows_per_chunk}..{(ci + 1) * self.rows_per_chunk - 1})"
+        nbytes = int.from_bytes(raw[4:8], "little") if len(raw) >= 16 else -1  # the Blosc header's size field
+        if nbytes != expected:
+            raise StoreError(f"{where}: its header says {nbytes} bytes, expected {expected}")
         try:
-            nbytes = int.from_bytes(raw[4:8], "little") if len(raw) >= 16 else -1  # the Blosc header's size field
-            if nbytes != expected:
-                raise StoreError(f"{self.key}: corrupt chunk {ci}: decoded {nbytes} bytes, expected {expected}")
             buf = blosc.decompress(raw, dest)  # into dest: one copy less
-        except StoreError:
-            raise
         except Exception as e:
-            raise StoreError(f"{self.key}: corrupt chunk {ci} (rows {ci * self.rows_per_chunk}.."
-                             f"{(ci + 1) * self.rows_per_chunk - 1}): blosc says {e}") from None
+            raise StoreError(f"{where}: blosc says {e}") from None
         return dest if dest is not None else np.frombuffer(buf, self.dtype).reshape(shape)
 
     def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
