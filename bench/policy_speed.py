@@ -124,21 +124,21 @@ def dust_parts(policy, obs) -> list[tuple[str, Callable[[], Any]]]:
     want = {c: list(range(cfg.n_obs_steps)) for c in cfg.cameras}
     frames = policy._camera_frames(data, want, 1)
     tasks = list(data["task"])
-    ctx, valid = policy._condition(frames, tasks)
+    ctx, valid, y = policy._condition(frames, tasks)  # y: pooled instruction (instruction_adaln) or None
     state = policy._state(data)
     steps = policy.strategy.schedule(4, 4)
     taus_a, taus_o = [st.tau_a for st in steps], [st.tau_o for st in steps]
-    plan = net.sampling_plan(state, ctx, valid, taus_a, taus_o)
+    plan = net.sampling_plan(state, ctx, valid, taus_a, taus_o, y)
     a = torch.randn(1, cfg.horizon, cfg.action_dim)  # (1, H, D_a)
     o = torch.randn(1, cfg.num_future_tokens, policy.feat_dim)  # (1, N_v, C)
 
     def plan_uncached():
         net._mod_cache.clear()
-        return net.sampling_plan(state, ctx, valid, taus_a, taus_o)
+        return net.sampling_plan(state, ctx, valid, taus_a, taus_o, y)
     return [("encode images", lambda: policy._camera_frames(data, want, 1)),
             ("instruction tokens", lambda: policy.text(tasks)),
             ("conditioning stack", lambda: policy._condition(frames, tasks)),
-            ("plan (modulations cached)", lambda: net.sampling_plan(state, ctx, valid, taus_a, taus_o)),
+            ("plan (modulations cached)", lambda: net.sampling_plan(state, ctx, valid, taus_a, taus_o, y)),
             ("plan (modulations recomputed)", plan_uncached),
             ("network step, both streams", lambda: net.step(plan, 0, a, o, True)),
             ("network step, vision only", lambda: net.step(plan, 0, a, o, False))]
