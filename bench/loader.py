@@ -12,7 +12,8 @@ EfficientNet-lite0's head at 128x128 (1280 x 4 x 4 float16). It then loads rando
               containers cached per worker; state/action from the parquet, in memory)
     features  make_dataloader(feature_encoder=...) (cached features in place of images)
 
-and prints a table with windows/s and the ratios zarr/mp4 and features/zarr.
+and prints a table with windows/s and the ratios zarr/mp4 and features/zarr, and the CPU time
+per window of each path (main process and workers together) with the zarr/mp4 ratio by CPU time.
 
     .venv/bin/python bench/loader.py                 # defaults: 30 episodes x 100 frames
     .venv/bin/python bench/loader.py --episodes 10 --length 60 --seconds 3   # quick
@@ -185,11 +186,24 @@ class Mp4WindowDataset(Dataset):
 # ----------------------------------------------------------------------------- timing
 
 
-def time_loader(loader, seconds: float, max_batches: int, warmup: int = 2) -> tuple[float, int]:
-    """Windows per second over at least ``seconds`` (or ``max_batches``), after ``warmup`` batches."""
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def time_loader(loader, seconds: float, max_batches: int, warmup: int = 2) -> tuple[float, int, float]:
+    """Windows per second over at least ``seconds`` (or ``max_batches``), after ``warmup`` batches,
+    and the CPU milliseconds per window that the main process and the loader's workers spent together
+    (on a loaded machine the steadier figure: extra workers cannot take more than their share)."""
     it = iter(loader)
     for _ in range(warmup):
         next(it)
+    pids = [w.pid for w in getattr(it, "_workers", [])]  # persistent workers: the same across epochs
+    c0 = time.process_time() + sum(_process_cpu_s(p) for p in pids)
     n, t0 = 0, time.perf_counter()
     batches = 0
     while batches < max_batches:
@@ -203,8 +217,9 @@ def time_loader(loader, seconds: float, max_batches: int, warmup: int = 2) -> tu
         if time.perf_counter() - t0 >= seconds and batches >= 3:
             break
     dt = time.perf_counter() - t0
+    cpu = time.process_time() + sum(_process_cpu_s(p) for p in pids) - c0
     del it
-    return n / dt, batches
+    return n / dt, batches, 1e3 * cpu / max(n, 1)
 
 
 def main(argv=None) -> None:
@@ -217,36 +232,45 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--seconds", type=float, default=8.0, help="timing window per configuration")
     p.add_argument("--dir", type=Path, default=None, help="build here and keep (default: a temp dir, removed)")
+    p.add_argument("--reuse", action="store_true", help="with --dir: reuse what an earlier run built there")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     root = args.dir or Path(tempfile.mkdtemp(prefix="vlastack-bench-loader-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        store_path, lerobot_path = build(root, args.episodes, args.length)
+        if args.reuse and (root / "store").is_dir() and (root / "lerobot" / "meta" / "info.json").is_file():
+            store_path, lerobot_path = root / "store", root / "lerobot"
+            print(f"reusing {store_path} and {lerobot_path}")
+        else:
+            store_path, lerobot_path = build(root, args.episodes, args.length)
         win = WindowSpec(n_obs=args.n_obs, horizon=args.horizon)
         rows = []
         for nw in args.workers:
             zl = make_dataloader(store_path, win, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=nw)
-            z, zb = time_loader(zl, args.seconds, 10_000)
+            z = time_loader(zl, args.seconds, 10_000)
             del zl
             fl = make_dataloader(store_path, win, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=nw,
                                  feature_encoder=ENCODER)
-            f, fb = time_loader(fl, args.seconds, 10_000)
+            f = time_loader(fl, args.seconds, 10_000)
             del fl
+            # spawned, not forked: a forked worker inherits the parent's PyAV/dav1d decoder state, and
+            # freeing it in the child can hang on a lock held by a thread that was not forked
             ml = DataLoader(Mp4WindowDataset(lerobot_path, args.n_obs, args.horizon), batch_size=args.batch,
                             shuffle=True, drop_last=True, num_workers=nw, generator=torch.Generator().manual_seed(0),
-                            persistent_workers=nw > 0)
-            m, mb = time_loader(ml, args.seconds, 10_000, warmup=1)
+                            persistent_workers=nw > 0, multiprocessing_context="spawn" if nw > 0 else None)
+            m = time_loader(ml, args.seconds, 10_000, warmup=1)
             del ml
-            rows.append((nw, z, m, f, zb, mb, fb))
+            rows.append((nw, z, m, f))
         print(f"\nwindows/s: 3 cameras 128x128, n_obs={args.n_obs}, H={args.horizon}, batch {args.batch}, "
-              f"{args.episodes * args.length} frames, {os.cpu_count()} CPUs")
-        print(f"{'workers':>7} | {'zarr':>9} | {'mp4 (AV1)':>9} | {'features':>9} | {'zarr/mp4':>8} | {'feat/zarr':>9}")
-        print("-" * 68)
-        for nw, z, m, f, zb, mb, fb in rows:
-            print(f"{nw:>7} | {z:>9.0f} | {m:>9.1f} | {f:>9.0f} | {z / m:>7.1f}x | {f / z:>8.1f}x")
+              f"{args.episodes * args.length} frames, {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")
+        print(f"{'workers':>7} | {'zarr':>9} | {'mp4 (AV1)':>9} | {'features':>9} | {'zarr/mp4':>8} | {'feat/zarr':>9}"
+              f" | CPU ms per window zarr / mp4 / features | zarr/mp4 by CPU")
+        print("-" * 124)
+        for nw, z, m, f in rows:
+            print(f"{nw:>7} | {z[0]:>9.0f} | {m[0]:>9.1f} | {f[0]:>9.0f} | {z[0] / m[0]:>7.1f}x | {f[0] / z[0]:>8.1f}x"
+                  f" | {z[2]:>8.2f} / {m[2]:>7.2f} / {f[2]:>6.2f}{'':>13} | {m[2] / max(z[2], 1e-9):>6.1f}x")
         print(f"(batches timed per row: zarr/mp4/features = "
-              + ", ".join(f"{zb}/{mb}/{fb}" for _, _, _, _, zb, mb, fb in rows) + ")")
+              + ", ".join(f"{z[1]}/{m[1]}/{f[1]}" for _, z, m, f in rows) + ")")
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)

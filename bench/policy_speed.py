@@ -5,6 +5,7 @@
     python bench/policy_speed.py --device cpu --entries dust-tiny,dust-small,dust-small-bf16,dita-tiny,dita-small
     python bench/policy_speed.py --json out.json          # also write the figures as JSON
     python bench/policy_speed.py --runtimes dust-small    # torch vs ONNX Runtime vs OpenVINO, FLOPs, matmul peak
+    python bench/policy_speed.py --train                  # DUST small vs its no-world-model ablation, training
 
 For each entry in ``ENTRIES`` it prints: trainable / total / denoiser parameters; training
 samples per second with images (encoder in the step) and with the feature cache (batch keys
@@ -16,6 +17,11 @@ entries with a ``breakdown``, the process-CPU time of each part of a chunk on 1 
 image encoding, instruction, conditioning stack, sampling plan, one network step with and without
 the action blocks; Dita: prefix encoding, the first full pass, a cached and an uncached step).
 Another policy is added by appending an :class:`Entry` with its own sampling points.
+
+``--train`` measures only DUST small's training against its no-world-model ablation (preset
+``small_no_wm``) at equal batch, interleaved in one process (:func:`train_comparison`): samples/s
+per wall-clock and per process-CPU second, their ratio, the step's phases, the forward time of
+each part of the network and the FLOPs of forward + backward.
 
 Timings on a shared machine swing with the load; the load average is printed with the figures,
 and each timing comes with the process-CPU time it took (for a 1-thread run close to what an
@@ -118,21 +124,21 @@ def dust_parts(policy, obs) -> list[tuple[str, Callable[[], Any]]]:
     want = {c: list(range(cfg.n_obs_steps)) for c in cfg.cameras}
     frames = policy._camera_frames(data, want, 1)
     tasks = list(data["task"])
-    ctx, valid = policy._condition(frames, tasks)
+    ctx, valid, y = policy._condition(frames, tasks)  # y: pooled instruction (instruction_adaln) or None
     state = policy._state(data)
     steps = policy.strategy.schedule(4, 4)
     taus_a, taus_o = [st.tau_a for st in steps], [st.tau_o for st in steps]
-    plan = net.sampling_plan(state, ctx, valid, taus_a, taus_o)
+    plan = net.sampling_plan(state, ctx, valid, taus_a, taus_o, y)
     a = torch.randn(1, cfg.horizon, cfg.action_dim)  # (1, H, D_a)
     o = torch.randn(1, cfg.num_future_tokens, policy.feat_dim)  # (1, N_v, C)
 
     def plan_uncached():
         net._mod_cache.clear()
-        return net.sampling_plan(state, ctx, valid, taus_a, taus_o)
+        return net.sampling_plan(state, ctx, valid, taus_a, taus_o, y)
     return [("encode images", lambda: policy._camera_frames(data, want, 1)),
             ("instruction tokens", lambda: policy.text(tasks)),
             ("conditioning stack", lambda: policy._condition(frames, tasks)),
-            ("plan (modulations cached)", lambda: net.sampling_plan(state, ctx, valid, taus_a, taus_o)),
+            ("plan (modulations cached)", lambda: net.sampling_plan(state, ctx, valid, taus_a, taus_o, y)),
             ("plan (modulations recomputed)", plan_uncached),
             ("network step, both streams", lambda: net.step(plan, 0, a, o, True)),
             ("network step, vision only", lambda: net.step(plan, 0, a, o, False))]
@@ -366,6 +372,163 @@ def run_entry(e: Entry, device: str = "cpu", threads_train: int = 2, train_batch
     return out
 
 
+# ---------------------------------------------------------------- DUST vs its no-world-model ablation, training
+
+
+def _module_timers(parts: dict[str, list]) -> tuple[dict[str, float], Callable[[], None]]:
+    """Forward hooks adding each part's process-CPU seconds (a part: a name and its modules) to a dict.
+
+    Returns the running totals and a function that removes the hooks. Nested parts are not
+    subtracted from each other: name disjoint modules.
+    """
+    totals = {name: 0.0 for name in parts}
+    handles = []
+    for name, mods in parts.items():
+        for m in mods:
+            start: list[float] = []
+            handles.append(m.register_forward_pre_hook(lambda *_, s=start: s.append(time.process_time())))
+
+            def post(*_, s=start, n=name):
+                totals[n] += time.process_time() - s.pop()
+            handles.append(m.register_forward_hook(post))
+    return totals, lambda: [h.remove() for h in handles]
+
+
+def dust_train_parts(policy) -> dict[str, list]:
+    """The parts of a DUST training forward, each a list of modules (world-model parts only when present)."""
+    net = policy.net
+    parts = {"conditioning encoder": [policy.condition],
+             "timestep embeddings": net.time_embedders(),
+             "MMDiT blocks (joint attention, both streams)": list(net.mmdit),
+             "action DiT blocks + decoder": list(net.action_blocks) + [net.action_out]}
+    if policy.config.world_model:
+        parts.update({"vision stream encoder (future MLP)": [net.future_enc],
+                      "vision DiT blocks": list(net.vision_blocks),
+                      "vision decoder (MLP head)": [net.vision_out]})
+    return parts
+
+
+class TrainStep:
+    """The training loop's optimizer step on one policy (``vlastack.train.loop.Trainer.train_step``'s work):
+    ``compute_loss``, backward, gradient clipping, AdamW over the policy's parameter groups (its published
+    optimiser settings), and the EMA update; each phase's process-CPU seconds are added up in ``times``."""
+
+    PHASES = ("forward (compute_loss)", "backward", "clip + AdamW", "EMA")
+
+    def __init__(self, policy: Policy, batch: dict[str, Any], grad_clip: float = 1.0, ema_decay: float = 0.995):
+        from vlastack.train.config import EMAConfig, OptimConfig, TrainConfig, resolve_optim
+        from vlastack.train.optim import EMA, make_optimizer
+
+        self.policy, self.batch, self.grad_clip = policy, batch, grad_clip
+        cfg = resolve_optim(TrainConfig(optim=OptimConfig(grad_clip=grad_clip)),
+                            getattr(type(policy.config), "OPTIM_DEFAULTS", {}))
+        policy.train()
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.opt = make_optimizer(policy, cfg.optim)
+        self.ema = EMA(policy, EMAConfig(decay=ema_decay))
+        self.times = {k: 0.0 for k in self.PHASES}
+        self.steps = 0
+
+    def __call__(self) -> None:
+        """One step."""
+        c0 = time.process_time()
+        loss, _ = self.policy.compute_loss(self.batch)
+        c1 = time.process_time()
+        loss.backward()
+        c2 = time.process_time()
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        c3 = time.process_time()
+        self.ema.update(self.policy)
+        c4 = time.process_time()
+        for k, d in zip(self.PHASES, (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
+            self.times[k] += d
+        self.steps += 1
+
+
+def train_comparison(batch_size: int = 32, rounds: int = 5, steps: int = 3, threads: int = 1,
+                     cameras: tuple[str, ...] | None = None, preset: str = "small") -> dict[str, Any]:
+    """DUST (``preset``) vs its no-world-model ablation (the same preset with strategy ``no_wm``):
+    training samples/s at equal batch, interleaved in one process.
+
+    Both train on the same data-contract batch with the frozen encoder's cached features (as the
+    training loop does with ``dataset.cache_features``), with the loop's step (:class:`TrainStep`).
+    Each round runs ``steps`` steps of each policy (order alternating per round) after one warm-up
+    step each; the figures are medians over every timed step. Also prints the forward time of each
+    part of the network, each phase of the step, and the FLOPs of forward + backward.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vlastack.policies.dust import DUSTConfig
+
+    torch.set_num_threads(threads)
+    presets = (preset, f"{preset}_no_wm")
+    print(f"\n== training: DUST {presets[0]} vs {presets[1]}, batch {batch_size}, {threads} thread"
+          f"{'s' if threads > 1 else ''}, cached features ({load()})", flush=True)
+    runs: dict[str, dict[str, Any]] = {}
+    for name, strategy in zip(presets, (None, "no_wm")):
+        torch.manual_seed(0)
+        cfg = DUSTConfig.preset(preset, **({"cameras": list(cameras)} if cameras else {}),
+                                **({"strategy": strategy} if strategy else {}))
+        policy = make_policy("dust", cfg, stats=generic_stats(cfg))
+        batch = cached_batch(policy, generic_batch(cfg, batch_size))
+        step = TrainStep(policy, batch)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            loss, _ = policy.compute_loss(batch)
+            loss.backward()
+        policy.zero_grad(set_to_none=True)
+        step()  # warm-up
+        step.times, step.steps = {k: 0.0 for k in step.PHASES}, 0
+        runs[name] = {"step": step, "wall": [], "cpu": [], "gflop": counter.get_total_flops() / 1e9,
+                        "cfg": cfg, "params": policy.num_parameters()}
+    order = list(presets)
+    for r in range(rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            run = runs[name]
+            for _ in range(steps):
+                t0, c0 = time.perf_counter(), time.process_time()
+                run["step"]()
+                run["wall"].append(time.perf_counter() - t0)
+                run["cpu"].append(time.process_time() - c0)
+    out: dict[str, Any] = {"batch": batch_size, "threads": threads, "rounds": rounds, "steps_per_round": steps}
+    for name, run in runs.items():
+        step, cfg = run["step"], run["cfg"]
+        wall, cpu = statistics.median(run["wall"]), statistics.median(run["cpu"])
+        row = {"samples_per_s": batch_size / wall, "samples_per_cpu_s": batch_size / cpu,
+               "step_ms": 1e3 * wall, "step_cpu_ms": 1e3 * cpu, "gflop_fwd_bwd": run["gflop"],
+               "params_trainable": run["params"], "cameras": list(cfg.cameras),
+               "future_tokens": cfg.num_future_tokens,
+               "phases_cpu_ms": {k: 1e3 * v / step.steps for k, v in step.times.items()}}
+        totals, remove = _module_timers(dust_train_parts(step.policy))
+        n_fwd = 3
+        with torch.no_grad():
+            for _ in range(n_fwd):
+                step.policy.compute_loss(step.batch)
+        remove()
+        row["forward_parts_cpu_ms"] = {k: 1e3 * v / n_fwd for k, v in totals.items()}
+        out[name] = row
+        print(f"{name:<12} ({row['params_trainable'] / 1e6:.2f}M trainable, {len(cfg.cameras)} cameras, "
+              f"{cfg.num_future_tokens} future tokens): {row['samples_per_s']:6.1f} samples/s "
+              f"({row['samples_per_cpu_s']:.1f} per CPU-second; step {row['step_ms']:.0f} ms, cpu "
+              f"{row['step_cpu_ms']:.0f} ms; fwd+bwd {row['gflop_fwd_bwd']:.1f} GFLOP)", flush=True)
+        print("    step phases [process-CPU ms]: " + ", ".join(f"{k} {v:.1f}" for k, v in row["phases_cpu_ms"].items()),
+              flush=True)
+        print("    forward parts, no grad [process-CPU ms]: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in row["forward_parts_cpu_ms"].items()), flush=True)
+    a, b = out[presets[0]], out[presets[1]]
+    out["ratio"] = a["samples_per_s"] / b["samples_per_s"]
+    out["ratio_cpu"] = a["samples_per_cpu_s"] / b["samples_per_cpu_s"]
+    out["ratio_flops"] = b["gflop_fwd_bwd"] / a["gflop_fwd_bwd"]
+    out["target_met"] = {"wall": out["ratio"] >= 0.7, "cpu": out["ratio_cpu"] >= 0.7}
+    print(f"ratio {presets[0]} / {presets[1]} samples/s: {out['ratio']:.2f}x wall, {out['ratio_cpu']:.2f}x per "
+          f"CPU-second (inverse FLOPs ratio {out['ratio_flops']:.2f}x); target >= 0.70x: wall "
+          f"{'MET' if out['target_met']['wall'] else 'NOT MET'}, per CPU-second "
+          f"{'MET' if out['target_met']['cpu'] else 'NOT MET'} ({load()} at the end)", flush=True)
+    return out
+
+
 # ---------------------------------------------------------------- exported runtimes, FLOPs and the matmul peak
 
 
@@ -502,7 +665,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--runtime-threads", default="1", help="thread counts for --runtimes, e.g. 1,2")
     ap.add_argument("--runtime-repeats", type=int, default=20, help="chunks per runtime and round (--runtimes)")
     ap.add_argument("--quantize", action="store_true", help="--runtimes: also time an int8 (dynamic) export")
+    ap.add_argument("--train", action="store_true",
+                    help="only compare DUST small's training samples/s with its no-world-model ablation's")
+    ap.add_argument("--train-batch", type=int, default=32, help="--train: batch size (both policies)")
+    ap.add_argument("--train-rounds", type=int, default=5, help="--train: interleaved rounds")
+    ap.add_argument("--train-steps", type=int, default=3, help="--train: steps per policy and round")
+    ap.add_argument("--train-threads", type=int, default=1, help="--train: torch threads")
+    ap.add_argument("--train-cameras", default=None, help="--train: cameras, e.g. left,wrist (default: the preset's)")
+    ap.add_argument("--train-preset", default="small", help="--train: the DUST preset (its no_wm ablation beside it)")
     args = ap.parse_args(argv)
+    if args.train:
+        print(f"torch {torch.__version__}, {load()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+        cams = tuple(c for c in args.train_cameras.split(",") if c) if args.train_cameras else None
+        res = train_comparison(args.train_batch, args.train_rounds, args.train_steps, args.train_threads, cams,
+                               args.train_preset)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+        return [res]
     if args.runtimes:
         print(f"torch {torch.__version__}, {load()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
         res = runtime_comparison(args.runtimes, [int(t) for t in args.runtime_threads.split(",")],

@@ -216,3 +216,36 @@ def test_dataloader_single_items_and_errors(store_path):
     assert item[LEFT].shape == (1, 8, 8, 3) and isinstance(item[TASK], str)
     with pytest.raises(ValueError, match="split"):
         make_dataloader(store_path, WindowSpec(), split="test")
+
+
+def test_read_rows_into_a_buffer_equals_a_plain_read(store):
+    """Frames decoded straight into a caller's buffer (the DataLoader's shared memory): same values,
+    repeats and any order included; a strided buffer and a wrong shape are handled."""
+    key = image_key("left")
+    rows = np.array([7, 2, 7, 0, store.num_frames - 1, 2])
+    want = np.stack([store.read_rows(key, np.array([r]))[0] for r in rows])  # one frame per call
+    out = np.zeros((len(rows), *want.shape[1:]), want.dtype)
+    assert store.read_rows(key, rows, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(store.read_rows(key, rows), want)
+    wide = np.zeros((len(rows), *want.shape[1:-1], 4), want.dtype)
+    store.read_rows(key, rows, out=wide[..., :3])  # not contiguous: decoded, then copied
+    np.testing.assert_array_equal(wide[..., :3], want)
+    with pytest.raises(ValueError, match="out has shape"):
+        store.read_rows(key, rows, out=out[:-1])
+    s = store.read_rows(STATE, rows, out=np.zeros((len(rows), store.spec.features[STATE].shape[0]), np.float32))
+    np.testing.assert_array_equal(s, store.read_rows(STATE, rows))
+
+
+def test_workers_decompress_in_their_own_thread():
+    from numcodecs import blosc
+
+    from vlastack.datasets.torch_dataset import single_thread_blosc
+
+    before = blosc.use_threads
+    try:
+        blosc.use_threads = None
+        single_thread_blosc()
+        assert blosc.use_threads is False
+    finally:
+        blosc.use_threads = before

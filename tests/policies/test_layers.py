@@ -97,6 +97,41 @@ def test_cross_attention_cached_kv_and_mask():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
+def _plain_cross(ca, x, ctx, valid):
+    """CrossAttention through projected keys and values (the path sampling takes with a cached context)."""
+    return ca(x, ca.context_kv(ctx), valid)
+
+
+@pytest.mark.parametrize("dim,ctx_dim,heads,n_q,n_ctx", [(16, 12, 4, 3, 40), (32, 32, 2, 5, 24)])
+def test_cross_attention_absorbed_equals_plain_values_and_gradients(dim, ctx_dim, heads, n_q, n_ctx):
+    """Few queries against a long raw context take the absorbed path: same outputs and gradients."""
+    ca = _randomize(L.CrossAttention(dim, ctx_dim, heads))  # biases too: the key bias must cancel, the value bias not
+    assert ca.absorbs(n_q, n_ctx) and not ca.absorbs(4 * n_ctx, n_ctx)
+    torch.manual_seed(1)
+    x = torch.randn(2, n_q, dim, requires_grad=True)
+    ctx = torch.randn(2, n_ctx, ctx_dim, requires_grad=True)
+    valid = torch.ones(2, n_ctx, dtype=torch.bool)
+    valid[1, n_ctx // 2:] = False
+    out, ref = ca(x, ctx, valid), _plain_cross(ca, x, ctx, valid)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ca.absorbed(x, ctx, valid), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ca(x, ctx), _plain_cross(ca, x, ctx, None), atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    wrt = [x, ctx, ca.q.weight, ca.q.bias, ca.kv.weight, ca.proj.weight, ca.proj.bias]
+    got = torch.autograd.grad(out, wrt + [ca.kv.bias], g)
+    want = torch.autograd.grad(ref, wrt + [ca.kv.bias], g)
+    for a, b in zip(got[:-1], want[:-1]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[-1][dim:], want[-1][dim:], atol=1e-4, rtol=1e-4)  # value bias
+    assert want[-1][:dim].abs().max() < 1e-4 and got[-1][:dim].abs().max() < 1e-4  # the key bias: no gradient
+
+
+def test_cross_attention_absorbs_by_multiply_adds():
+    ca = L.CrossAttention(256, 256, 4)
+    assert ca.absorbs(12, 62) and ca.absorbs(17, 62)  # DUST small's streams against its conditioning
+    assert not ca.absorbs(64, 200) and not ca.absorbs(62, 62)
+
+
 def test_dit_block_is_identity_at_init_and_conditions_on_c():
     torch.manual_seed(0)
     blk = L.DiTBlock(16, 4)

@@ -49,6 +49,21 @@ def test_tiny_entries_produce_every_figure(bench, label, parts, capsys):
         assert "denoising loop alone" in bench.dita_loop_ratio(out["breakdown_cpu_ms"])
 
 
+def test_train_comparison_prints_both_rates_and_their_ratio(bench, capsys):
+    out = bench.train_comparison(batch_size=4, rounds=2, steps=1, preset="tiny", cameras=("left",))
+    dust, base = out["tiny"], out["tiny_no_wm"]
+    assert dust["future_tokens"] > 0 and base["future_tokens"] == 0 and dust["cameras"] == ["left"]
+    for row in (dust, base):
+        assert row["samples_per_s"] > 0 and row["samples_per_cpu_s"] > 0 and row["gflop_fwd_bwd"] > 0
+        assert all(v >= 0 for v in row["phases_cpu_ms"].values()) and row["phases_cpu_ms"]["backward"] > 0
+        assert row["forward_parts_cpu_ms"]["conditioning encoder"] > 0
+    assert "vision DiT blocks" in dust["forward_parts_cpu_ms"] and "vision DiT blocks" not in base["forward_parts_cpu_ms"]
+    assert dust["gflop_fwd_bwd"] > base["gflop_fwd_bwd"]  # the world-model stream costs work
+    assert out["ratio"] == pytest.approx(dust["samples_per_s"] / base["samples_per_s"])
+    printed = capsys.readouterr().out
+    assert "ratio tiny / tiny_no_wm samples/s" in printed and "target >= 0.70x" in printed
+
+
 def test_dita_loop_ratio_arithmetic(bench):
     parts = {"uncached step (whole sequence)": 30.0, "first step, full pass keeping prefix K/V": 32.0,
              "cached step (suffix only)": 10.0}

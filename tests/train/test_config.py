@@ -173,6 +173,23 @@ def test_train_settings_still_win_over_the_policy_defaults():
         _trainer_cfg("policy=dust", "train.schedule.warmup_steps=7", "train.schedule.warmup_fraction=0.1")
 
 
+def test_adamw_is_fused_where_torch_fuses_it():
+    """make_optimizer takes torch's fused AdamW for plain float CPU/CUDA parameters, the loop otherwise."""
+    import torch
+
+    from vlastack.policies.base import make_policy
+    from vlastack.train.optim import fused_adamw_ok, make_optimizer
+
+    cfg = _trainer_cfg("policy=dust")
+    torch.manual_seed(0)
+    policy = make_policy("dust", policy_class("dust").config_class.preset("tiny"))
+    assert make_optimizer(policy, cfg.optim).defaults["fused"] is True
+    w = torch.nn.Parameter(torch.ones(3))
+    assert fused_adamw_ok([w]) and not fused_adamw_ok([])
+    assert not fused_adamw_ok([w, torch.nn.Parameter(torch.ones(2, device="meta"))])  # mixed devices
+    assert not fused_adamw_ok([torch.nn.Parameter(torch.ones(3, device="meta"))])  # a device it does not fuse on
+
+
 def test_dust_adamw_groups_and_warmup_follow_the_paper():
     """AdamW betas (0.95, 0.999), eps 1e-8, wd 1e-5 on weight matrices and none on biases / norms;
     cosine schedule with 5% linear warmup."""

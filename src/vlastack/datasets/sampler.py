@@ -231,13 +231,10 @@ class WindowSampler:
             dst = buf.reshape(len(flat), *shape)  # (B*T, ...) view
             if k in self._memory:
                 np.take(self._memory[k], flat, axis=0, out=dst)
+            elif self.feature_encoder is not None and k in self.image_keys:
+                self.store.read_feature_rows(self.feature_encoder, k, flat, out=dst)  # (B*T, ...) in place
             else:
-                uniq, inv = np.unique(flat, return_inverse=True)
-                if self.feature_encoder is not None and k in self.image_keys:
-                    vals = self.store.read_feature_rows(self.feature_encoder, k, uniq)  # (U, ...)
-                else:
-                    vals = self.store.read_rows(k, uniq)  # (U, H, W, 3)
-                np.take(vals, inv, axis=0, out=dst)
+                self.store.read_rows(k, flat, out=dst)  # (B*T, H, W, 3) in place
             out[ok] = buf
             out[pad_key(ok)] = pad
         eps = self.anchor_episode[idx]

@@ -380,32 +380,51 @@ class _LocalChunkReader:
         chunks = getattr(md, "chunks", None)
         return bool(ok_codecs and chunks is not None and tuple(chunks[1:]) == tuple(array.shape[1:]))
 
-    def _chunk(self, ci: int) -> np.ndarray:
+    def _chunk(self, ci: int, dest: np.ndarray | None = None) -> np.ndarray:
+        """Chunk ``ci`` decoded -> (rows_per_chunk, *frame_shape); into ``dest`` (C-contiguous, that shape) when given."""
         from numcodecs import blosc
 
         path = self.dir / self._encode((ci,) + (0,) * len(self.frame_shape))
+        shape = (self.rows_per_chunk, *self.frame_shape)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:  # never written (all fill value)
-            return np.full((self.rows_per_chunk, *self.frame_shape), self.fill, self.dtype)
+            if dest is None:
+                return np.full(shape, self.fill, self.dtype)
+            dest[...] = self.fill
+            return dest
+        expected = self.rows_per_chunk * self.frame_nbytes
+        where = f"{self.key}: corrupt chunk {ci} (rows {ci * self.rows_per_chunk}..{(ci + 1) * self.rows_per_chunk - 1})"
+        nbytes = int.from_bytes(raw[4:8], "little") if len(raw) >= 16 else -1  # the Blosc header's size field
+        if nbytes != expected:
+            raise StoreError(f"{where}: its header says {nbytes} bytes, expected {expected}")
         try:
-            buf = blosc.decompress(raw)
+            buf = blosc.decompress(raw, dest)  # into dest: one copy less
         except Exception as e:
-            raise StoreError(f"{self.key}: corrupt chunk {ci} (rows {ci * self.rows_per_chunk}.."
-                             f"{(ci + 1) * self.rows_per_chunk - 1}): blosc says {e}") from None
-        if len(buf) != self.rows_per_chunk * self.frame_nbytes:
-            raise StoreError(f"{self.key}: corrupt chunk {ci}: decoded {len(buf)} bytes, expected "
-                             f"{self.rows_per_chunk * self.frame_nbytes}")
-        return np.frombuffer(buf, self.dtype).reshape(self.rows_per_chunk, *self.frame_shape)
+            raise StoreError(f"{where}: blosc says {e}") from None
+        return dest if dest is not None else np.frombuffer(buf, self.dtype).reshape(shape)
 
     def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows ``rows`` (any order, repeats allowed) -> (len(rows), *frame_shape)."""
+        """Rows ``rows`` (any order, repeats allowed) -> (len(rows), *frame_shape), written into ``out`` when given.
+
+        With one frame per chunk each frame is decoded straight into its place in ``out`` (a
+        repeated row is decoded once and copied).
+        """
         rows = np.asarray(rows, np.int64).reshape(-1)
         if out is None:
             out = np.empty((len(rows), *self.frame_shape), self.dtype)
         if self.rows_per_chunk == 1:
-            for j, r in enumerate(rows):
-                out[j] = self._chunk(int(r))[0]
+            direct = out.dtype == self.dtype and out.flags.c_contiguous
+            first: dict[int, int] = {}
+            for j, r in enumerate(rows.tolist()):
+                if r in first:
+                    out[j] = out[first[r]]
+                    continue
+                first[r] = j
+                if direct:
+                    self._chunk(r, out[j:j + 1])
+                else:
+                    out[j] = self._chunk(r)[0]
             return out
         cis = rows // self.rows_per_chunk
         for ci in np.unique(cis):
@@ -853,14 +872,18 @@ class TrajectoryStore:
         return {k: self.read_rows(k, np.array([g]))[0] for k in keys
                 if not (k == ACTION and not self._episodes[ep]["has_action"])}
 
-    def read_rows(self, key: str, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (global frame indices, any order, repeats allowed) of ``data/<key>`` -> (N, ...)."""
+    def read_rows(self, key: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (global frame indices, any order, repeats allowed) of ``data/<key>`` -> (N, ...).
+
+        ``out``: an array of that shape to write the rows into (e.g. a batch buffer in shared
+        memory); local stores then decode each frame straight into it.
+        """
         rows = np.asarray(rows, np.int64).reshape(-1)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.num_frames):
             raise StoreError(f"{key}: rows out of range [0, {self.num_frames})")
-        return self._rows(f"data/{key}", rows)
+        return self._rows(f"data/{key}", rows, out)
 
-    def _rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+    def _rows(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         reader = self._readers.get(name)
         if reader is None:
             arr = self._node(name)
@@ -870,16 +893,22 @@ class TrajectoryStore:
             else:
                 reader = arr
             self._readers[name] = reader
+        frame = reader.frame_shape if isinstance(reader, _LocalChunkReader) else tuple(reader.shape[1:])
+        if out is not None and tuple(out.shape) != (len(rows), *frame):
+            raise ValueError(f"{name}: out has shape {tuple(out.shape)}, expected {(len(rows), *frame)}")
         if isinstance(reader, _LocalChunkReader):
-            return reader.read(rows)
+            return reader.read(rows, out)
         if len(rows) == 0:
-            return np.zeros((0, *reader.shape[1:]), reader.dtype)
+            return np.zeros((0, *reader.shape[1:]), reader.dtype) if out is None else out
         uniq, inv = np.unique(rows, return_inverse=True)
         try:
             block = reader.get_orthogonal_selection((uniq,))
         except Exception as e:
             raise StoreError(f"{name}: corrupt chunk or unreadable data ({type(e).__name__}: {e})") from None
-        return np.asarray(block)[inv]
+        if out is None:
+            return np.asarray(block)[inv]
+        np.take(np.asarray(block), inv, axis=0, out=out)
+        return out
 
     # ----------------------------------------------------------------- writing
 
@@ -1106,10 +1135,10 @@ class TrajectoryStore:
             raise StoreError(f"{name}: no complete feature cache for {self.num_frames} frames; cached: {have}")
         return self._group[name]
 
-    def read_feature_rows(self, encoder: str, key: str, rows: np.ndarray) -> np.ndarray:
-        """Rows of a feature cache -> (N, ...)."""
+    def read_feature_rows(self, encoder: str, key: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows of a feature cache -> (N, ...) (written into ``out`` when given, as :meth:`read_rows`)."""
         self.read_features(encoder, key)
-        return self._rows(f"features/{encoder}/{key}", np.asarray(rows, np.int64).reshape(-1))
+        return self._rows(f"features/{encoder}/{key}", np.asarray(rows, np.int64).reshape(-1), out)
 
     def list_features(self) -> dict[str, list[str]]:
         """encoder -> keys with a complete cache."""

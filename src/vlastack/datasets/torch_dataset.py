@@ -79,7 +79,22 @@ def collate_windows(batch: Any) -> dict[str, Any]:
 
 
 def _worker_init(worker_id: int) -> None:
+    """One thread per worker process: torch's and Blosc's (workers already run side by side)."""
     torch.set_num_threads(1)
+    single_thread_blosc()
+
+
+def single_thread_blosc() -> None:
+    """Decompress Blosc chunks in the calling thread only (no Blosc thread pool), where numcodecs is installed.
+
+    In a DataLoader worker numcodecs would start a pool of its own (its default uses threads
+    in a process's main thread), so N workers ran up to N x cores decompression threads.
+    """
+    try:
+        from numcodecs import blosc
+    except ImportError:  # pragma: no cover - numcodecs comes with zarr
+        return
+    blosc.use_threads = False
 
 
 def make_dataloader(store: TrajectoryStore | str | os.PathLike, window: WindowSpec | Mapping[str, Sequence[int]],

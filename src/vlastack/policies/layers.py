@@ -170,6 +170,16 @@ class CrossAttention(nn.Module):
 
     The conditioning's keys and values can be computed once with :meth:`context_kv`
     and passed back in place of the context (they do not change across denoising steps).
+
+    Given the raw context, few queries and a longer context (a training step: DUST's streams
+    of 8-17 tokens against 40-70 conditioning tokens), projecting every context token to keys and
+    values costs more than the attention itself. Then the projections are folded into the queries
+    instead (:meth:`absorbed`): per head, ``q_h . (W_k,h c) = (W_k,h^T q_h) . c`` and
+    ``sum_j p_j W_v,h c_j = W_v,h (sum_j p_j c_j)``, so the cost grows with the queries, not the
+    context. The key bias adds the same amount to every score of a query, which the softmax
+    cancels, and the value bias passes through the (normalised) weights unchanged. Same
+    parameters, same function; outputs and gradients equal the plain path to float rounding.
+    :meth:`absorbs` decides by counting multiply-adds.
     """
 
     def __init__(self, dim: int, context_dim: int, heads: int):
@@ -186,9 +196,44 @@ class CrossAttention(nn.Module):
         k, v = self.kv(context).chunk(2, dim=-1)  # 2 x (B, S, D)
         return _split_heads(k, self.heads), _split_heads(v, self.heads)
 
+    def absorbs(self, n_queries: int, n_context: int) -> bool:
+        """Whether :meth:`absorbed` takes fewer multiply-adds than projecting the context to keys and values.
+
+        Plain: keys and values of S context tokens (2 S C D) plus the attention (2 L S D). Absorbed:
+        queries into context space and back (2 L D C) plus the attention in context space (2 nh L S C).
+        """
+        d, c = self.q.out_features, self.kv.in_features
+        plain = n_context * c * d + n_queries * n_context * d
+        folded = n_queries * d * c + self.heads * n_queries * n_context * c
+        return folded < plain
+
+    def absorbed(self, x: Tensor, context: Tensor, context_valid: Tensor | None = None) -> Tensor:
+        """The attention with the key/value projections folded into the queries (see the class docstring).
+
+        x (B, L, D), context (B, S, C), context_valid (B, S) bool -> (B, L, D). A sample whose keys
+        are all masked has no defined attention; the two paths then differ (by the value bias).
+        """
+        b, n, d = x.shape
+        nh, c = self.heads, context.shape[-1]
+        hd = d // nh
+        w_k, w_v = self.kv.weight[:d].view(nh, hd, c), self.kv.weight[d:].view(nh, hd, c)  # (nh, hd, C) each
+        q = self.q(x).view(b * n, nh, hd).transpose(0, 1)  # (nh, B*L, hd)
+        qc = torch.bmm(q, w_k).view(nh, b, n, c).transpose(0, 1).reshape(b, 1, nh * n, c)  # (B, 1, nh*L, C)
+        ctx = context[:, None]  # (B, 1, S, C): one "head" of width C, keys = values = the context
+        mask = None if context_valid is None else context_valid[:, None, None, :]  # (B, 1, 1, S)
+        pc = F.scaled_dot_product_attention(qc, ctx, ctx, attn_mask=mask, scale=hd ** -0.5)  # (B, 1, nh*L, C)
+        pc = pc.view(b, nh, n, c).transpose(0, 1).reshape(nh, b * n, c)  # (nh, B*L, C)
+        out = torch.bmm(pc, w_v.transpose(1, 2))  # (nh, B*L, hd)
+        out = out.view(nh, b, n, hd).permute(1, 2, 0, 3).reshape(b, n, d)  # (B, L, D)
+        if self.kv.bias is not None:
+            out = out + self.kv.bias[d:]  # the value bias (the key bias cancels in the softmax)
+        return self.proj(out)  # (B, L, D)
+
     def forward(self, x: Tensor, context: Tensor | tuple[Tensor, Tensor],
                 context_valid: Tensor | None = None) -> Tensor:
         """x (B, L, D), context (B, S, C) or precomputed (k, v), context_valid (B, S) bool -> (B, L, D)."""
+        if not isinstance(context, tuple) and self.absorbs(x.shape[1], context.shape[1]):
+            return self.absorbed(x, context, context_valid)
         k, v = context if isinstance(context, tuple) else self.context_kv(context)  # (B, nh, S, hd)
         q = _split_heads(self.q(x), self.heads)  # (B, nh, L, hd)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_bias(context_valid))

@@ -24,7 +24,7 @@ import torch
 
 from vlastack.datasets.sampler import WindowSampler, split_episodes
 from vlastack.datasets.store import StoreError, TrajectoryStore
-from vlastack.datasets.torch_dataset import batch_to_torch
+from vlastack.datasets.torch_dataset import batch_to_torch, single_thread_blosc
 from vlastack.types import ACTION, STATE
 
 from .config import DatasetConfig, TrainConfigError
@@ -235,6 +235,7 @@ def _identity(x):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    single_thread_blosc()
 
 
 def step_batches(data: StepBatches, start: int, stop: int, num_workers: int = 0) -> Iterator[list[dict]]:
