@@ -581,3 +581,36 @@ def test_small_preset_size_and_chunk():
     assert p.vision.frozen and p.text.frozen and p.config.num_future_tokens == 12
     chunk = p.sample_actions(fake_observation(_spec(p.config), batch_size=1), seed=0)
     assert chunk.actions.shape == (1, 16, 7) and torch.isfinite(chunk.actions).all()
+
+
+@pytest.mark.parametrize("strategy", ["mmdit_decoupled", "no_wm"])
+def test_training_loss_and_gradients_do_not_depend_on_the_cross_attention_path(strategy, monkeypatch):
+    """Training takes the folded (absorbed) cross-attention, sampling the projected keys/values:
+    the loss and every gradient equal those of the plain path to float rounding."""
+    from vlastack.policies import layers
+
+    calls = []
+    absorbed = layers.CrossAttention.absorbed
+    monkeypatch.setattr(layers.CrossAttention, "absorbed", lambda self, *a: calls.append(1) or absorbed(self, *a))
+    p = _policy(strategy=strategy)
+    _randomise(p.net)
+    batch = _batch(p.config)
+
+    def loss_and_grads():
+        p.zero_grad(set_to_none=True)
+        loss, _ = _loss_at(p, batch)
+        loss.backward()
+        return loss.detach(), {n: q.grad.clone() for n, q in p.named_parameters() if q.grad is not None}
+
+    folded, g_folded = loss_and_grads()
+    assert calls, "the tiny preset's training step should take the absorbed path"
+    monkeypatch.setattr(layers.CrossAttention, "absorbs", lambda self, n_q, n_c: False)
+    plain, g_plain = loss_and_grads()
+    torch.testing.assert_close(folded, plain, atol=1e-5, rtol=1e-5)
+    assert g_folded.keys() == g_plain.keys()
+    for n in g_plain:
+        if n.endswith("kv.bias"):  # the key half has no gradient in theory; compare the value half
+            d = g_plain[n].shape[0] // 2
+            torch.testing.assert_close(g_folded[n][d:], g_plain[n][d:], atol=1e-4, rtol=1e-3)
+            continue
+        torch.testing.assert_close(g_folded[n], g_plain[n], atol=1e-4, rtol=1e-3, msg=n)
