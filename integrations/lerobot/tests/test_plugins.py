@@ -159,6 +159,15 @@ def test_plugin_outputs_equal_vlastack_outputs(trained, dataset):
     policy, pre, post, meta = reload(ckpt, dataset)
     ours = Policy.from_pretrained(ckpt)  # vlastack reads the LeRobot checkpoint directly
     assert ours.name == name
+    torch.testing.assert_close(ours.state_dict(), policy.model.state_dict())
+    # 20 steps leave DUST's zero-initialised output gates near zero: perturb the (shared) weights so
+    # that every input, the images included, moves the chunk well past the tolerance
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for w in policy.model.parameters():
+            if w.requires_grad:
+                w.add_(0.05 * torch.randn(w.shape, generator=g))
+    ours.load_state_dict(policy.model.state_dict())
     ds = LeRobotDataset(meta.repo_id, root=dataset, delta_timestamps=resolve_delta_timestamps(policy.config, meta))
     # inference: one frame (plus history for Dita's two frames) through LeRobot's preprocessor
     item = ds[7]
@@ -182,6 +191,23 @@ def test_plugin_outputs_equal_vlastack_outputs(trained, dataset):
     loss_mine, _ = ours.compute_loss(policy._contract(b))
     torch.testing.assert_close(loss_theirs, loss_mine)
     assert set(terms) >= {"loss"}
+
+
+def test_the_policy_sees_the_stored_uint8_frames(dataset):
+    """LeRobot's float frames go back to exactly the uint8 frames vlastack's own reader decodes."""
+    from vlastack.datasets.lerobot import LeRobotReader
+    from vlastack_lerobot.policy import to_contract
+
+    frames, task, _ = LeRobotReader(dataset).read_episode(1)
+    ds = LeRobotDataset(f"local/{dataset.name}", root=dataset)
+    start = int(ds.meta.episodes["dataset_from_index"][1])
+    batch = torch.utils.data.default_collate([ds[start + i] for i in (0, 5, 11)])
+    contract = to_contract(batch, CAMERAS, n_obs=1)
+    for cam in CAMERAS:
+        k = f"observation.images.{cam}"
+        assert contract[k].dtype == torch.uint8 and tuple(contract[k].shape) == (3, 32, 32, 3)
+        assert torch.equal(contract[k], torch.from_numpy(frames[k][[0, 5, 11]]))
+    assert contract["task"] == [task] * 3
 
 
 # ---------------------------------------------------------------- config and windows
