@@ -193,6 +193,26 @@ def test_plugin_outputs_equal_vlastack_outputs(trained, dataset):
     assert set(terms) >= {"loss"}
 
 
+@pytest.mark.parametrize("name", POLICIES)
+def test_a_vlastack_checkpoint_loads_in_lerobot(name, dataset, tmp_path):
+    """The reverse direction: vlastack's save_pretrained, plus the processor files, is a LeRobot checkpoint."""
+    from vlastack.policies.base import make_policy as make_ours
+    from vlastack_lerobot.processor import add_processors
+
+    meta = LeRobotDatasetMetadata(f"local/{dataset.name}", root=dataset)
+    ours = make_ours(name, "tiny", stats=meta.stats, cameras=list(CAMERAS))
+    ours.save_pretrained(tmp_path / "ck")
+    add_processors(tmp_path / "ck")
+    policy, pre, post, _ = reload(tmp_path / "ck", dataset)
+    assert type(policy) is get_policy_class(name)
+    torch.testing.assert_close(policy.model.state_dict(), ours.state_dict())
+    ds = LeRobotDataset(meta.repo_id, root=dataset, delta_timestamps=resolve_delta_timestamps(policy.config, meta))
+    item = ds[9]
+    batch = {k: v.unsqueeze(0) for k, v in item.items() if k.startswith("observation.") and not k.endswith("_is_pad")}
+    chunk = post(policy.predict_action_chunk(pre({**batch, "task": item["task"]}), seed=1))
+    assert tuple(chunk.shape) == (1, ours.config.horizon, 3) and torch.isfinite(chunk).all()
+
+
 def test_the_policy_sees_the_stored_uint8_frames(dataset):
     """LeRobot's float frames go back to exactly the uint8 frames vlastack's own reader decodes."""
     from vlastack.datasets.lerobot import LeRobotReader

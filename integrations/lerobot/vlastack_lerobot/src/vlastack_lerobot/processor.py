@@ -11,6 +11,7 @@ instruction passes through as ``task`` (LeRobot's complementary data).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from lerobot.processor import (AddBatchDimensionProcessorStep, DeviceProcessorStep, NormalizerProcessorStep,
@@ -36,3 +37,29 @@ def make_pre_post_processors(config: VlastackConfig, dataset_stats: dict[str, di
             PolicyProcessorPipeline[PolicyAction, PolicyAction](steps=post, name=POLICY_POSTPROCESSOR_DEFAULT_NAME,
                                                                 to_transition=policy_action_to_transition,
                                                                 to_output=transition_to_policy_action))
+
+
+def add_processors(checkpoint: str | Path) -> Path:
+    """Write LeRobot's processor files into a vlastack checkpoint directory (``save_pretrained``'s), so that
+    ``lerobot-eval --policy.path=DIR`` loads it: vlastack's ``config.json`` parses as the plugin's config
+    and its ``model.safetensors`` is what the plugin loads; only the (stateless) pipelines are missing."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.utils.import_utils import register_third_party_plugins
+
+    register_third_party_plugins()
+    path = Path(checkpoint)
+    cfg = PreTrainedConfig.from_pretrained(path)
+    if not isinstance(cfg, VlastackConfig):
+        raise ValueError(f"{path}: a {cfg.type!r} checkpoint, not a vlastack policy (dust, dita)")
+    pre, post = make_pre_post_processors(cfg)
+    pre.save_pretrained(path)
+    post.save_pretrained(path)
+    return path
+
+
+if __name__ == "__main__":  # python -m vlastack_lerobot.processor CHECKPOINT_DIR
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m vlastack_lerobot.processor CHECKPOINT_DIR  (a vlastack dust / dita checkpoint)")
+    print(f"LeRobot processors written to {add_processors(sys.argv[1])}")
