@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-POLICIES = ("diffusion", "act")
+POLICIES = ("diffusion", "act", "dust", "dita")  # dust, dita: vlastack's LeRobot plugins (make test-lerobot)
 
 
 def rss_peak_mib() -> float:
@@ -67,6 +67,13 @@ def policy_config(name: str, overrides: dict[str, Any]):
         from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig as C
     elif name == "act":
         from lerobot.policies.act.configuration_act import ACTConfig as C
+    elif name in ("dust", "dita"):  # the plugin, found the way lerobot-train finds it
+        from lerobot.policies.factory import make_policy_config
+        from lerobot.utils.import_utils import register_third_party_plugins
+
+        register_third_party_plugins()
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()}
+        return make_policy_config(name, device="cpu", push_to_hub=False, **kw)
     else:
         raise SystemExit(f"policy {name!r} unknown; choose one of {POLICIES}")
     kw = {"pretrained_backbone_weights": None, "device": "cpu", "push_to_hub": False}
@@ -174,6 +181,8 @@ def chunk(policy, pre, post, cfg, frames: list[dict[str, Any]]):
 
                 batch["observation.images"] = torch.stack([batch[k] for k in cfg.image_features], dim=-4)
                 policy._queues = populate_queues(policy._queues, batch)
+            elif hasattr(policy, "_history"):  # vlastack's plugins keep their own observation history
+                batch = policy._history(batch)
         actions = policy.predict_action_chunk(batch)[:, :cfg.n_action_steps]  # (1, n_action_steps, D_a)
         return post(actions)
 

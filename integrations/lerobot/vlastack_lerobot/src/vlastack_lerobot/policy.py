@@ -107,14 +107,20 @@ class VlastackPolicy(PreTrainedPolicy):
     # ------------------------------------------------------------ LeRobot's verbs
 
     def get_optim_params(self) -> list[dict[str, Any]]:
-        """vlastack's AdamW groups (decay / no decay / a trainable backbone at its lr scale)."""
+        """vlastack's AdamW groups (decay / no decay / a trainable backbone at its lr scale).
+
+        Groups at scale 1 carry no ``lr``, so LeRobot's optimizer rate (``--optimizer.lr`` or the
+        preset's) applies; a scaled group (Dita's trainable backbone) gets the policy preset's rate
+        times its scale.
+        """
         from vlastack.train.config import OptimConfig
         from vlastack.train.optim import param_groups
 
         opt = self.config.get_optimizer_preset()
         groups = param_groups(self.model, OptimConfig(lr=opt.lr, weight_decay=opt.weight_decay,
                                                       betas=list(opt.betas), eps=opt.eps))
-        return [{k: v for k, v in g.items() if k != "name"} for g in groups]
+        return [{k: v for k, v in g.items() if k != "name" and not (k == "lr" and g["lr_scale"] == 1.0)}
+                for g in groups]
 
     def reset(self) -> None:
         """Empty the observation history and the action queue (call at every episode start)."""
