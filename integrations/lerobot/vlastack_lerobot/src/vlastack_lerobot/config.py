@@ -38,7 +38,7 @@ from vlastack.train.builder import policy_config as build_policy_config
 from vlastack.train.config import TrainConfigError
 from vlastack.types import IMAGE_PREFIX, camera_of
 
-#: vlastack config fields that LeRobot's base config already has (same meaning): not generated again
+#: LeRobot's own config fields (n_obs_steps among them, which means what ours means)
 _BASE_FIELDS = {f.name for f in dataclasses.fields(PreTrainedConfig)}
 
 
