@@ -230,6 +230,21 @@ def test_the_policy_sees_the_stored_uint8_frames(dataset):
     assert contract["task"] == [task] * 3
 
 
+def test_select_action_history_is_the_training_window(dataset):
+    """Dita reads 2 frames: frame by frame, select_action's history equals the dataset's [-1, 0] window."""
+    cfg = make_policy_config("dita", preset="tiny", device="cpu")
+    meta = LeRobotDatasetMetadata(f"local/{dataset.name}", root=dataset)
+    policy = make_policy(cfg, ds_meta=meta)
+    windows = LeRobotDataset(meta.repo_id, root=dataset, delta_timestamps=resolve_delta_timestamps(cfg, meta))
+    frames = LeRobotDataset(meta.repo_id, root=dataset)
+    policy.reset()
+    for t in range(3):  # t = 0: the first frame repeated, as the window's padding repeats the edge frame
+        hist = policy._history({k: v.unsqueeze(0) for k, v in observation(frames, t).items() if k != "task"})
+        want = windows[t]
+        for k in ("observation.images.left", "observation.state"):
+            torch.testing.assert_close(hist[k][0], want[k])
+
+
 # ---------------------------------------------------------------- config and windows
 
 
