@@ -13,13 +13,13 @@ directory read by LeRobot's own ``LeRobotDataset`` with ``video_backend="pyav"``
 
 One patch: LeRobot 0.4.4's "pyav" backend goes through ``torchvision.io.VideoReader``, which
 torchvision 0.29 (the only one installable beside this torch) removed, and torchcodec does not
-install here. :func:`decode_video_frames_pyav` does what that backend did (seek to the key frame
-before the first requested timestamp, decode forward to the last one, take the closest frame
-within the tolerance, float32 (N, 3, H, W) in [0, 1]) with PyAV directly, and replaces
-``decode_video_frames`` inside ``lerobot.datasets.lerobot_dataset``.
+install here. ``vlastack_lerobot.video.decode_video_frames_pyav`` (integrations/lerobot, shared with
+the plugins) does what that backend did (seek to the key frame before the first requested timestamp,
+decode forward to the last one, take the closest frame within the tolerance, float32 (N, 3, H, W)
+in [0, 1]) with PyAV directly, and replaces ``decode_video_frames`` inside LeRobot.
 
 Only the standard library, numpy, torch, av and lerobot are imported (plus ``wire.py`` beside
-this file): the LeRobot venv has no vlastack.
+this file and the plugins' ``vlastack_lerobot.video``, which imports nothing of vlastack).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-POLICIES = ("diffusion", "act")
+POLICIES = ("diffusion", "act", "dust", "dita")  # dust, dita: vlastack's LeRobot plugins (make test-lerobot)
 
 
 def rss_peak_mib() -> float:
@@ -47,45 +47,15 @@ def rss_peak_mib() -> float:
 
 # ----------------------------------------------------------------------------- video decoding
 
-
-def decode_video_frames_pyav(video_path, timestamps: list[float], tolerance_s: float,
-                             backend: str | None = None, log_loaded_timestamps: bool = False):
-    """Frames of ``video_path`` closest to ``timestamps`` (seconds): float32 (N, 3, H, W) in [0, 1].
-
-    Same algorithm as LeRobot 0.4.4's torchvision "pyav" backend, without torchvision.io.
-    """
-    import av
-    import torch
-
-    first_ts, last_ts = min(timestamps), max(timestamps)
-    frames, loaded_ts = [], []
-    with av.open(str(video_path)) as container:
-        stream = container.streams.video[0]
-        tb = float(stream.time_base)
-        container.seek(int(first_ts / tb), stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            ts = float(frame.pts * tb)
-            frames.append(frame.to_ndarray(format="rgb24"))  # (H, W, 3) uint8
-            loaded_ts.append(ts)
-            if ts >= last_ts:
-                break
-    q = np.asarray(timestamps, np.float64)[:, None]  # (N, 1)
-    dist = np.abs(q - np.asarray(loaded_ts, np.float64)[None])  # (N, L)
-    idx = dist.argmin(1)
-    if not (dist[np.arange(len(q)), idx] < tolerance_s).all():
-        raise RuntimeError(f"{video_path}: query timestamps {timestamps} not within {tolerance_s}s of decoded "
-                           f"frames {loaded_ts[:3]}...{loaded_ts[-3:]}")
-    out = torch.from_numpy(np.stack([frames[i] for i in idx]))  # (N, H, W, 3) uint8
-    return out.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
+# the PyAV decoder lives with the LeRobot plugins' glue (it imports only numpy, torch, av and lerobot)
+sys.path.insert(0, str(HERE.parents[1] / "integrations" / "lerobot" / "vlastack_lerobot" / "src"))
+from vlastack_lerobot import video as _video  # noqa: E402
+from vlastack_lerobot.video import decode_video_frames_pyav  # noqa: E402,F401  (bench/peers/test_peers.py)
 
 
 def patch_video_decoding() -> None:
     """Route LeRobotDataset's video reads through :func:`decode_video_frames_pyav`."""
-    import lerobot.datasets.lerobot_dataset as lds
-    import lerobot.datasets.video_utils as vu
-
-    lds.decode_video_frames = decode_video_frames_pyav
-    vu.decode_video_frames = decode_video_frames_pyav
+    _video.install(force=True)
 
 
 # ----------------------------------------------------------------------------- building
@@ -97,6 +67,13 @@ def policy_config(name: str, overrides: dict[str, Any]):
         from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig as C
     elif name == "act":
         from lerobot.policies.act.configuration_act import ACTConfig as C
+    elif name in ("dust", "dita"):  # the plugin, found the way lerobot-train finds it
+        from lerobot.policies.factory import make_policy_config
+        from lerobot.utils.import_utils import register_third_party_plugins
+
+        register_third_party_plugins()
+        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()}
+        return make_policy_config(name, device="cpu", push_to_hub=False, **kw)
     else:
         raise SystemExit(f"policy {name!r} unknown; choose one of {POLICIES}")
     kw = {"pretrained_backbone_weights": None, "device": "cpu", "push_to_hub": False}
@@ -204,6 +181,8 @@ def chunk(policy, pre, post, cfg, frames: list[dict[str, Any]]):
 
                 batch["observation.images"] = torch.stack([batch[k] for k in cfg.image_features], dim=-4)
                 policy._queues = populate_queues(policy._queues, batch)
+            elif hasattr(policy, "_history"):  # vlastack's plugins keep their own observation history
+                batch = policy._history(batch)
         actions = policy.predict_action_chunk(batch)[:, :cfg.n_action_steps]  # (1, n_action_steps, D_a)
         return post(actions)
 

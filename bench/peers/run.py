@@ -4,6 +4,7 @@
     .venv/bin/python bench/peers/run.py --skip-success        # speed and memory only
     .venv/bin/python bench/peers/run.py --quick               # small budgets end to end (a smoke run)
     .venv/bin/python bench/peers/run.py --venv /tmp/lerobot-venv   # reuse a side venv built elsewhere
+    .venv/bin/python bench/peers/run.py --trainer lerobot     # DUST and Dita trained by LeRobot's step too
 
 What one run does:
 
@@ -26,6 +27,12 @@ What one run does:
    same tasks and seeds through our harness (``vlastack.rollout.evaluate``; LeRobot's policies
    through :mod:`lerobot_proxy`), success with a 95% Wilson interval.
 5. Prints the tables and writes ``bench/peers/results.md`` (with this command) and ``results.json``.
+
+``--trainer lerobot``: DUST and Dita go through LeRobot's side as well, as the ``lerobot_policy_dust``
+/ ``lerobot_policy_dita`` plugins (``integrations/lerobot``, installed into the side venv by
+``setup_side.sh``): the same worker, loader, processors, update and wall-clock budget as Diffusion
+Policy and ACT, the frozen encoders running inside every step (no feature cache). Their checkpoints
+are vlastack checkpoints, evaluated directly (no proxy).
 
 Matched sizes (trainable parameters, 16-D state, 7-D actions, 3 cameras at 128x128): DUST ``small``
 and Dita ``small`` (frozen EfficientNet-lite0 and MiniLM are not trainable and are not counted);
@@ -83,9 +90,12 @@ def load_avg() -> str:
 # ----------------------------------------------------------------------------- set-up
 
 
-def ensure_venv(venv: Path) -> Path:
-    """Build (or reuse) the LeRobot side venv; returns its python."""
+def ensure_venv(venv: Path, plugins: bool = False) -> Path:
+    """Build (or reuse) the LeRobot side venv (with ``plugins``: vlastack's LeRobot plugins too); returns its python."""
     py = venv / "bin" / "python"
+    if plugins:
+        subprocess.run(["bash", str(ROOT / "integrations" / "lerobot" / "setup_side.sh"), str(venv)], check=True)
+        return py
     stamp = venv / ".peers-recipe"
     if py.exists() and not stamp.exists():
         # a venv built by hand elsewhere (e.g. /tmp/lerobot-venv): use it if LeRobot imports
@@ -158,13 +168,23 @@ def ensure_data(data: Path, tasks: list[str], episodes: int, workers: int) -> tu
 # ----------------------------------------------------------------------------- speed
 
 
+def by_lerobot(name: str, a) -> bool:
+    """Whether LeRobot's side trains and measures ``name`` (theirs always; ours with ``--trainer lerobot``)."""
+    return name in THEIRS or a.trainer == "lerobot"
+
+
+def lerobot_overrides(name: str) -> dict[str, Any]:
+    """The LeRobot config fields of ``name`` (ours: the plugin's ``preset`` and our overrides)."""
+    return THEIRS[name] if name in THEIRS else {"preset": OURS[name]["preset"], **OURS[name]["overrides"]}
+
+
 def measure_one(name: str, lr_py: Path, store: Path, lerobot: Path, a) -> dict[str, Any]:
     """One policy's speed figures from its own worker process."""
     common = ["--batch", str(a.batch), "--steps", str(a.steps), "--repeats", str(a.repeats),
               "--threads", ",".join(str(t) for t in a.threads), "--train-threads", str(max(a.threads))]
-    if name in THEIRS:
+    if by_lerobot(name, a):
         cmd = [str(lr_py), str(HERE / "lerobot_worker.py"), "measure", "--policy", name, "--dataset", str(lerobot),
-               "--overrides", json.dumps(THEIRS[name]), *common]
+               "--overrides", json.dumps(lerobot_overrides(name)), *common]
     else:
         cmd = [OURS_PY, str(HERE / "ours_worker.py"), "measure", "--policy", name, "--store", str(store),
                "--preset", OURS[name]["preset"], "--overrides", json.dumps(OURS[name]["overrides"]),
@@ -290,10 +310,10 @@ def summarize_speed(rounds: list[dict[str, dict]], policies: list[str]) -> tuple
 def train_one(name: str, lr_py: Path, store: Path, lerobot: Path, out: Path, a) -> dict[str, Any]:
     """Train ``name`` for ``a.budget_min`` minutes of wall clock; returns the run's summary and checkpoint."""
     t0 = time.perf_counter()
-    if name in THEIRS:
+    if by_lerobot(name, a):
         ckpt = out / "lerobot_ckpt"
         res = last_json(run([str(lr_py), str(HERE / "lerobot_worker.py"), "train", "--policy", name,
-                             "--dataset", str(lerobot), "--overrides", json.dumps(THEIRS[name]),
+                             "--dataset", str(lerobot), "--overrides", json.dumps(lerobot_overrides(name)),
                              "--batch", str(a.success_batch), "--seconds", str(60 * a.budget_min),
                              "--train-threads", str(max(a.threads)), "--out", str(ckpt)], f"train {name}"))
         res["wall_total_s"] = time.perf_counter() - t0
@@ -562,6 +582,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true", help=f"a smoke run of every part: {SMOKE_NOTE}")
     ap.add_argument("--out", type=Path, default=HERE / "results.md")
     ap.add_argument("--speed-wait-min", type=float, default=30.0, help="how long to wait for --speed-from's file")
+    ap.add_argument("--trainer", choices=("ours", "lerobot"), default="ours",
+                    help="who trains DUST and Dita: vlastack's loop (feature cache) or LeRobot's, through the plugins")
     ap.add_argument("--note", default="", help="a sentence for the report's header (e.g. how the machine was shared)")
     a = ap.parse_args(argv)
     apply_presets(a, argv if argv is not None else sys.argv[1:])
@@ -584,7 +606,11 @@ def main(argv: list[str] | None = None) -> int:
     global LOG_DIR
     LOG_DIR = a.data / "logs"
     t_start = time.time()
-    lr_py = ensure_venv(a.venv) if any(p in THEIRS for p in a.policies) else Path(sys.executable)
+    if a.trainer == "lerobot":
+        for p in OURS:
+            LABELS[p] += " (LeRobot's step)"
+    lr_py = ensure_venv(a.venv, plugins=a.trainer == "lerobot") \
+        if any(by_lerobot(p, a) for p in a.policies) else Path(sys.executable)
     store, lerobot = ensure_data(a.data, a.tasks, a.episodes, workers=2)
 
     rounds: list = []
@@ -637,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
         f"speed: batch {a.batch}, {a.steps} timed steps, {a.repeats} chunks per latency figure, {a.rounds} interleaved "
         f"round(s); success: {a.budget_min:g} min of training each (batch {a.success_batch}), "
         f"{a.eval_episodes} episodes per task, {a.n_action_steps} actions executed per chunk; "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} for every worker.", "", budget, ""]
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} for every worker; DUST and Dita trained by "
+        f"{'LeRobot (the lerobot_policy_* plugins)' if a.trainer == 'lerobot' else 'vlastack'}.", "", budget, ""]
     if speed_command != command:
         header += [f"Speed rounds read from `{a.speed_from}`, measured by `{speed_command}`.", ""]
     if a.note:

@@ -121,6 +121,23 @@ def test_old_format_checkpoints_still_load_and_resave_as_format_2(tmp_path, obs)
         load_policy(old)
 
 
+def test_a_host_frameworks_config_json_with_the_config_in_the_vlastack_block_loads(tmp_path, obs):
+    """What the LeRobot plugins write: LeRobot's own fields flat (unknown to vlastack), our config in the block."""
+    p = _policy()
+    p.save_pretrained(tmp_path / "ck")
+    meta, _ = p.checkpoint_parts()
+    doc = {"type": "dust", "n_obs_steps": 1, "input_features": {}, "device": "cpu", "use_amp": False,
+           "preset": "tiny", "optimizer_lr": None, "width": None,
+           "vlastack": {**meta.to_json()["vlastack"], "config": meta.config}}
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(doc))
+    q = Policy.from_pretrained(tmp_path / "ck")
+    assert q.config == p.config and torch.equal(_chunk(q, obs), _chunk(p, obs))
+    doc["vlastack"]["config"] = ["not", "a", "dict"]
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(ckpt.CheckpointError, match="block's 'config' must be a JSON object"):
+        Policy.from_pretrained(tmp_path / "ck")
+
+
 def test_from_pretrained_by_repo_id_reads_the_hub_cache_offline(tmp_path, obs):
     a, b = _policy(0), _policy(1)
     a.save_pretrained(tmp_path / "a")

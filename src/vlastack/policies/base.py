@@ -231,6 +231,13 @@ class Policy(nn.Module):
         unless ``include_frozen``. ``extra`` goes into config.json's ``vlastack`` block (the
         training loop records ``training``: step, data, validation loss, preset).
         """
+        meta, tensors = self.checkpoint_parts(include_frozen, extra)
+        return ckpt.write_checkpoint(path, meta, tensors)
+
+    def checkpoint_parts(self, include_frozen: bool = False, extra: Mapping[str, Any] | None = None
+                         ) -> tuple[ckpt.CheckpointMeta, dict[str, Tensor]]:
+        """What :meth:`save_pretrained` writes: the ``config.json`` meta and the CPU tensors of
+        ``model.safetensors`` (frozen encoders left out unless ``include_frozen``)."""
         frozen = self.frozen_modules()
         skip = () if include_frozen else tuple(p + "." for p in frozen)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()
@@ -239,7 +246,7 @@ class Policy(nn.Module):
                 **dict(extra or {})}
         meta = ckpt.CheckpointMeta(self.name, self.config.to_dict(), {p: m.fingerprint() for p, m in frozen.items()},
                                    bool(include_frozen), info)
-        return ckpt.write_checkpoint(path, meta, tensors)
+        return meta, tensors
 
     @classmethod
     def _open(cls, source: str | os.PathLike, hub: Mapping[str, Any]) -> tuple[Path, ckpt.CheckpointMeta,

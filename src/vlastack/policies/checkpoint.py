@@ -11,6 +11,9 @@ A checkpoint is a directory, the same on disk and in a Hugging Face Hub model re
 (as LeRobot's and transformers' configs do), plus one ``vlastack`` block: the format version,
 fingerprints of frozen encoders (rebuilt from the config, not stored, unless ``includes_frozen``),
 the preset, the parameter count and what training recorded (steps, data, validation loss).
+A config.json written by a host framework (the ``lerobot_policy_dust`` / ``lerobot_policy_dita``
+plugins: LeRobot's own fields flat beside ours) carries the policy's config in the block's
+``config``, which then wins over the flat fields.
 Format 1 (``{"policy", "format": 1, "config": {...}, ...}``, written by earlier versions) is still
 read; saving it again (``Policy.from_pretrained(old).save_pretrained(new)``) writes format 2.
 
@@ -175,7 +178,12 @@ class CheckpointMeta:
             if not isinstance(fmt, int) or fmt > FORMAT:
                 raise CheckpointError(f"{where}: checkpoint format {fmt!r} is newer than this vlastack reads "
                                       f"({FORMAT}); upgrade vlastack")
-            config = {k: v for k, v in doc.items() if k not in ("type", META_KEY)}
+            config = block.pop("config", None)
+            if config is None:
+                config = {k: v for k, v in doc.items() if k not in ("type", META_KEY)}
+            elif not isinstance(config, Mapping):
+                raise CheckpointError(f"{where}: the {META_KEY!r} block's 'config' must be a JSON object, "
+                                      f"got {type(config).__name__}")
             return cls(str(doc["type"]), config, dict(block.pop("frozen_modules", {}) or {}),
                        bool(block.pop("includes_frozen", False)), block)
         if "policy" in doc and isinstance(doc.get("config"), Mapping):
