@@ -196,3 +196,23 @@ def test_registry_covers_groups():
     names = list_tasks()
     assert set(names) <= set(TASKS)
     assert "OpenDrawer" in list_tasks("drawers")
+
+
+def test_placed_objects_count_in_every_resting_pose_their_shape_allows():
+    """A cube on any face and a ball or lemon any way up are placed; a can or mug lying on its side is not."""
+    from types import SimpleNamespace
+
+    from scipy.spatial.transform import Rotation
+
+    from vlastack.envs.kitchen.objects import CATEGORIES
+    from vlastack.envs.kitchen.tasks import _upright
+
+    def resting(category, rot):
+        xmat = Rotation.from_euler("xyz", rot, degrees=True).as_matrix().reshape(1, 9)
+        return _upright(SimpleNamespace(category=CATEGORIES[category], _d=SimpleNamespace(xmat=xmat), body_id=0))
+
+    on_side, tilted, upright = (90, 0, 0), (0, 40, 0), (0, 0, 70)
+    assert all(resting(c, upright) for c in ("cube", "ball", "lemon", "can", "mug", "bottle"))
+    assert resting("cube", on_side) and resting("cube", (0, 90, 0)) and not resting("cube", tilted)
+    assert resting("ball", tilted) and resting("lemon", on_side)
+    assert not any(resting(c, on_side) for c in ("can", "mug", "bottle", "milk", "bread"))

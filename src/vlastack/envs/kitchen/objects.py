@@ -34,6 +34,9 @@ class ObjectCategory:
     build: Callable[[str], object]
     round: bool
     colour: str  # "rgba" (primitive, recoloured by name), "tint" (textured mesh, tinted), "fixed"
+    # which resting orientations count as placed: "upright" (as authored: cans, bottles, cartons, mugs,
+    # bread), "any_face" (a cube on any of its faces), "any" (a ball, a lemon: no side to stand on)
+    rests: str = "upright"
 
 
 def _xml_object(cls_name: str):
@@ -69,10 +72,10 @@ CATEGORIES: dict[str, ObjectCategory] = {c.name: c for c in (
     ObjectCategory("can", "soda can", _xml_object("CanObject"), True, "tint"),
     ObjectCategory("bottle", "bottle", _xml_object("BottleObject"), True, "tint"),
     ObjectCategory("milk", "milk carton", _xml_object("MilkObject"), False, "fixed"),
-    ObjectCategory("lemon", "lemon", _xml_object("LemonObject"), False, "fixed"),
+    ObjectCategory("lemon", "lemon", _xml_object("LemonObject"), False, "fixed", rests="any"),
     ObjectCategory("bread", "bread roll", _xml_object("BreadObject"), False, "fixed"),
-    ObjectCategory("cube", "cube", _box, False, "rgba"),
-    ObjectCategory("ball", "ball", _ball, True, "rgba"),
+    ObjectCategory("cube", "cube", _box, False, "rgba", rests="any_face"),
+    ObjectCategory("ball", "ball", _ball, True, "rgba", rests="any"),
     ObjectCategory("mug", "mug", _mug, True, "tint"),
 )}
 

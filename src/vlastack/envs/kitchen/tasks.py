@@ -302,7 +302,15 @@ MUG_MAX_YAW = 0.5  # rad: a mug's handle stays pointing roughly away from the ro
 
 
 def _upright(obj) -> bool:
-    return float(obj._d.xmat[obj.body_id][8]) > 0.9
+    """Whether the object rests the way its category counts as placed (``ObjectCategory.rests``):
+    its own z axis vertical; for a cube any axis (any face down); a ball or a lemon any way."""
+    rests = obj.category.rests
+    if rests == "any":
+        return True
+    m = obj._d.xmat[obj.body_id]  # row-major 3x3: m[6:9] is the world z row, m[8] = z_body . z_world
+    if rests == "any_face":
+        return float(np.max(np.abs(m[6:9]))) > 0.9
+    return float(m[8]) > 0.9
 
 
 class Region:
