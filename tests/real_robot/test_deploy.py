@@ -58,6 +58,42 @@ def test_estop_mid_run_ends_the_episode_cleanly():
     assert ep["controller"]["rejected"] >= 1  # actions after the e-stop were refused by the controller
 
 
+def test_sigusr1_is_an_estop_request_the_loop_carries_out():
+    """``kill -USR1`` arrives while the main thread is inside a call into the robot: the handler must not call into
+    the robot from there (re-entering it mid-call can deadlock on its locks or garble its pipes); the deploy loop
+    e-stops at its next step instead."""
+    inside = []  # the robot calls in progress in the main thread
+    estops = []  # for every robot.estop(): the calls it interrupted
+
+    def instrument(robot):
+        send, estop = robot.send_action, robot.estop
+
+        def send_action(*args, **kwargs):
+            inside.append("send_action")
+            try:
+                send(*args, **kwargs)
+                if len(robot.sent) == 5:
+                    signal.raise_signal(signal.SIGUSR1)  # the handler runs right here, mid-call
+            finally:
+                inside.pop()
+            robot.sent.append(1)
+
+        def estop_():
+            estops.append(list(inside))
+            estop()
+
+        robot.sent = []
+        robot.send_action, robot.estop = send_action, estop_
+
+    before = signal.getsignal(signal.SIGUSR1)
+    cfg = DeployConfig(robot=_twin(), policy="scripted", max_steps=200)
+    summary = deploy(cfg, on_connect=instrument, print_fn=lambda s: None)
+    ep = summary["episodes"][0]
+    assert estops and all(not calls for calls in estops), f"robot.estop() ran inside {estops}"
+    assert ep["reason"] == "e-stop" and not ep["success"] and ep["steps"] <= 7
+    assert len(summary["episodes"]) == 1 and signal.getsignal(signal.SIGUSR1) == before
+
+
 def _tiny_checkpoint(path, state_dim=14):
     import torch
 
