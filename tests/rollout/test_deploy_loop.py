@@ -74,6 +74,16 @@ def test_each_mismatch_is_named_with_its_fix():
         build_robot({**TWIN, "camera_map": ["left"]}, KITCHEN_CKPT, None)
 
 
+def test_a_real_robot_without_cameras_is_told_to_configure_them():
+    ur, cmap = build_robot({"type": "ur", "host": "192.168.1.10"}, KITCHEN_CKPT, None)
+    with pytest.raises(DeployError) as e:
+        check_inputs(KITCHEN_CKPT, ur, cmap)
+    msg = str(e.value)
+    assert "the robot has no cameras; configure one per checkpoint camera in robot.cameras" in msg
+    assert "'robot.cameras=[{name:left,type:opencv,device:0,image_size:[128,128]}]'" in msg
+    assert "camera_map" not in msg  # nothing to map to
+
+
 def test_the_kitchen_robot_takes_a_kitchen_checkpoint_and_names_its_cameras():
     kitchen, cmap = build_robot({**KITCHEN, "cameras": "auto", "image_size": "auto"}, KITCHEN_CKPT, None)
     assert list(kitchen.kitchen.cameras) == ["left", "wrist"] and kitchen.kitchen.image_size == (128, 128)

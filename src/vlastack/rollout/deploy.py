@@ -365,7 +365,12 @@ def check_inputs(inputs: PolicyInputs, robot: Any, camera_map: Mapping[str, str]
         problems.append(f"cameras: the checkpoint reads {unrendered}, which the robot can render but is not set to "
                         f"(it renders {has}); add them to {key}, or set {key}=auto")
     missing = [c for c in inputs.cameras if camera_map.get(c, c) not in can]
-    if missing:
+    if missing and not can:  # a real robot with no camera configured: nothing to map to
+        size = ",".join(map(str, inputs.image_size))
+        problems.append(f"cameras: the checkpoint reads {list(inputs.cameras)}, the robot has no cameras; configure "
+                        f"one per checkpoint camera in robot.cameras, e.g. 'robot.cameras=[{{name:{inputs.cameras[0]},"
+                        f"type:opencv,device:0,image_size:[{size}]}}]'")
+    elif missing:
         free = [c for c in can if c not in {camera_map.get(x, x) for x in inputs.cameras}] or can
         hint = ",".join(f"{c}:{free[i % len(free)]}" for i, c in enumerate(missing)) if free else ""
         problems.append(f"cameras: the checkpoint reads {list(inputs.cameras)}, the robot has {can}; "
