@@ -423,9 +423,16 @@ def _scripted_policy(robot: Any, cfg: DeployConfig) -> Any:
 
 def _reset_scene(robot: Any, seed: int, tries: int = 2) -> None:
     """A simulated robot's scene reset for episode ``seed``; a controller stopped by faults is reset first,
-    and a reset that fails (an arm that does not get home in time on a busy computer) is tried again."""
+    and a reset that fails (an arm that does not get home in time on a busy computer) is tried again.
+
+    A stopped controller that refuses to be reset (the kitchen's arm, moved by the simulation's own
+    controller, ended just past the safety margin of a joint limit) does not end the run: the scene
+    reset puts the simulated arm back at its start and re-anchors the controller there."""
     for attempt in range(tries):
-        _clear_faults(robot)
+        try:
+            _clear_faults(robot)
+        except RobotError:
+            pass  # the arm outside the limits: the scene reset below moves it (or fails, and is retried)
         try:
             robot.reset_scene(seed)
             _clear_faults(robot, always=True)  # each episode starts with no faults counted
