@@ -15,7 +15,8 @@ Wilson interval:
 
 on the same seeds (``--seed`` + k, the evaluation's held-out seeds by default), plus the
 observation-to-action latency (capture of the observation a chunk was planned from to the chunk
-being ready) p50 / p99 over every chunk of the real-time runs. Receding and async run
+being ready) p50 / p99 over every chunk of the real-time runs, and how the episodes ended (success,
+max_steps, a controller stopped after repeated faults, a stale controller state). Receding and async run
 ``--n-action-steps`` actions per chunk; ensemble replans every step. Prints a markdown table
 and writes every figure to ``--out`` (JSON).
 """
@@ -34,6 +35,18 @@ from vlastack.quickstart import DEFAULT_GROUP, DEFAULT_GROUP_TASKS
 EXECUTORS = ("receding", "ensemble", "async")
 
 
+def end_reasons(episodes: list[dict]) -> dict[str, int]:
+    """How the episodes ended, counted: ``success``, ``max_steps``, ``controller stopped`` (after repeated
+    faults: the watchdog, for one), ``no observation`` (the controller's state went stale), ``camera frozen``,
+    ``e-stop`` (the details after a colon are dropped)."""
+    counts: dict[str, int] = {}
+    for e in episodes:
+        r = str(e.get("reason") or ("success" if e.get("success") else "?")).split(":")[0]
+        r = "controller stopped" if r.startswith("controller stopped") else r
+        counts[r] = counts.get(r, 0) + 1
+    return counts
+
+
 def lockstep(checkpoint: str, task: str, executor: str, episodes: int, seed: int, n_action_steps: int,
              max_steps: int, scene: dict) -> dict:
     """Success of ``vlastack eval`` (lockstep) with ``executor``; returns its overall summary."""
@@ -47,7 +60,7 @@ def lockstep(checkpoint: str, task: str, executor: str, episodes: int, seed: int
         overrides.append(f"max_steps={max_steps}")
         overrides += [f"{k}={v}" for k, v in scene.items()]
         doc = evaluate(overrides)
-    return doc["summary"]["overall"]
+    return {**doc["summary"]["overall"], "end_reasons": end_reasons(doc["episodes"])}
 
 
 def realtime(checkpoint: str, task: str, executor: str, episodes: int, seed: int, n_action_steps: int,
@@ -65,7 +78,7 @@ def realtime(checkpoint: str, task: str, executor: str, episodes: int, seed: int
     eps = summary["episodes"]
     out = success_summary(eps)
     out["obs_to_action"] = summary["obs_to_action"]
-    out["reasons"] = sorted({e["reason"] for e in eps})
+    out["end_reasons"] = end_reasons(eps)
     out["rtf"] = [e.get("kitchen", {}).get("rtf") for e in eps]
     return out
 
@@ -131,13 +144,14 @@ def main() -> int:
     write_json_atomic(Path(a.out), doc)
     print(f"\n{a.task}, {a.episodes} episodes per row from seed {a.seed}; real time: + U(0, {a.jitter_ms:g} ms) "
           f"jitter, {a.drop:.0%} commands dropped\n")
-    print("| executor | mode | injected latency | success (95% Wilson) | obs-to-action p50 / p99 |")
-    print("|---|---|---|---|---|")
+    print("| executor | mode | injected latency | success (95% Wilson) | obs-to-action p50 / p99 | episodes ended by |")
+    print("|---|---|---|---|---|---|")
     for r in doc["rows"]:
         lat = r.get("obs_to_action")
         injected = "-" if r["latency_ms"] is None else f"{r['latency_ms']:g} ms"
         timing = f"{lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} ms" if lat else "-"
-        print(f"| {r['executor']} | {r['mode']} | {injected} | {_fmt(r)} | {timing} |")
+        ends = ", ".join(f"{k} {n}" for k, n in sorted(r["end_reasons"].items(), key=lambda kv: -kv[1]))
+        print(f"| {r['executor']} | {r['mode']} | {injected} | {_fmt(r)} | {timing} | {ends} |")
     print(f"\nwrote {a.out} ({doc['wall_s']:.0f} s)")
     return 0
 

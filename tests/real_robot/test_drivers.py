@@ -127,10 +127,29 @@ def test_ur_driver_servoes_through_the_controller(fake_ur):
     assert fake_ur.calls[-2:] == [("control.disconnect",), ("receive.disconnect",)]
 
 
+def _named_extra(message: str) -> str:
+    """The extra that ``pip install 'vlastack[EXTRA]'`` in ``message`` names; it must be one the package declares."""
+    import importlib.metadata
+    import re
+
+    m = re.search(r"vlastack\[([\w-]+)\]", message)
+    assert m, message
+    assert m.group(1) in importlib.metadata.metadata("vlastack").get_all("Provides-Extra"), message
+    return m.group(1)
+
+
 def test_ur_without_its_sdk_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "rtde_control", None)
-    with pytest.raises(RobotError, match=r"vlastack\[ur\]"):
+    with pytest.raises(RobotError) as e:
         make_robot(_ur_cfg()).connect()
+    assert _named_extra(str(e.value)) == "robot-ur"
+
+
+def test_franka_without_its_sdk_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "franky", None)
+    with pytest.raises(RobotError) as e:
+        make_robot({"type": "franka", "host": "172.16.0.2", "in_thread": True}).connect()
+    assert _named_extra(str(e.value)) == "robot-franka"
 
 
 def test_ur_bad_settings_are_named(fake_ur):

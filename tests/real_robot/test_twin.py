@@ -105,3 +105,51 @@ def test_frozen_frames_are_detected():
         assert len(seen) <= 6  # ~45 frames rendered, but each published frame freezes the camera 0.4 s
         assert stale > 0 and robot.frozen_reads > 0
         assert robot.task_state()["frozen_frames"] > 10
+
+
+def test_a_simulation_process_whose_client_dies_exits_cleanly():
+    """A ``vlastack deploy`` killed outright (SIGKILL, OOM) leaves its twin process a closed pipe: the twin ends
+    its loop and exits without a traceback (it used to die on an EOFError from its request pipe)."""
+    import multiprocessing as mp
+    import os
+    import subprocess
+    import sys
+
+    from vlastack.real_robot.simproc import serve_requests
+
+    ours, theirs = mp.Pipe()
+    theirs.close()
+    assert serve_requests(ours, {}, "twin") is False  # the client's end closed: gone, no exception
+    ours, theirs = mp.Pipe()
+    theirs.send(("nosuch", ()))
+    assert serve_requests(ours, {}, "twin") is True and "unknown twin request" in theirs.recv()[1]
+
+    parent = ("import os, signal, time\n"
+              "from vlastack.real_robot.twin import TwinConfig, TwinRobot\n"
+              "robot = TwinRobot(TwinConfig(cameras=('front',), image_size=(16, 16)))\n"
+              "robot.connect()\n"
+              "print(robot._sim_proc.pid, flush=True)\n"
+              "time.sleep(0.5)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        out, err = proc.communicate(timeout=120)  # stderr closes once the twin and the controller have exited
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    sim_pid = int(out.split()[0])
+    assert proc.returncode == -9
+
+    def alive(pid: int) -> bool:  # (a zombie waiting for its new parent to reap it has exited)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive(sim_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(sim_pid), "the twin process outlived its client"
+    assert "Traceback" not in err and "EOFError" not in err, err

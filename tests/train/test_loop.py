@@ -269,3 +269,35 @@ def test_resume_without_last_falls_back_to_the_newest_complete_step(tmp_path, st
     assert any("step_0000002" in m for m in warned), caplog.text
     assert "resumed at step 2" in caplog.text
     assert s["step"] == 3 and load_state(read_pointer(root, "last"))["step"] == 3
+
+
+def test_in_loop_sim_eval_logs_the_success_vlastack_eval_wrote(tmp_path, monkeypatch):
+    """``train.sim_eval``: the checkpoint is evaluated by ``vlastack eval`` and the success it wrote to
+    eval_info.json (summary.overall) is logged to metrics.jsonl. The command runs in this process (the same
+    ``vlastack.cli.main``, without a second interpreter's start-up)."""
+    from vlastack import cli
+    from vlastack.train import loop
+
+    real_run = subprocess.run
+
+    def run_here(cmd, **kwargs):
+        if list(cmd[:3]) != [sys.executable, "-m", "vlastack.cli"]:
+            return real_run(cmd, **kwargs)
+        return subprocess.CompletedProcess(cmd, cli.main(cmd[3:]), "", "")
+
+    monkeypatch.setattr(loop.subprocess, "run", run_here)
+    store = make_store(tmp_path / "mw.zarr", episodes=2, length=8, cameras=("corner",), size=(24, 24), state_dim=4,
+                       action_dim=4)
+    overrides = "[" + ",".join(f"'{o}'" for o in ("env=metaworld", "env.kwargs.state=proprio", "tasks=[reach-v3]",
+                                                    "episodes=2", "max_steps=5", "workers=0", "videos=0",
+                                                    "progress=false")) + "]"
+    run(tmp_path / "r", store, "train.steps=3", "train.batch_size=2", "train.ckpt_every=2", "train.sim_eval.every=2",
+        f"train.sim_eval.overrides={overrides}")
+    info = json.loads(next((tmp_path / "r" / "sim_eval").glob("*/eval_info.json")).read_text())
+    overall = info["summary"]["overall"]
+    assert overall["episodes"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if r["split"] == "sim_eval"]
+    assert len(logged) == 1 and logged[0]["exit_code"] == 0 and logged[0]["step"] == 2
+    assert logged[0]["success_rate"] == overall["success_rate"] and logged[0]["episodes"] == 2
+    assert (logged[0]["ci_low"], logged[0]["ci_high"]) == (overall["ci_low"], overall["ci_high"])

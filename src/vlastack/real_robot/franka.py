@@ -1,4 +1,4 @@
-"""Franka (Panda / FR3) driver over ``franky-control`` (``pip install vlastack[franka]``).
+"""Franka (Panda / FR3) driver over ``franky-control`` (``pip install vlastack[robot-franka]``).
 
 Runs inside the controller process. Each tick replaces franky's running motion with an
 asynchronous joint waypoint motion to the safety-filtered command (franky preempts the previous
@@ -19,7 +19,7 @@ import numpy as np
 from vlastack.real_robot.controller import ArmState
 from vlastack.real_robot.kinematics import get_chain
 
-INSTALL_HINT = "Franka arms need franky: pip install 'vlastack[franka]' (or pip install franky-control)"
+INSTALL_HINT = "Franka arms need franky: pip install 'vlastack[robot-franka]' (or pip install franky-control)"
 MAX_WIDTH = 0.08  # Franka Hand, fully open (m)
 
 

@@ -3,7 +3,8 @@
 :class:`SimulatedRobot` is a :class:`~.controller.ControlledRobot` that, on ``connect``, first
 starts the simulation process (``_sim_target(*args, conn, stop)``: it replies ``("ready", info)``
 or ``("error", message)`` on ``conn`` once live, then serves ``(name, args)`` requests with
-``("ok", reply)`` / ``("error", message)`` until ``stop`` is set), then attaches the cameras to
+``("ok", reply)`` / ``("error", message)`` until ``stop`` is set or the client is gone: a parent
+process that dies closes its pipe end, and the simulation then exits cleanly), then attaches the cameras to
 its shared frame buffers and starts the controller process with a driver bound to the shared
 state and command arrays. ``disconnect`` stops the controller (a last hold), then the simulation.
 """
@@ -95,17 +96,41 @@ class SimulatedRobot(ControlledRobot):
         return payload
 
 
-def serve_requests(conn, handlers: Mapping[str, Callable[..., Any]], label: str) -> None:
+#: what a pipe raises once the process at its other end is gone
+CLIENT_GONE = (EOFError, BrokenPipeError, ConnectionResetError)
+
+
+def send_reply(conn, message: Any) -> bool:
+    """In the simulation process: send ``message`` to the client; False when the client is gone (its
+    process ended, e.g. killed), so that the simulation can stop without a traceback."""
+    try:
+        conn.send(message)
+    except CLIENT_GONE:
+        return False
+    return True
+
+
+def serve_requests(conn, handlers: Mapping[str, Callable[..., Any]], label: str) -> bool:
     """In the simulation process: answer every pending ``(name, args)`` request on ``conn`` with
-    ``("ok", handlers[name](*args))``, or ``("error", message)`` (an unknown name lists the valid ones)."""
-    while conn.poll():
-        name, args = conn.recv()
+    ``("ok", handlers[name](*args))``, or ``("error", message)`` (an unknown name lists the valid ones).
+
+    Returns False when the client is gone (the pipe's other end closed: the parent process died);
+    the simulation loop then ends and the process exits cleanly."""
+    while True:
+        try:
+            if not conn.poll():
+                return True
+            name, args = conn.recv()
+        except CLIENT_GONE:
+            return False
         try:
             if name not in handlers:
                 raise ValueError(f"unknown {label} request {name!r}; valid: {', '.join(handlers)}")
-            conn.send(("ok", handlers[name](*args)))
+            reply = ("ok", handlers[name](*args))
         except Exception as e:  # noqa: BLE001 - reported to the client
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+            reply = ("error", f"{type(e).__name__}: {e}")
+        if not send_reply(conn, reply):
+            return False
 
 
 def start_sim_process() -> None:

@@ -42,7 +42,7 @@ from vlastack.real_robot.faults import (FAULT_RANGES, DelayedCommands, DelayedOb
                                        check_ranges)
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec
 from vlastack.real_robot.safety import SafetyLimits
-from vlastack.real_robot.simproc import SimulatedRobot, serve_requests, start_sim_process
+from vlastack.real_robot.simproc import SimulatedRobot, send_reply, serve_requests, start_sim_process
 from vlastack.types import ActionChunk, Observation, quat_to_mujoco
 
 TASKS = {"drawer": "open the drawer"}
@@ -404,7 +404,7 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
     try:
         twin = _Twin(cfg, shared)
     except BaseException as e:  # noqa: BLE001 - reported to the client
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+        send_reply(conn, ("error", f"{type(e).__name__}: {e}"))
         return
     mj, model, data = twin.mj, twin.model, twin.data
     rng = np.random.default_rng([cfg.seed, 1])
@@ -443,9 +443,9 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
 
     handlers = {"estop": lambda: estop(True), "release_estop": lambda: estop(False), "reset_scene": reset_scene,
                 "set_drawer": set_drawer}
-    conn.send(("ready", {"layout": scene_layout(cfg.seed), "meshes": _panda_mesh_dir() is not None}))
+    ready = send_reply(conn, ("ready", {"layout": scene_layout(cfg.seed), "meshes": _panda_mesh_dir() is not None}))
     try:
-        while not stop.is_set():
+        while ready and not stop.is_set():
             now = time.monotonic()
             # commands from the controller's driver (the hardware e-stop ignores them)
             last_seq = take_command(shared.cmd, last_seq, commands, accept=not twin.estop)
@@ -471,7 +471,8 @@ def _twin_main(cfg: TwinConfig, shared: TwinShared, conn, stop) -> None:
                 observed.add_frames(now, twin.render())
                 next_frame = max(next_frame + 1.0 / cfg.camera_fps, now)
             observed.publish(now, publish_state, lambda cam, img, t, idx: _publish_frame(shared, cam, img, t, idx))
-            serve_requests(conn, handlers, "twin")
+            if not serve_requests(conn, handlers, "twin"):
+                break  # the client process is gone
             time.sleep(0.0005)
     finally:
         twin.close()

@@ -1,4 +1,4 @@
-"""Universal Robots driver over ``ur_rtde`` (``pip install vlastack[ur]``).
+"""Universal Robots driver over ``ur_rtde`` (``pip install vlastack[robot-ur]``).
 
 Runs inside the controller process: every tick sends ``servoJ`` with the safety-filtered joint
 command (the controller already interpolated and limited it), reads ``getActualQ`` /
@@ -16,7 +16,7 @@ import numpy as np
 from vlastack.real_robot.controller import ArmState
 from vlastack.real_robot.kinematics import UR5E, Chain, get_chain
 
-INSTALL_HINT = "Universal Robots need ur_rtde: pip install 'vlastack[ur]' (or pip install ur_rtde)"
+INSTALL_HINT = "Universal Robots need ur_rtde: pip install 'vlastack[robot-ur]' (or pip install ur_rtde)"
 
 
 def _import_rtde():

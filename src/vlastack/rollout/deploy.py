@@ -68,8 +68,9 @@ class RobotDeployEnv:
     """
 
     def __init__(self, robot: Any, lookahead_s: float | None = None, camera_map: Mapping[str, str] | None = None,
-                 recorder: Any = None):
+                 recorder: Any = None, estop_request: threading.Event | None = None):
         self.robot = robot
+        self.estop_request = estop_request  # set by the SIGUSR1 handler (:class:`EstopSignal`); acted on here
         self.lookahead_s = float(lookahead_s) if lookahead_s else 1.0 / robot.fps
         self.camera_map = dict(camera_map or {})
         self.recorder = recorder
@@ -98,15 +99,25 @@ class RobotDeployEnv:
         self.end_reason = None
         return self._observe(), {"success": self._success()}
 
+    def _estop_requested(self) -> bool:
+        """A software e-stop was requested (``kill -USR1``): carry it out here, in the loop."""
+        if self.estop_request is None or not self.estop_request.is_set():
+            return False
+        self.robot.estop()
+        return True
+
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
         """Send one action; end the episode on e-stop, a stopped controller or a frozen camera."""
+        if self._estop_requested():  # before sending anything more
+            self.end_reason = "e-stop"
+            return self._last_obs, 0.0, True, False, {"success": False, "status": "estop"}
         now = time.monotonic()
         action = np.asarray(action, np.float32)
         self.robot.send_action(action, t=now + self.lookahead_s)
         self.send_times.append(now)
         if self.recorder is not None:
             self.recorder.add(self._last_raw, action)
-        status = self.robot.status
+        status = "estop" if self._estop_requested() else self.robot.status  # (requested while sending)
         info: dict[str, Any] = {"success": False, "status": status}
         if status in ("estop", "stopped"):
             self.end_reason = "e-stop" if status == "estop" else "controller stopped after repeated faults"
@@ -123,6 +134,42 @@ class RobotDeployEnv:
             return self._last_obs, 0.0, True, False, info
         info["success"] = self._success()
         return obs, 0.0, False, False, info
+
+
+class EstopSignal:
+    """``kill -USR1 <pid>`` as a software e-stop request, while the context is open (main thread only).
+
+    The handler only sets :attr:`requested` (a ``threading.Event``): a signal handler interrupts the
+    main thread anywhere, possibly inside a call into the robot that holds one of its locks or is
+    half-way through a pipe message, so calling the robot from there could deadlock or corrupt the
+    exchange. The deploy loop carries the request out (:meth:`RobotDeployEnv.step` calls
+    ``robot.estop()`` at its next step, before sending anything more).
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested.set()
+
+    def install(self) -> "EstopSignal":
+        """Handle SIGUSR1 (from the main thread; elsewhere signals cannot be handled and nothing changes)."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGUSR1, self._handle)
+        return self
+
+    def restore(self) -> None:
+        """Put the previous SIGUSR1 handler back."""
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+            self._previous = None
+
+    def __enter__(self) -> "EstopSignal":
+        return self.install()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
 
 
 class LatencyProbe:
@@ -318,7 +365,12 @@ def check_inputs(inputs: PolicyInputs, robot: Any, camera_map: Mapping[str, str]
         problems.append(f"cameras: the checkpoint reads {unrendered}, which the robot can render but is not set to "
                         f"(it renders {has}); add them to {key}, or set {key}=auto")
     missing = [c for c in inputs.cameras if camera_map.get(c, c) not in can]
-    if missing:
+    if missing and not can:  # a real robot with no camera configured: nothing to map to
+        size = ",".join(map(str, inputs.image_size))
+        problems.append(f"cameras: the checkpoint reads {list(inputs.cameras)}, the robot has no cameras; configure "
+                        f"one per checkpoint camera in robot.cameras, e.g. 'robot.cameras=[{{name:{inputs.cameras[0]},"
+                        f"type:opencv,device:0,image_size:[{size}]}}]'")
+    elif missing:
         free = [c for c in can if c not in {camera_map.get(x, x) for x in inputs.cameras}] or can
         hint = ",".join(f"{c}:{free[i % len(free)]}" for i, c in enumerate(missing)) if free else ""
         problems.append(f"cameras: the checkpoint reads {list(inputs.cameras)}, the robot has {can}; "
@@ -371,9 +423,16 @@ def _scripted_policy(robot: Any, cfg: DeployConfig) -> Any:
 
 def _reset_scene(robot: Any, seed: int, tries: int = 2) -> None:
     """A simulated robot's scene reset for episode ``seed``; a controller stopped by faults is reset first,
-    and a reset that fails (an arm that does not get home in time on a busy computer) is tried again."""
+    and a reset that fails (an arm that does not get home in time on a busy computer) is tried again.
+
+    A stopped controller that refuses to be reset (the kitchen's arm, moved by the simulation's own
+    controller, ended just past the safety margin of a joint limit) does not end the run: the scene
+    reset puts the simulated arm back at its start and re-anchors the controller there."""
     for attempt in range(tries):
-        _clear_faults(robot)
+        try:
+            _clear_faults(robot)
+        except RobotError:
+            pass  # the arm outside the limits: the scene reset below moves it (or fails, and is retried)
         try:
             robot.reset_scene(seed)
             _clear_faults(robot, always=True)  # each episode starts with no faults counted
@@ -444,11 +503,10 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
                                "rate_hz": robot.config.rate_hz, "record": cfg.record, "episodes": []}
     deploy.last_summary = summary
     latencies: list[float] = []  # every chunk of the run: summary["obs_to_action"]
-    previous = signal.getsignal(signal.SIGUSR1) if threading.current_thread() is threading.main_thread() else None
+    estop_signal = EstopSignal()
     robot.connect()
     try:
-        if previous is not None:
-            signal.signal(signal.SIGUSR1, lambda *_: robot.estop())
+        estop_signal.install()
         if on_connect is not None:
             on_connect(robot)
         if cfg.policy == "scripted":
@@ -481,7 +539,7 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
                         instruction = robot.instruction
                 elif cfg.wait_for_operator:
                     input(f"episode {ep}: reset the scene, then press Enter (Ctrl-C stops) ")
-            env = RobotDeployEnv(robot, cfg.lookahead_s, camera_map, recorder)
+            env = RobotDeployEnv(robot, cfg.lookahead_s, camera_map, recorder, estop_signal.requested)
             if recorder is not None:
                 recorder.start()
             probe = LatencyProbe(executor, env)
@@ -509,8 +567,7 @@ def deploy(cfg: DeployConfig, on_connect: Callable[[Any], None] | None = None,
             pass
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGUSR1, previous)
+        estop_signal.restore()
         robot.disconnect()
         if recorder is not None:
             recorder.discard()  # an unfinished episode; the finished ones are committed

@@ -577,6 +577,15 @@ def _norm(v: Any) -> Any:
     return json.loads(json.dumps(v, sort_keys=True, default=str))
 
 
+def overall_success(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The overall success block of an ``eval_info.json`` document (``summary.overall``: successes, episodes,
+    success_rate, ci_low, ci_high, ...); KeyError naming what is missing in anything else."""
+    try:
+        return doc["summary"]["overall"]
+    except (KeyError, TypeError):
+        raise KeyError(f"not an {INFO_FILE} document: no summary.overall") from None
+
+
 def summarize(episodes: Sequence[Mapping[str, Any]], tasks: Sequence[str], seeds: Sequence[int],
               confidence: float = 0.95) -> dict[str, Any]:
     """Per-task, overall and per-seed-group success (Wilson interval) plus mean steps / return / wall time."""
@@ -1006,7 +1015,7 @@ def compare_multirun(root: Path, started: float = 0.0) -> list[dict[str, Any]]:
         shown = [o for o in overrides if o.split("=", 1)[0] in swept]
         row: dict[str, Any] = {"job": n, "overrides": shown, "out": doc["out"] if doc else None, "failed": doc is None}
         if doc is not None:
-            o = doc["summary"]["overall"]
+            o = overall_success(doc)
             row.update(successes=o["successes"], episodes=o["episodes"], success_rate=o["success_rate"],
                        ci_low=o["ci_low"], ci_high=o["ci_high"], episodes_per_s=doc["runs"][-1]["episodes_per_s"])
         rows.append(row)

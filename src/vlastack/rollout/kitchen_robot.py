@@ -52,7 +52,7 @@ from vlastack.real_robot.faults import (FAULT_RANGES, DelayedCommands, DelayedOb
 from vlastack.real_robot.kinematics import PANDA, matrix_to_rotvec, rotvec_to_matrix
 from vlastack.real_robot.registry import RobotConfigError
 from vlastack.real_robot.safety import SafetyLimits
-from vlastack.real_robot.simproc import SimulatedRobot, serve_requests, start_sim_process
+from vlastack.real_robot.simproc import SimulatedRobot, send_reply, serve_requests, start_sim_process
 from vlastack.real_robot.twin import (CMD_SLOTS, STATE_SLOTS, TwinCamera, TwinDriver, _publish_frame, _publish_state,
                                       _Slots, read_slots, take_command)
 from vlastack.types import ACTION, STATE, TASK, TIMESTAMP, ActionChunk, DatasetSpec, FeatureSpec, Observation, image_key
@@ -231,7 +231,7 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
         k = _Kitchen(cfg)
         instruction = k.reset(cfg.seed)
     except BaseException as e:  # noqa: BLE001 - reported to the client
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+        send_reply(conn, ("error", f"{type(e).__name__}: {e}"))
         return
     rng = np.random.default_rng([cfg.seed, 1])
     commands = DelayedCommands(cfg.cmd_latency_s, cfg.cmd_jitter_s, cfg.drop_prob, rng)
@@ -277,11 +277,11 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
     publish_state(k.snapshot(t0, 1.0, commands, 0), block=True)
     for cam, img in k.render().items():
         publish_frame(cam, img, t0, 0)
-    conn.send(("ready", {"instruction": instruction}))
+    ready = send_reply(conn, ("ready", {"instruction": instruction}))
     next_step, next_frame = t0 + period, t0
     rtf_t, rtf_steps, rtf = t0, 0, 1.0
     try:
-        while not stop.is_set():
+        while ready and not stop.is_set():
             now = time.monotonic()
             last_cmd = take_command(shared.cmd, last_cmd, commands, accept=not (k.estop or k.paused))
             for cmd in commands.due(now):
@@ -302,7 +302,8 @@ def _kitchen_main(cfg: KitchenRobotConfig, shared: _Shared, conn, stop) -> None:
                     observed.add_frames(now, k.render())
                     next_frame = max(next_frame + 1.0 / cfg.camera_fps, now)
             observed.publish(now, publish_state, publish_frame)
-            serve_requests(conn, handlers, "kitchen")
+            if not serve_requests(conn, handlers, "kitchen"):
+                break  # the client process is gone
             time.sleep(max(0.0, min(0.002, next_step - time.monotonic())))
     finally:
         k.env.close()

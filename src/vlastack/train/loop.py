@@ -453,21 +453,23 @@ class Trainer:
     def _sim_eval(self, ckpt: Path) -> None:
         """Evaluate a checkpoint in simulation with ``vlastack eval`` (rank 0; a failure is logged, not fatal)."""
         out = self.run_dir / "sim_eval" / ckpt.name
+        out.parent.mkdir(parents=True, exist_ok=True)  # (vlastack eval wants out's parent to exist)
         cmd = [sys.executable, "-m", "vlastack.cli", "eval", f"checkpoint={ckpt}", f"out={out}",
                *self.cfg.sim_eval.overrides]
         self._say(f"sim eval at step {self.step}: {' '.join(cmd[2:])}")
+        from vlastack.rollout.evaluate import INFO_FILE, overall_success
+
         rc = subprocess.run(cmd, capture_output=True, text=True)
         rates = {}
-        info_file = out / "eval_info.json"
+        info_file = out / INFO_FILE
         if info_file.is_file():
-            doc = json.loads(info_file.read_text())
-            for key in ("success_rate", "overall_success_rate"):
-                v = doc.get(key) if isinstance(doc, dict) else None
-                if v is None and isinstance(doc, dict) and isinstance(doc.get("overall"), dict):
-                    v = doc["overall"].get(key) or doc["overall"].get("success_rate")
-                if isinstance(v, (int, float)):
-                    rates["success_rate"] = float(v)
-                    break
+            try:
+                o = overall_success(json.loads(info_file.read_text()))
+                rates = {k: float(o[k]) for k in ("success_rate", "ci_low", "ci_high", "episodes")}
+                self._say(f"sim eval at step {self.step}: success {o['successes']}/{o['episodes']} "
+                          f"({o['success_rate']:.0%}, 95% CI {o['ci_low']:.0%}-{o['ci_high']:.0%})")
+            except (KeyError, ValueError) as e:
+                self._say(f"sim eval: cannot read {info_file}: {e}", logging.WARNING)
         self.log.scalars(self.step, {"exit_code": float(rc.returncode), **rates}, "sim_eval")
         if rc.returncode:
             self._say(f"sim eval failed (exit {rc.returncode}): {rc.stderr.strip()[-500:]}", logging.WARNING)
