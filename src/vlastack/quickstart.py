@@ -3,9 +3,9 @@ with the instruction deciding which task is meant.
 
 Default: three tasks of task group ``sink_stove`` (TurnOnStove, TurnOnSinkFaucet, OpenSingleDoor),
 25 demos each, training as two DDP ranks (``--ranks``). Measured end to end (``python -m
-vlastack.quickstart``, fresh output, 2 cores, 2026-12-06): 16.4 min; 1,926 training steps;
-17/30 = 57% (95% Wilson interval 39-73%) with swapped instructions from shared starts, against an
-ignore-language bound of 33%; 0/12 with a blank instruction. ``--single`` (``make
+vlastack.quickstart``, fresh output, 2 cores, 2026-12-06): 18.3 min; 2,380 training steps in 14
+minutes; 18/30 = 60% (95% Wilson interval 42-75%) with swapped instructions from shared starts,
+against an ignore-language bound of 33%; 0/12 with a blank instruction. ``--single`` (``make
 quickstart-drawer``) is the single-task smoke path: OpenDrawer in its own scene, 40 demos, which
 reached 18/20 and 20/20 in about 11 min.
 
@@ -16,7 +16,7 @@ can rerun by hand; the report lists them):
 2. ``inspect``: a summary of the store;
 3. ``train``: DUST ``small`` (trimmed to 2 MMDiT + 1 stream block) with
    ``configs/experiment/quickstart_group.yaml`` (``quickstart.yaml`` with --single: CPU loop, one
-   thread per process, a 12- / 8-minute budget, frozen EfficientNet features cached in the store
+   thread per process, a 14- / 8-minute budget, frozen EfficientNet features cached in the store
    once), as ``--ranks`` DDP processes under torchrun (2 on a machine with 2 or more cores);
 4. ``eval``: held-out seeds in simulation (episodes resume), whole 16-action chunks, mp4 of the
    first episode;
