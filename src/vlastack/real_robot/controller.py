@@ -855,6 +855,21 @@ def sigterm_as_interrupt():
 # ------------------------------------------------------------------------------------ the robot
 
 
+def pipe_request(conn, name: str, args: tuple, timeout: float, robot: str, peer: str) -> Any:
+    """Send ``(name, args)`` over a pipe to a serving process (``peer``) and return its ``("ok", payload)`` reply.
+
+    Raises :class:`RobotError` prefixed with ``robot`` when no reply comes within ``timeout`` seconds
+    or the reply is an error. Callers that share ``conn`` between threads hold their own lock around it.
+    """
+    conn.send((name, args))
+    if not conn.poll(timeout):
+        raise RobotError(f"{robot}: {peer} did not answer {name!r} within {timeout} s")
+    kind, payload = conn.recv()
+    if kind != "ok":
+        raise RobotError(f"{robot}: {payload}")
+    return payload
+
+
 class ControlledRobot:
     """A :class:`~.base.Robot` whose arm is servoed by a controller process (module docstring).
 
@@ -1075,13 +1090,7 @@ class ControlledRobot:
         """Ask the controller: ``log``, ``faults``, ``hold``, ``reset`` or ``recover``."""
         self._require()
         with self._req_lock:
-            self._req.send((name, args))
-            if not self._req.poll(timeout):
-                raise RobotError(f"{self.name}: the controller did not answer {name!r} within {timeout} s")
-            kind, payload = self._req.recv()
-        if kind != "ok":
-            raise RobotError(f"{self.name}: {payload}")
-        return payload
+            return pipe_request(self._req, name, args, timeout, self.name, "the controller")
 
     def estop(self) -> None:
         """Emergency stop: the controller freezes the command within a tick and latches."""

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from vlastack.real_robot.base import RobotError, raise_priority
-from vlastack.real_robot.controller import ControlledRobot, DriverSpec
+from vlastack.real_robot.controller import ControlledRobot, DriverSpec, pipe_request
 
 
 class SimulatedRobot(ControlledRobot):
@@ -87,13 +87,7 @@ class SimulatedRobot(ControlledRobot):
     def sim_request(self, name: str, *args: Any, timeout: float = 5.0) -> Any:
         """Ask the simulation process; returns its reply, raises :class:`RobotError` with its error."""
         self._require_sim()
-        self._sim_conn.send((name, args))
-        if not self._sim_conn.poll(timeout):
-            raise RobotError(f"{self.name}: no answer to {name!r} within {timeout} s")
-        kind, payload = self._sim_conn.recv()
-        if kind != "ok":
-            raise RobotError(f"{self.name}: {payload}")
-        return payload
+        return pipe_request(self._sim_conn, name, args, timeout, self.name, "the simulation process")
 
 
 #: what a pipe raises once the process at its other end is gone
