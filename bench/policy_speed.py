@@ -550,6 +550,36 @@ def matmul_peak_gflops(threads: int, sizes=(256, 512, 1024), repeats: int = 5) -
     return best
 
 
+#: exported-runtime rows: name -> (runtime, inference precision override or None for the export's own);
+#: the same names are ``bench/peers/run.py --runtimes`` choices. bf16 is OpenVINO's bfloat16 inference
+#: (avx512_bf16 / AMX CPUs; OpenVINO runs float32 elsewhere, which :func:`inference_precision` shows)
+EXPORTED_ROWS: dict[str, tuple[str, str | None]] = {
+    "onnxruntime": ("onnxruntime", None),
+    "openvino": ("openvino", None),
+    "openvino-bf16": ("openvino", "bf16"),
+}
+
+
+def load_exported_row(path: str, row: str, threads: int):
+    """The export folder at ``path`` opened as the :data:`EXPORTED_ROWS` row ``row`` on ``threads`` threads
+    (an :class:`~vlastack.policies.export.ExportedPolicy`; ImportError when the runtime's extra is missing)."""
+    from vlastack.policies.export import ExportedPolicy
+
+    if row not in EXPORTED_ROWS:
+        raise ValueError(f"exported-runtime row {row!r}: choose one of {list(EXPORTED_ROWS)}")
+    runtime, precision = EXPORTED_ROWS[row]
+    return ExportedPolicy.load(path, runtime, threads=threads, precision=precision)
+
+
+def inference_precision(exported) -> str:
+    """The precision an exported policy's runtime actually computes in: OpenVINO's compiled
+    ``INFERENCE_PRECISION_HINT`` (``bf16`` only where the CPU has it), ``f32`` for ONNX Runtime."""
+    model = getattr(exported.session, "model", None)
+    if model is None:
+        return "f32"
+    return model.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # an openvino Type: "bf16", "f32"
+
+
 def chunk_flops(policy: Policy, obs) -> int:
     """Floating-point operations of one chunk (batch 1), as torch's FlopCounterMode counts them
     (matmuls, convolutions, attention; elementwise work is not counted)."""
@@ -599,19 +629,18 @@ def runtime_comparison(label: str = "dust-small", threads=(1,), repeats: int = 2
     for n in threads:
         torch.set_num_threads(n)
         runners: dict[str, Callable[[], Any]] = {"torch": lambda: policy.sample_actions(obs, seed=0)}
-        for rt in ("onnxruntime", "openvino"):
+        for rt in EXPORTED_ROWS:
             try:
-                ex = ExportedPolicy.load(f"{tmp}/onnx", rt, threads=n)
+                ex = load_exported_row(f"{tmp}/onnx", rt, n)
             except ImportError as err:
                 print(f"{rt}: skipped ({err})", flush=True)
                 continue
+            if EXPORTED_ROWS[rt][1] and inference_precision(ex) != EXPORTED_ROWS[rt][1]:
+                print(f"{rt}: this CPU runs it in {inference_precision(ex)}", flush=True)
             runners[rt] = (lambda ex=ex: ex.sample_actions(obs, seed=0))
-            if rt == "openvino":  # bfloat16 inference (avx512_bf16 / AMX CPUs; float32 elsewhere)
-                bf = ExportedPolicy.load(f"{tmp}/onnx", rt, threads=n, precision="bf16")
-                runners["openvino bf16"] = lambda: bf.sample_actions(obs, seed=0)
         if quantize:
             q = ExportedPolicy.load(f"{tmp}/int8", "onnxruntime", threads=n)
-            runners["onnxruntime int8"] = lambda: q.sample_actions(obs, seed=0)
+            runners["onnxruntime-int8"] = lambda: q.sample_actions(obs, seed=0)
         ref = policy.sample_actions(obs, seed=0).actions
         diffs = {k: float((f().actions - ref).abs().max()) for k, f in runners.items()}
         times: dict[str, list[float]] = {k: [] for k in runners}

@@ -5,8 +5,11 @@
 Prints one JSON object as the last line of stdout, with the same fields as
 ``lerobot_worker.py measure``: parameters, training samples/s end to end (our window loader
 over the Zarr store + update) and update only (one batch in memory), peak RSS, and chunk
-latency at batch 1 on each thread count (``--runtimes``: also the chunk exported to ONNX Runtime /
-OpenVINO, ``latency_runtime``). The update is what a training step does: the
+latency at batch 1 on each thread count (``--runtimes``: also the chunk exported and run by ONNX
+Runtime / OpenVINO / OpenVINO in bf16, ``latency_runtime``, the rows of ``bench/policy_speed.py``'s
+``EXPORTED_ROWS``), the chunk's floating-point work (``chunk_gflop``) and the machine's fp32 matmul
+peak per thread count (``matmul_peak_gflops``), both measured by ``bench/policy_speed.py``'s
+functions. The update is what a training step does: the
 policy's ``compute_loss``, backward, global grad-norm clipping, AdamW over the trainable
 parameters (with the policy's own parameter groups when it has them). When the store holds
 the frozen vision encoder's feature cache, the same figures are also taken from the cache
@@ -20,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +35,9 @@ from vlastack.datasets.store import TrajectoryStore
 from vlastack.datasets.torch_dataset import make_dataloader
 from vlastack.policies.base import make_policy, policy_class
 from vlastack.types import STATE, Observation, image_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: policy_speed's FLOPs, peak, runtime rows
+from policy_speed import EXPORTED_ROWS, chunk_flops, inference_precision, load_exported_row, matmul_peak_gflops  # noqa: E402
 
 POLICIES = ("dust", "dita")
 
@@ -133,12 +141,14 @@ def chunk_latency(lp, obs: Observation, warmup: int, repeats: int) -> dict[str, 
 
 
 def runtime_latency(policy, obs: Observation, a) -> dict[str, Any]:
-    """The policy exported (``vlastack.policies.export``) and timed in each of ``a.runtimes`` per thread count;
-    also the largest difference to the torch chunk for the same seed."""
+    """The policy exported (``vlastack.policies.export``) and timed in each of ``a.runtimes`` (rows of
+    ``EXPORTED_ROWS``) per thread count; also the precision the runtime asked for and the one it computes
+    in (OpenVINO runs bf16 as f32 on CPUs without it), and the largest difference to the torch chunk for
+    the same seed."""
     import tempfile
 
     from vlastack.policies.export import export_policy
-    from vlastack.rollout.policy_adapters import LoadedPolicy, load_policy_for
+    from vlastack.rollout.policy_adapters import LoadedPolicy
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vlastack-export-") as tmp:
@@ -152,14 +162,16 @@ def runtime_latency(policy, obs: Observation, a) -> dict[str, Any]:
         ref.reset(0)
         ref_chunk = ref.sample_actions(obs).actions
         for rt in a.runtimes:
-            out[rt] = {}
+            out[rt] = {"precision_asked": (EXPORTED_ROWS[rt][1] or "fp32").replace("fp", "f")}
             for n in a.threads:
                 torch.set_num_threads(n)
                 try:
-                    lp = load_policy_for(f"{tmp}/onnx", rt)  # its session takes torch's thread count
+                    ex = load_exported_row(f"{tmp}/onnx", rt, n)
                 except ImportError as e:
                     out[rt] = {"error": str(e)}
                     break
+                out[rt]["precision"] = inference_precision(ex)
+                lp = LoadedPolicy(ex)
                 out[rt][str(n)] = chunk_latency(lp, obs, a.warmup, a.repeats)
             if "error" in out[rt]:
                 continue
@@ -207,6 +219,9 @@ def cmd_measure(a) -> dict[str, Any]:
         torch.set_num_threads(n)
         out["latency"][str(n)] = chunk_latency(lp, obs, a.warmup, a.repeats)
     out["chunk_shape"] = list(lp.sample_actions(obs).actions.shape)
+    with torch.inference_mode():
+        out["chunk_gflop"] = chunk_flops(policy, obs) / 1e9
+    out["matmul_peak_gflops"] = {str(n): matmul_peak_gflops(n)["peak"] for n in a.threads}
     if a.runtimes:
         out["latency_runtime"] = runtime_latency(policy, obs, a)
     out["rss_peak_mib"] = rss_peak_mib()
@@ -246,13 +261,16 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("--warmup", type=int, default=2)
     m.add_argument("--feature-cache", action="store_true", help="also measure training from the feature cache")
     m.add_argument("--runtimes", type=lambda s: [x for x in s.split(",") if x], default=[],
-                   help="also time the exported chunk in these runtimes, e.g. onnxruntime,openvino")
+                   help=f"also time the exported chunk in these runtimes, from {list(EXPORTED_ROWS)}")
     c = sub.add_parser("cache")
     c.add_argument("--policy", required=True, choices=POLICIES)
     c.add_argument("--store", required=True)
     c.add_argument("--preset", default="small")
     c.add_argument("--overrides", default="{}")
     a = ap.parse_args(argv)
+    bad = [r for r in getattr(a, "runtimes", []) if r not in EXPORTED_ROWS]
+    if bad:
+        ap.error(f"--runtimes: unknown {bad}; choose from {list(EXPORTED_ROWS)}")
     print(json.dumps(cmd_measure(a) if a.cmd == "measure" else cmd_cache(a)), flush=True)
 
 

@@ -19,9 +19,10 @@ What one run does:
    parameters, training samples/s (end to end through each side's own loader, and the update alone
    on a batch in memory; ours also from the feature cache), peak RSS, and the chunk latency at
    batch 1 (p50 and p99 over ``--repeats`` calls, image encoding and normalisation included) on
-   1 and 2 threads; ours also exported (``vlastack export``) and timed in ONNX Runtime and OpenVINO
-   (``--runtimes``), as extra rows. Ratios are taken within a round (adjacent runs) and their median
-   reported.
+   1 and 2 threads; ours also exported (``vlastack export``) and timed in ONNX Runtime, OpenVINO and
+   OpenVINO with bf16 inference (``--runtimes``), as extra rows, with the chunk's floating-point work
+   and the share of the measured fp32 matmul peak each row reaches. Ratios are taken within a round
+   (adjacent runs) and their median reported.
 4. Success: every policy trained for the same wall-clock budget (``--budget-min``; ours with
    ``vlastack train``, LeRobot's with its own training step in its venv), then evaluated on the
    same tasks and seeds through our harness (``vlastack.rollout.evaluate``; LeRobot's policies
@@ -44,6 +45,7 @@ with 10 inference steps (the issue's comparison point); ACT with ``dim_model=256
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -72,6 +74,25 @@ OURS: dict[str, dict[str, Any]] = {
 }
 LABELS = {"dust": "DUST small", "dita": "Dita small", "diffusion": "LeRobot Diffusion Policy", "act": "LeRobot ACT"}
 PAIRS = [("dust", "diffusion"), ("dita", "diffusion"), ("dust", "act"), ("dita", "act")]
+#: exported-runtime rows (``--runtimes``; ``bench/policy_speed.py``'s ``EXPORTED_ROWS``, which the worker runs)
+#: -> (the modules they need, the extra that installs them)
+RUNTIMES: dict[str, tuple[tuple[str, ...], str]] = {
+    "onnxruntime": (("onnx", "onnxruntime"), "onnx"),
+    "openvino": (("onnx", "openvino"), "openvino"),
+    "openvino-bf16": (("onnx", "openvino"), "openvino"),
+}
+
+
+def available_runtimes() -> tuple[list[str], list[str]]:
+    """(the :data:`RUNTIMES` rows whose packages this python has, a note per row left out)."""
+    have, notes = [], []
+    for rt, (modules, extra) in RUNTIMES.items():
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            notes.append(f"{rt} left out: {', '.join(missing)} not installed (pip install 'vlastack[{extra}]')")
+        else:
+            have.append(rt)
+    return have, notes
 
 
 def log(msg: str) -> None:
@@ -263,7 +284,43 @@ def runtime_rows(rounds: list[dict[str, dict]], threads: list[int]) -> dict[str,
                 row[f"ratio{n}"] = median([x / y if x is not None and y else None for x, y in zip(mine, theirs)])
             row["max_abs_diff"] = median([_get(r.get(p, {}), "latency_runtime", rt, "max_abs_diff_vs_torch")
                                           for r in rounds])
+            ran = [((r.get(p, {}).get("latency_runtime") or {}).get(rt) or {}) for r in rounds]
+            row["precision"] = next((x["precision"] for x in ran if x.get("precision")), None)
+            row["precision_asked"] = next((x["precision_asked"] for x in ran if x.get("precision_asked")), None)
             out[f"{p}/{rt}"] = row
+    return out
+
+
+def runtime_label(rt: str, row: dict) -> str:
+    """A runtime row's name, saying so when it computed in another precision than it asked for
+    (OpenVINO runs bf16 as f32 on a CPU without avx512_bf16 / AMX)."""
+    asked, ran = row.get("precision_asked"), row.get("precision")
+    return rt if not asked or not ran or asked == ran else f"{rt}, computed in {ran}"
+
+
+def flop_rows(rounds: list[dict[str, dict]], absolute: dict, runtimes: dict, threads: list[int]) -> dict[str, dict]:
+    """Per policy of ours: the chunk's GFLOP (median over rounds), the fp32 matmul peak per thread count (the
+    best any round measured: an idle moment's), and for torch and each exported runtime the GFLOP/s its p50
+    reaches and that rate's share of the peak on the same threads:
+    ``{"dust": {"chunk_gflop": g, "peak_gflops": {1: ...}, "rows": {"torch": {"gflops1": ..., "share1": ...}}}}``."""
+    out: dict[str, dict] = {}
+    for p in OURS:
+        gflop = median([_get(r.get(p, {}), "chunk_gflop") for r in rounds])
+        if gflop is None:
+            continue
+        peaks = {n: max((x for x in (_get(r.get(p, {}), "matmul_peak_gflops", str(n)) for r in rounds)
+                         if x is not None), default=None) for n in threads}
+        p50 = {"torch": {n: (absolute.get(p) or {}).get(f"lat{n}_p50_ms") for n in threads}}
+        p50.update({runtime_label(k.split("/")[1], v): {n: v.get(f"lat{n}_p50_ms") for n in threads}
+                    for k, v in runtimes.items() if k.startswith(f"{p}/")})
+        rows: dict[str, dict[str, float | None]] = {}
+        for rt, ms in p50.items():
+            rows[rt] = {}
+            for n in threads:
+                rate = gflop / (ms[n] / 1e3) if ms[n] else None
+                rows[rt][f"gflops{n}"] = rate
+                rows[rt][f"share{n}"] = rate / peaks[n] if rate is not None and peaks[n] else None
+        out[p] = {"chunk_gflop": gflop, "peak_gflops": peaks, "rows": rows}
     return out
 
 
@@ -398,8 +455,8 @@ def fmt(x: float | None, nd: int = 1, suffix: str = "") -> str:
 
 
 def tables(absolute: dict, ratios: dict, success: dict | None, runtimes: dict | None = None,
-           threads: list[int] = (1, 2)) -> str:
-    """The markdown tables: absolute figures, ratios ours/theirs, our exported runtimes, success."""
+           threads: list[int] = (1, 2), flops: dict | None = None) -> str:
+    """The markdown tables: absolute figures, ratios ours/theirs, our exported runtimes, FLOPs, success."""
     lines = ["| policy | trainable params | train samples/s (update) | train samples/s (end to end) | "
              "peak RSS MiB | chunk p50 / p99 ms, 1 thread | chunk p50 / p99 ms, 2 threads |",
              "|---|---|---|---|---|---|---|"]
@@ -430,13 +487,31 @@ def tables(absolute: dict, ratios: dict, success: dict | None, runtimes: dict | 
         lines += ["", "Our chunk exported (`vlastack export`) and run by another runtime, batch 1, same observation "
                   "(ratio: to Diffusion Policy's p50 in the same round):", "",
                   "| policy (runtime) | " + " | ".join(f"chunk p50 ms, {n} thr | / Diffusion Policy, {n} thr"
-                                                      for n in threads) + " | max abs diff vs torch |",
-                  "|---|" + "---|---|" * len(threads) + "---|"]
+                                                      for n in threads) + " | max abs diff vs torch | computes in |",
+                  "|---|" + "---|---|" * len(threads) + "---|---|"]
         for key, r in runtimes.items():
             p, rt = key.split("/")
             lines.append(f"| {LABELS[p]} ({rt}) | " + " | ".join(
                 f"{fmt(r.get(f'lat{n}_p50_ms'))} | {fmt(r.get(f'ratio{n}'), 2)}" for n in threads)
-                + f" | {fmt(r.get('max_abs_diff'), 6)} |")
+                + f" | {fmt(r.get('max_abs_diff'), 6)} | {r.get('precision') or 'n/a'} |")
+    if flops:
+        lines += ["", "Floating-point work of our chunk (torch's FlopCounterMode: matmuls, convolutions, attention; "
+                  "batch 1) and the rate each row's p50 above reaches, as a share of the fp32 matmul peak measured "
+                  "in the same worker on the same threads (best of 256/512/1024 square products over the rounds; "
+                  "bf16 inference can pass the fp32 peak):", "",
+                  "| policy (runtime) | chunk GFLOP | " + " | ".join(f"GFLOP/s at p50, {n} thr | share of "
+                                                                       f"{n}-thr peak" for n in threads) + " |",
+                  "|---|---|" + "---|---|" * len(threads)]
+        for p, f in flops.items():
+            for rt, r in f["rows"].items():
+                lines.append(f"| {LABELS[p]} ({rt}) | {f['chunk_gflop']:.3f} | " + " | ".join(
+                    f"{fmt(r.get(f'gflops{n}'))} | "
+                    f"{fmt(None if r.get(f'share{n}') is None else 100 * r[f'share{n}'], 0, '%')}" for n in threads)
+                    + " |")
+        lines.append("")
+        lines += [f"fp32 matmul peak measured by {LABELS[p]}'s worker: "
+                  + ", ".join(f"{fmt(f['peak_gflops'].get(n))} GFLOP/s on {n} thread{'s' if n > 1 else ''}"
+                              for n in threads) for p, f in flops.items()]
     if success:
         lines += ["", "| policy | steps in budget | success | 95% Wilson interval | per task |", "|---|---|---|---|---|"]
         for p, s in success.items():
@@ -460,10 +535,12 @@ def targets(ratios: dict, success: dict | None, runtimes: dict | None = None,
         for n in (1, 2):
             x = row.get(f"ratio{n}")
             if x is not None:
-                out.append(f"DUST chunk latency <= 1/4 of Diffusion Policy's ({key.split('/')[1]}, {n} thread"
+                out.append(f"DUST chunk latency <= 1/4 of Diffusion Policy's ({runtime_label(key.split('/')[1], row)}, "
+                           f"{n} thread"
                            f"{'s' if n == 2 else ''}, p50): ratio {x:.2f} -> {'MET' if x <= 0.25 else 'NOT MET'}")
     walls = {"torch": (absolute or {}).get("dust", {}).get("lat1_p50_ms")}
-    walls.update({k.split("/")[1]: v.get("lat1_p50_ms") for k, v in (runtimes or {}).items() if k.startswith("dust/")})
+    walls.update({runtime_label(k.split("/")[1], v): v.get("lat1_p50_ms") for k, v in (runtimes or {}).items()
+                  if k.startswith("dust/")})
     walls = {k: v for k, v in walls.items() if v is not None}
     if walls:
         best = min(walls, key=walls.get)
@@ -564,9 +641,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=30, help="timed chunks per latency figure")
     ap.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed measurements")
-    ap.add_argument("--runtimes", type=lambda s: [x for x in s.split(",") if x], default=["onnxruntime", "openvino"],
-                    help="our chunk exported and timed in these runtimes too ('' for none; needs the onnx / "
-                         "openvino extras)")
+    ap.add_argument("--runtimes", type=lambda s: [x for x in s.split(",") if x], default=None,
+                    help=f"our chunk exported and timed in these runtimes too, from {list(RUNTIMES)} ('' for none; "
+                         "openvino-bf16 is OpenVINO with bf16 inference, f32 on CPUs without avx512_bf16 / AMX, and "
+                         "the table says so). Default: every one whose extra is installed in this python "
+                         "(onnxruntime: vlastack[onnx]; openvino, openvino-bf16: vlastack[openvino]); the others "
+                         "are left out with a note in the report. Named here without its extra, a row fails and "
+                         "says which extra to install")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--speed-from", type=Path, default=None,
                     help="take the speed rounds from another run's results.json / progress file instead of measuring "
@@ -587,9 +668,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--note", default="", help="a sentence for the report's header (e.g. how the machine was shared)")
     a = ap.parse_args(argv)
     apply_presets(a, argv if argv is not None else sys.argv[1:])
-    bad = [r for r in a.runtimes if r not in ("onnxruntime", "openvino")]
+    a.runtime_notes = []
+    if a.runtimes is None:
+        a.runtimes, a.runtime_notes = available_runtimes()
+    bad = [r for r in a.runtimes if r not in RUNTIMES]
     if bad:
-        ap.error(f"--runtimes: unknown {bad}; choose from onnxruntime, openvino (or '' for none)")
+        ap.error(f"--runtimes: unknown {bad}; choose from {', '.join(RUNTIMES)} (or '' for none)")
     unknown = [p for p in a.policies if p not in THEIRS and p not in OURS]
     if unknown:
         ap.error(f"--policies: unknown {unknown}; choose from {sorted(THEIRS) + sorted(OURS)}")
@@ -635,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
 
     errors = {p: r["error"] for rr in rounds for p, r in rr.items() if "error" in r}
     runtimes = runtime_rows(rounds, a.threads)
-    table = tables(absolute, ratios, success, runtimes, a.threads)
+    flops = flop_rows(rounds, absolute, runtimes, a.threads)
+    table = tables(absolute, ratios, success, runtimes, a.threads, flops)
     goals = targets(ratios, success, runtimes, absolute)
     success_part = ("success skipped" if a.skip_success else
                     f"{a.budget_min:g} min of training per policy, {a.eval_episodes} evaluation episodes per task")
@@ -643,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{a.rounds} speed round(s) of {a.steps} timed training steps and {a.repeats} chunks per latency "
                   f"figure")
     budget = f"Budget ({a.preset_name} run): tasks {','.join(a.tasks)}; {success_part}; {speed_part}."
+    if a.runtimes or a.runtime_notes:
+        budget += f" Exported runtimes: {', '.join(a.runtimes) or 'none'}"
+        budget += f" ({'; '.join(a.runtime_notes)})." if a.runtime_notes else "."
     print(budget)
     if speed_command != command:
         print(f"Speed rounds read from {a.speed_from}, measured by: {speed_command}")
@@ -674,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(a.out.with_suffix(".json"), json.dumps(
         {"command": command, "speed_command": speed_command, "preset": a.preset_name, "budget_min": a.budget_min, "tasks": a.tasks,
          "eval_episodes": a.eval_episodes, "rounds": rounds, "absolute": absolute, "ratios": ratios,
-         "runtimes": runtimes,
+         "runtimes": runtimes, "flops": flops,
          "success": success, "targets": goals}, indent=1, default=str))
     partial.unlink(missing_ok=True)
     log(f"wrote {a.out} and {a.out.with_suffix('.json')}")

@@ -7,6 +7,8 @@
   frames at the requested timestamps of a video written by our LeRobot v3 converter (each frame
   carries its index as brightness, so an off-by-one shows);
 - ratios are taken per round (adjacent runs) and the median reported;
+- the exported-runtime rows (ONNX Runtime, OpenVINO, OpenVINO bf16) get their ratio and target lines, say
+  when bf16 ran as f32, and come with the chunk's FLOPs and their share of the measured matmul peak;
 - the LeRobot proxy is a registered vlastack policy whose checkpoint round-trips its config.
 - ``--quick`` / ``--smoke`` fill in budgets that options given on the command line override.
 """
@@ -23,6 +25,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # bench/: policy_speed, whose exported-runtime rows the worker runs
 
 import wire  # noqa: E402
 
@@ -106,19 +109,29 @@ def test_ratios_are_per_round_medians():
     assert "DUST small / LeRobot Diffusion Policy" in table
 
 
+def _ours(p50, rt, bf16=None, bf16_ran="bf16"):
+    """A synthetic worker result of ours: torch p50, ONNX Runtime p50 (``rt``), optionally OpenVINO bf16's."""
+    out = {"latency": {"1": {"p50_ms": p50}, "2": {"p50_ms": p50 / 2}},
+           "latency_runtime": {"export_s": 3.0, "onnxruntime": {"1": {"p50_ms": rt}, "2": {"p50_ms": rt / 2},
+                                                                "max_abs_diff_vs_torch": 2e-6, "precision": "f32",
+                                                                "precision_asked": "f32"}},
+           "chunk_gflop": 2.5, "matmul_peak_gflops": {"1": 100.0, "2": 150.0}}
+    if bf16 is not None:
+        out["latency_runtime"]["openvino-bf16"] = {"1": {"p50_ms": bf16}, "2": {"p50_ms": bf16 * 0.8},
+                                                   "max_abs_diff_vs_torch": 0.05, "precision": bf16_ran,
+                                                   "precision_asked": "bf16"}
+    return out
+
+
+def _theirs(p50):
+    return {"latency": {"1": {"p50_ms": p50}, "2": {"p50_ms": p50}}}
+
+
 def test_exported_runtime_rows_and_targets():
     import run as peers
 
-    def ours(p50, rt):
-        return {"latency": {"1": {"p50_ms": p50}, "2": {"p50_ms": p50 / 2}},
-                "latency_runtime": {"export_s": 3.0, "onnxruntime": {"1": {"p50_ms": rt}, "2": {"p50_ms": rt / 2},
-                                                                     "max_abs_diff_vs_torch": 2e-6}}}
-
-    def theirs(p50):
-        return {"latency": {"1": {"p50_ms": p50}, "2": {"p50_ms": p50}}}
-
-    rounds = [{"dust": ours(60.0, 40.0), "diffusion": theirs(160.0)},
-              {"dust": ours(70.0, 30.0), "diffusion": theirs(100.0)}]  # per-round ratios 0.25 and 0.3
+    rounds = [{"dust": _ours(60.0, 40.0), "diffusion": _theirs(160.0)},
+              {"dust": _ours(70.0, 30.0), "diffusion": _theirs(100.0)}]  # per-round ratios 0.25 and 0.3
     rows = peers.runtime_rows(rounds, [1, 2])
     r = rows["dust/onnxruntime"]
     assert r["lat1_p50_ms"] == pytest.approx(35.0) and r["ratio1"] == pytest.approx(0.275)
@@ -130,6 +143,80 @@ def test_exported_runtime_rows_and_targets():
     assert any(g.startswith("DUST small chunk under 50 ms") and "torch 65.0 ms, onnxruntime 35.0 ms -> MET "
                "(best: onnxruntime)" in g for g in goals)
     assert "DUST small (onnxruntime) | 35.0 | 0.28 | 17.5 | 0.14 |" in peers.tables(absolute, ratios, None, rows)
+
+
+def test_openvino_bf16_row_and_its_target_lines():
+    import run as peers
+
+    # bf16 per-round 1-thread ratios 20/160 = 0.125 and 40/100 = 0.4 -> median 0.2625; 2 threads 0.1 and 0.32
+    rounds = [{"dust": _ours(60.0, 40.0, bf16=20.0), "diffusion": _theirs(160.0)},
+              {"dust": _ours(70.0, 30.0, bf16=40.0), "diffusion": _theirs(100.0)}]
+    rows = peers.runtime_rows(rounds, [1, 2])
+    r = rows["dust/openvino-bf16"]
+    assert r["lat1_p50_ms"] == pytest.approx(30.0) and r["ratio1"] == pytest.approx(0.2625)
+    assert r["ratio2"] == pytest.approx(0.21) and r["precision"] == "bf16"
+    absolute, ratios = peers.summarize_speed(rounds, ["dust", "diffusion"])
+    goals = peers.targets(ratios, None, rows, absolute)
+    assert "DUST chunk latency <= 1/4 of Diffusion Policy's (openvino-bf16, 1 thread, p50): ratio 0.26 -> NOT MET" \
+        in goals
+    assert "DUST chunk latency <= 1/4 of Diffusion Policy's (openvino-bf16, 2 threads, p50): ratio 0.21 -> MET" in goals
+    wall = [g for g in goals if g.startswith("DUST small chunk under 50 ms")]
+    assert wall == ["DUST small chunk under 50 ms wall on 1 thread, 3 cameras 128x128: torch 65.0 ms, onnxruntime "
+                    "35.0 ms, openvino-bf16 30.0 ms -> MET (best: openvino-bf16)"]
+    assert "| DUST small (openvino-bf16) | 30.0 | 0.26 | 24.0 | 0.21 | 0.050000 | bf16 |" in \
+        peers.tables(absolute, ratios, None, rows)
+    # a CPU without bf16: OpenVINO computes in f32, and every line says so
+    rounds[0]["dust"]["latency_runtime"]["openvino-bf16"]["precision"] = "f32"
+    rounds[1]["dust"]["latency_runtime"]["openvino-bf16"]["precision"] = "f32"
+    goals = peers.targets(ratios, None, peers.runtime_rows(rounds, [1, 2]), absolute)
+    assert any("(openvino-bf16, computed in f32, 1 thread, p50)" in g for g in goals)
+    assert any("openvino-bf16, computed in f32 30.0 ms -> MET (best: openvino-bf16, computed in f32)" in g
+               for g in goals)
+
+
+def test_chunk_flops_and_share_of_the_matmul_peak():
+    import run as peers
+
+    rounds = [{"dust": _ours(50.0, 40.0, bf16=20.0), "diffusion": _theirs(160.0)},
+              {"dust": _ours(50.0, 30.0, bf16=40.0), "diffusion": _theirs(100.0)}]
+    rounds[1]["dust"]["matmul_peak_gflops"] = {"1": 125.0, "2": 140.0}  # the best round's peak counts
+    absolute, ratios = peers.summarize_speed(rounds, ["dust", "diffusion"])
+    rows = peers.runtime_rows(rounds, [1, 2])
+    f = peers.flop_rows(rounds, absolute, rows, [1, 2])["dust"]
+    assert f["chunk_gflop"] == pytest.approx(2.5) and f["peak_gflops"] == {1: 125.0, 2: 150.0}
+    # torch: 2.5 GFLOP in 50 ms = 50 GFLOP/s = 40% of 125; 2 threads 25 ms = 100 GFLOP/s = 67% of 150
+    assert f["rows"]["torch"]["gflops1"] == pytest.approx(50.0) and f["rows"]["torch"]["share1"] == pytest.approx(0.4)
+    assert f["rows"]["torch"]["share2"] == pytest.approx(100 / 150)
+    assert f["rows"]["openvino-bf16"]["gflops1"] == pytest.approx(2.5 / 0.030)
+    table = peers.tables(absolute, ratios, None, rows, [1, 2], peers.flop_rows(rounds, absolute, rows, [1, 2]))
+    assert "| DUST small (torch) | 2.500 | 50.0 | 40% | 100.0 | 67% |" in table
+    assert "fp32 matmul peak measured by DUST small's worker: 125.0 GFLOP/s on 1 thread, 150.0 GFLOP/s on 2 threads" \
+        in table
+    # results measured before the FLOP count existed: no table
+    for r in rounds:
+        del r["dust"]["chunk_gflop"]
+    assert peers.flop_rows(rounds, absolute, rows, [1, 2]) == {}
+
+
+def test_runtime_names_and_defaults(monkeypatch):
+    pytest.importorskip("torch")
+    import policy_speed  # the worker's rows: the names run.py accepts must be the ones it runs
+    import run as peers
+
+    assert list(peers.RUNTIMES) == list(policy_speed.EXPORTED_ROWS)
+    assert policy_speed.EXPORTED_ROWS["openvino-bf16"] == ("openvino", "bf16")
+    assert peers.parse_args(["--runtimes", "openvino-bf16,onnxruntime"]).runtimes == ["openvino-bf16", "onnxruntime"]
+    assert peers.parse_args(["--runtimes", ""]).runtimes == []
+    with pytest.raises(SystemExit):
+        peers.parse_args(["--runtimes", "openvino_bf16"])
+    have = {"onnx", "onnxruntime"}  # no openvino: its two rows are left out, with the extra named
+    monkeypatch.setattr(peers.importlib.util, "find_spec", lambda m: object() if m in have else None)
+    a = peers.parse_args([])
+    assert a.runtimes == ["onnxruntime"]
+    assert a.runtime_notes == ["openvino left out: openvino not installed (pip install 'vlastack[openvino]')",
+                               "openvino-bf16 left out: openvino not installed (pip install 'vlastack[openvino]')"]
+    have |= {"openvino"}
+    assert peers.parse_args([]).runtimes == ["onnxruntime", "openvino", "openvino-bf16"]
 
 
 def test_proxy_checkpoint_round_trips(tmp_path):
