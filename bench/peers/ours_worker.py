@@ -37,7 +37,8 @@ from vlastack.policies.base import make_policy, policy_class
 from vlastack.types import STATE, Observation, image_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: policy_speed's FLOPs, peak, runtime rows
-from policy_speed import EXPORTED_ROWS, chunk_flops, inference_precision, load_exported_row, matmul_peak_gflops  # noqa: E402
+from policy_speed import (  # noqa: E402
+    EXPORTED_ROWS, chunk_flops, inference_precision, load_exported_row, matmul_peak_gflops)
 
 POLICIES = ("dust", "dita")
 

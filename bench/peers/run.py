@@ -287,6 +287,7 @@ def runtime_rows(rounds: list[dict[str, dict]], threads: list[int]) -> dict[str,
             ran = [((r.get(p, {}).get("latency_runtime") or {}).get(rt) or {}) for r in rounds]
             row["precision"] = next((x["precision"] for x in ran if x.get("precision")), None)
             row["precision_asked"] = next((x["precision_asked"] for x in ran if x.get("precision_asked")), None)
+            row["error"] = next((x["error"] for x in ran if x.get("error")), None)  # e.g. its extra is missing
             out[f"{p}/{rt}"] = row
     return out
 
@@ -491,9 +492,11 @@ def tables(absolute: dict, ratios: dict, success: dict | None, runtimes: dict | 
                   "|---|" + "---|---|" * len(threads) + "---|---|"]
         for key, r in runtimes.items():
             p, rt = key.split("/")
+            diff = "n/a" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.2g}"
+            ran = r.get("precision") or (f"failed: {r['error']}" if r.get("error") else "n/a")
             lines.append(f"| {LABELS[p]} ({rt}) | " + " | ".join(
                 f"{fmt(r.get(f'lat{n}_p50_ms'))} | {fmt(r.get(f'ratio{n}'), 2)}" for n in threads)
-                + f" | {fmt(r.get('max_abs_diff'), 6)} | {r.get('precision') or 'n/a'} |")
+                + f" | {diff} | {ran} |")
     if flops:
         lines += ["", "Floating-point work of our chunk (torch's FlopCounterMode: matmuls, convolutions, attention; "
                   "batch 1) and the rate each row's p50 above reaches, as a share of the fp32 matmul peak measured "
@@ -718,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
         absolute, ratios = summarize_speed(rounds, a.policies)
 
     errors = {p: r["error"] for rr in rounds for p, r in rr.items() if "error" in r}
+    errors.update({f"{p} export": r["latency_runtime"]["error"] for rr in rounds for p, r in rr.items()
+                   if isinstance((r.get("latency_runtime") or {}).get("error"), str)})
     runtimes = runtime_rows(rounds, a.threads)
     flops = flop_rows(rounds, absolute, runtimes, a.threads)
     table = tables(absolute, ratios, success, runtimes, a.threads, flops)

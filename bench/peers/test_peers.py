@@ -142,7 +142,8 @@ def test_exported_runtime_rows_and_targets():
     assert any("onnxruntime, 2 threads, p50): ratio 0.14 -> MET" in g for g in goals)
     assert any(g.startswith("DUST small chunk under 50 ms") and "torch 65.0 ms, onnxruntime 35.0 ms -> MET "
                "(best: onnxruntime)" in g for g in goals)
-    assert "DUST small (onnxruntime) | 35.0 | 0.28 | 17.5 | 0.14 |" in peers.tables(absolute, ratios, None, rows)
+    assert "DUST small (onnxruntime) | 35.0 | 0.28 | 17.5 | 0.14 | 2e-06 | f32 |" in \
+        peers.tables(absolute, ratios, None, rows)
 
 
 def test_openvino_bf16_row_and_its_target_lines():
@@ -163,7 +164,7 @@ def test_openvino_bf16_row_and_its_target_lines():
     wall = [g for g in goals if g.startswith("DUST small chunk under 50 ms")]
     assert wall == ["DUST small chunk under 50 ms wall on 1 thread, 3 cameras 128x128: torch 65.0 ms, onnxruntime "
                     "35.0 ms, openvino-bf16 30.0 ms -> MET (best: openvino-bf16)"]
-    assert "| DUST small (openvino-bf16) | 30.0 | 0.26 | 24.0 | 0.21 | 0.050000 | bf16 |" in \
+    assert "| DUST small (openvino-bf16) | 30.0 | 0.26 | 24.0 | 0.21 | 0.05 | bf16 |" in \
         peers.tables(absolute, ratios, None, rows)
     # a CPU without bf16: OpenVINO computes in f32, and every line says so
     rounds[0]["dust"]["latency_runtime"]["openvino-bf16"]["precision"] = "f32"
@@ -172,6 +173,13 @@ def test_openvino_bf16_row_and_its_target_lines():
     assert any("(openvino-bf16, computed in f32, 1 thread, p50)" in g for g in goals)
     assert any("openvino-bf16, computed in f32 30.0 ms -> MET (best: openvino-bf16, computed in f32)" in g
                for g in goals)
+    # without the openvino extra the worker reports the error for the row: the table says what to install
+    for r in rounds:
+        r["dust"]["latency_runtime"]["openvino-bf16"] = {"error": "openvino is not installed: pip install "
+                                                                  "'vlastack[openvino]'"}
+    table = peers.tables(absolute, ratios, None, peers.runtime_rows(rounds, [1, 2]))
+    assert "| DUST small (openvino-bf16) | n/a | n/a | n/a | n/a | n/a | failed: openvino is not installed: pip " \
+        "install 'vlastack[openvino]' |" in table
 
 
 def test_chunk_flops_and_share_of_the_matmul_peak():
