@@ -74,3 +74,35 @@ def test_dita_loop_ratio_arithmetic(bench):
 def test_unknown_entry_is_refused(bench):
     with pytest.raises(SystemExit, match="unknown entries"):
         bench.main(["--device", "cpu", "--entries", "dust-huge"])
+
+
+def test_exported_rows_open_in_their_runtime_and_precision(bench, tmp_path):
+    """Each EXPORTED_ROWS row (bench/peers/run.py --runtimes) opens the export in its runtime and precision."""
+    pytest.importorskip("onnx", reason="the onnx extra exports the graph")
+    pytest.importorskip("onnxruntime", reason="the onnx extra runs it")
+    pytest.importorskip("openvino", reason="the openvino extra runs the openvino rows")
+    import torch
+
+    from vlastack.policies.base import make_policy, policy_class
+    from vlastack.policies.export import export_policy
+
+    cfg = policy_class("dust").config_class.preset("tiny")
+    policy = make_policy("dust", cfg, stats=bench.generic_stats(cfg)).eval()
+    export_policy(policy, tmp_path / "onnx", format="onnx")
+    obs = bench.generic_obs(cfg)
+    ref = policy.sample_actions(obs, seed=0).actions  # (1, H, D_a)
+    assert list(bench.EXPORTED_ROWS) == ["onnxruntime", "openvino", "openvino-bf16"]
+    for row, (runtime, precision) in bench.EXPORTED_ROWS.items():
+        ex = bench.load_exported_row(str(tmp_path / "onnx"), row, 1)
+        assert ex.runtime == runtime
+        ran = bench.inference_precision(ex)
+        if precision is None:
+            assert ran == "f32", row
+        else:  # OpenVINO computes in bf16 only where the CPU has it
+            import openvino as ov
+
+            has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            assert ran == ("bf16" if has_bf16 else "f32"), row
+        torch.testing.assert_close(ex.sample_actions(obs, seed=0).actions, ref, atol=5e-2, rtol=0)
+    with pytest.raises(ValueError, match="choose one of"):
+        bench.load_exported_row(str(tmp_path / "onnx"), "openvino_bf16", 1)
