@@ -171,7 +171,7 @@ class TrainConfig:
     max_minutes: Optional[float] = None  # wall-clock budget of the run: the schedule is fitted to it; null: none
     stop_after_steps: Optional[int] = None  # end this invocation after N more steps (resume continues)
     init_from: Optional[str] = None  # checkpoint to fine-tune from (weights; the normalizer is refitted)
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 autocasts on either
     device: str = "auto"  # auto: cuda when available, else cpu
     strategy: str = "ddp"  # under torchrun: ddp (replicate) or fsdp (FSDP2 shards the transformer blocks)
     backend: str = "auto"  # process group: auto (nccl on CUDA, gloo on CPU), gloo or nccl

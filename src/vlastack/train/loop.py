@@ -51,6 +51,13 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX), where CPU autocast pays."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(c()) for c in checks if c is not None)
+
 class _Log:
     """Rank-0 outputs: TensorBoard and/or Weights & Biases, metrics.jsonl, the progress bar and plain lines."""
 
@@ -186,8 +193,9 @@ class Trainer:
 
     def _precision(self) -> torch.dtype | None:
         p = self.cfg.precision
-        if p == "bf16" and self.info.device.type != "cuda":
-            raise TrainConfigError("train.precision: bf16 autocast runs on CUDA only; use fp32 (or auto) on the CPU")
+        if p == "bf16" and self.info.device.type == "cpu" and not _cpu_has_bf16():
+            self._say("train.precision=bf16 on a CPU without native bfloat16 (avx512_bf16 / AMX): autocast runs, "
+                      "but emulated and slower than fp32", logging.WARNING)
         if p == "bf16" or (p == "auto" and self.info.device.type == "cuda"):
             return torch.bfloat16
         return None
