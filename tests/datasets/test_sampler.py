@@ -210,6 +210,52 @@ def test_dataloader_batches_follow_the_contract(store_path, num_workers):
     assert not val.drop_last and set(next(iter(val))[EPISODE_INDEX].tolist()).isdisjoint(train_eps)
 
 
+def _assert_batch_equal(got: dict, want: dict) -> None:
+    """A DataLoader batch (tensors) equals an in-process ``get_batch`` (numpy) bit for bit, key order included."""
+    assert list(got) == list(want)
+    for k, v in want.items():
+        if isinstance(v, np.ndarray):
+            assert got[k].dtype == torch.from_numpy(v).dtype and tuple(got[k].shape) == v.shape, k
+            np.testing.assert_array_equal(got[k].numpy(), v, err_msg=k)
+        else:
+            assert got[k] == v, k
+
+
+def test_worker_batches_equal_in_process_batches(store_path):
+    """2 workers, shared-memory slots reused across batches: every batch (the short last one included)
+    equals the in-process read of the same windows, whatever the loop drops or keeps."""
+    win = WindowSpec(n_obs=2, horizon=4, future_offset=3)
+    dl = make_dataloader(store_path, win, batch_size=3, shuffle=False, num_workers=2)
+    sampler = dl.dataset.sampler
+    starts = range(0, len(sampler), 3)
+    for epoch in range(2):  # persistent workers: the second epoch refills the same slots
+        n = 0
+        for s, batch in zip(starts, dl):
+            _assert_batch_equal(batch, sampler.get_batch(np.arange(s, min(s + 3, len(sampler)))))
+            n += 1
+        assert n == len(starts)
+
+
+def test_held_worker_batches_are_never_overwritten(store_path):
+    """The training loop may keep batches (or a slice of one) while later ones are read: a slot is
+    refilled only after the last tensor of its batch is gone. Holding every batch of 3 epochs uses up
+    each worker's slots (8) and then one-off buffers; all held batches still equal in-process reads."""
+    dl = make_dataloader(store_path, WindowSpec(n_obs=2, horizon=3), batch_size=2, shuffle=True, seed=3,
+                         num_workers=2)
+    sampler = dl.dataset.sampler
+    held = []
+    for epoch in range(3):  # 10 batches per epoch: 15 per worker
+        for i, batch in enumerate(dl):
+            held.append(batch if i % 2 else {k: v[1:] for k, v in batch.items()})
+            del batch  # of the even batches only a slice is kept
+    assert len(held) == 30
+    for b in held:
+        want = sampler.get_batch(b["index"].numpy())
+        for k, v in want.items():
+            if isinstance(v, np.ndarray):
+                np.testing.assert_array_equal(b[k].numpy(), v, err_msg=k)
+
+
 def test_dataloader_single_items_and_errors(store_path):
     dl = make_dataloader(store_path, WindowSpec(n_obs=1, horizon=2), batch_size=3)
     item = dl.dataset[4]

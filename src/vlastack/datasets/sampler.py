@@ -244,6 +244,14 @@ class WindowSampler:
         out[INDEX] = self.anchor_global[idx].copy()
         return out
 
+    def batch_layout(self, n: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shape and dtype of each array :meth:`get_batch` asks ``alloc`` for, for a batch of ``n``: out key -> (shape, dtype)."""
+        out = {}
+        for k, offs in self.deltas.items():
+            shape, dtype = self._frame_layout(k)
+            out[self.out_key(k)] = ((int(n), len(offs), *shape), dtype)
+        return out
+
     def _frame_layout(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
         """Per-frame shape and dtype of what ``key`` emits (its features in feature-cache mode)."""
         if key in self._memory:

@@ -54,6 +54,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -366,8 +367,10 @@ class _LocalChunkReader:
         self.dtype = np.dtype(array.dtype).newbyteorder("<")
         self.fill = md.fill_value
         self.dir = root / array.path
+        self._dir = str(self.dir)
         self._encode = md.encode_chunk_key
         self.frame_nbytes = int(np.prod(self.frame_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._local = threading.local()  # a read buffer per thread (a reader may serve several threads)
 
     @staticmethod
     def supports(array) -> bool:
@@ -384,25 +387,42 @@ class _LocalChunkReader:
         """Chunk ``ci`` decoded -> (rows_per_chunk, *frame_shape); into ``dest`` (C-contiguous, that shape) when given."""
         from numcodecs import blosc
 
-        path = self.dir / self._encode((ci,) + (0,) * len(self.frame_shape))
+        path = os.path.join(self._dir, self._encode((ci,) + (0,) * len(self.frame_shape)))
         shape = (self.rows_per_chunk, *self.frame_shape)
         try:
-            raw = path.read_bytes()
+            raw = self._read_file(path)
         except FileNotFoundError:  # never written (all fill value)
             if dest is None:
                 return np.full(shape, self.fill, self.dtype)
             dest[...] = self.fill
             return dest
         expected = self.rows_per_chunk * self.frame_nbytes
-        where = f"{self.key}: corrupt chunk {ci} (rows {ci * self.rows_per_chunk}..{(ci + 1) * self.rows_per_chunk - 1})"
         nbytes = int.from_bytes(raw[4:8], "little") if len(raw) >= 16 else -1  # the Blosc header's size field
         if nbytes != expected:
-            raise StoreError(f"{where}: its header says {nbytes} bytes, expected {expected}")
+            raise StoreError(f"{self._corrupt(ci)}: its header says {nbytes} bytes, expected {expected}")
         try:
             buf = blosc.decompress(raw, dest)  # into dest: one copy less
         except Exception as e:
-            raise StoreError(f"{where}: blosc says {e}") from None
+            raise StoreError(f"{self._corrupt(ci)}: blosc says {e}") from None
         return dest if dest is not None else np.frombuffer(buf, self.dtype).reshape(shape)
+
+    def _corrupt(self, ci: int) -> str:
+        return f"{self.key}: corrupt chunk {ci} (rows {ci * self.rows_per_chunk}..{(ci + 1) * self.rows_per_chunk - 1})"
+
+    def _read_file(self, path: str) -> memoryview:
+        """A chunk file's bytes, read into this thread's reused buffer (valid until its next read)."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None:  # room for an incompressible chunk plus Blosc's header
+            buf = self._local.buf = bytearray(self.rows_per_chunk * self.frame_nbytes + 4096)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            n = os.readv(fd, [buf])
+            if n < len(buf):
+                return memoryview(buf)[:n]
+            rest = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))  # larger than any valid chunk
+            return memoryview(bytes(buf) + rest)
+        finally:
+            os.close(fd)
 
     def read(self, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` (any order, repeats allowed) -> (len(rows), *frame_shape), written into ``out`` when given.

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlastack.types import TASK
 
+from .batch_pool import BatchPool, PooledBatch
 from .sampler import WindowSampler, WindowSpec, split_episodes
 from .store import TrajectoryStore
 
@@ -33,6 +34,7 @@ class WindowDataset(Dataset):
 
     def __init__(self, sampler: WindowSampler):
         self.sampler = sampler
+        self._pool: BatchPool | None = None  # made in each worker process on its first batch
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -42,33 +44,33 @@ class WindowDataset(Dataset):
         return batch_to_torch(self.sampler[i])
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
-        """A batch. In a worker process the arrays are written straight into shared-memory
-        tensors (as torch's default collate does), so handing the batch to the main process
-        copies nothing; in the main process it returns numpy (:func:`collate_windows` wraps it)."""
+        """A batch. In a worker process the arrays are written straight into a reused shared-memory
+        slot of this worker's :class:`~vlastack.datasets.batch_pool.BatchPool`, so handing the batch
+        to the main process copies nothing and allocates nothing; in the main process it returns
+        numpy (:func:`collate_windows` wraps it)."""
         idx = np.asarray(indices, np.int64)
         if torch.utils.data.get_worker_info() is None:
             return self.sampler.get_batch(idx)
-        tensors: dict[str, torch.Tensor] = {}
-
-        def alloc(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-            tensors[key] = _shared_empty(shape, dtype)
-            return tensors[key].numpy()
-
-        batch = self.sampler.get_batch(idx, alloc=alloc)
-        batch.update(tensors)
+        if self._pool is None or self._pool.pid != os.getpid():
+            self._pool = BatchPool()
+        batch = self._pool.batch(self.sampler.batch_layout(len(idx)))
+        try:
+            batch.update(self.sampler.get_batch(idx, alloc=batch.array))
+        except BaseException:
+            batch.release()
+            raise
         return batch
 
-
-def _shared_empty(shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
-    """An uninitialised tensor in shared memory (sent to the main process without a copy)."""
-    tdtype = torch.from_numpy(np.empty(0, dtype)).dtype
-    numel = int(np.prod(shape, dtype=np.int64))
-    storage = torch.empty(0, dtype=tdtype)._typed_storage()._new_shared(numel)
-    return torch.empty(0, dtype=tdtype).new(storage).view(shape)
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_pool"] = None  # a pool belongs to the process that made it
+        return state
 
 
 def collate_windows(batch: Any) -> dict[str, Any]:
     """Collate for :class:`WindowDataset`: a batch dict from ``__getitems__`` or a list of windows."""
+    if isinstance(batch, PooledBatch):
+        return batch  # in a worker: pickles into tensors over its shared-memory slot
     if isinstance(batch, Mapping):
         return batch_to_torch(batch)
     out: dict[str, Any] = {}
