@@ -13,7 +13,8 @@ EfficientNet-lite0's head at 128x128 (1280 x 4 x 4 float16). It then loads rando
     features  make_dataloader(feature_encoder=...) (cached features in place of images)
 
 and prints a table with windows/s and the ratios zarr/mp4 and features/zarr, and the CPU time
-per window of each path (main process and workers together) with the zarr/mp4 ratio by CPU time.
+per window of each path (main process and workers together) with the zarr/mp4 ratio by CPU time,
+and the CPU per batch of the main process and of the workers apart.
 
     .venv/bin/python bench/loader.py                 # defaults: 30 episodes x 100 frames
     .venv/bin/python bench/loader.py --episodes 10 --length 60 --seconds 3   # quick
@@ -195,15 +196,16 @@ def _process_cpu_s(pid: int) -> float:
         return 0.0
 
 
-def time_loader(loader, seconds: float, max_batches: int, warmup: int = 2) -> tuple[float, int, float]:
+def time_loader(loader, seconds: float, max_batches: int, warmup: int = 2) -> tuple[float, int, float, float, float]:
     """Windows per second over at least ``seconds`` (or ``max_batches``), after ``warmup`` batches,
-    and the CPU milliseconds per window that the main process and the loader's workers spent together
-    (on a loaded machine the steadier figure: extra workers cannot take more than their share)."""
+    the CPU milliseconds per window that the main process and the loader's workers spent together
+    (on a loaded machine the steadier figure: extra workers cannot take more than their share),
+    and the CPU milliseconds per batch of the main process and of the workers apart."""
     it = iter(loader)
     for _ in range(warmup):
         next(it)
     pids = [w.pid for w in getattr(it, "_workers", [])]  # persistent workers: the same across epochs
-    c0 = time.process_time() + sum(_process_cpu_s(p) for p in pids)
+    m0, w0 = time.process_time(), sum(_process_cpu_s(p) for p in pids)
     n, t0 = 0, time.perf_counter()
     batches = 0
     while batches < max_batches:
@@ -217,9 +219,9 @@ def time_loader(loader, seconds: float, max_batches: int, warmup: int = 2) -> tu
         if time.perf_counter() - t0 >= seconds and batches >= 3:
             break
     dt = time.perf_counter() - t0
-    cpu = time.process_time() + sum(_process_cpu_s(p) for p in pids) - c0
+    main, workers = time.process_time() - m0, sum(_process_cpu_s(p) for p in pids) - w0
     del it
-    return n / dt, batches, 1e3 * cpu / max(n, 1)
+    return n / dt, batches, 1e3 * (main + workers) / max(n, 1), 1e3 * main / batches, 1e3 * workers / batches
 
 
 def main(argv=None) -> None:
@@ -271,6 +273,9 @@ def main(argv=None) -> None:
                   f" | {z[2]:>8.2f} / {m[2]:>7.2f} / {f[2]:>6.2f}{'':>13} | {m[2] / max(z[2], 1e-9):>6.1f}x")
         print(f"(batches timed per row: zarr/mp4/features = "
               + ", ".join(f"{z[1]}/{m[1]}/{f[1]}" for _, z, m, f in rows) + ")")
+        print("CPU ms per batch, main process + workers: " + "; ".join(
+            f"{nw} workers: zarr {z[3]:.1f} + {z[4]:.1f}, mp4 {m[3]:.1f} + {m[4]:.1f}, features {f[3]:.1f} + {f[4]:.1f}"
+            for nw, z, m, f in rows))
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
