@@ -88,6 +88,32 @@ class BatchPool:
         return PooledBatch(self._take(off), entries)
 
 
+_pool: BatchPool | None = None
+
+
+def worker_pool() -> BatchPool:
+    """This process's pool, made on first use (a forked child makes its own)."""
+    global _pool
+    if _pool is None or _pool.pid != os.getpid():
+        _pool = BatchPool()
+    return _pool
+
+
+def pooled_batch(sampler: Any, indices: np.ndarray) -> "PooledBatch":
+    """``sampler.get_batch(indices)`` written straight into a slot of this process's pool.
+
+    ``sampler``: a :class:`~vlastack.datasets.sampler.WindowSampler` or anything with its
+    ``batch_layout(n)`` and ``get_batch(indices, alloc=)``.
+    """
+    batch = worker_pool().batch(sampler.batch_layout(len(indices)))
+    try:
+        batch.update(sampler.get_batch(indices, alloc=batch.array))
+    except BaseException:
+        batch.release()
+        raise
+    return batch
+
+
 class PooledBatch(dict):
     """A batch being filled in a worker: a dict whose arrays in ``entries`` live in one pool slot.
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlastack.types import TASK
 
-from .batch_pool import BatchPool, PooledBatch
+from .batch_pool import PooledBatch, pooled_batch
 from .sampler import WindowSampler, WindowSpec, split_episodes
 from .store import TrajectoryStore
 
@@ -34,7 +34,6 @@ class WindowDataset(Dataset):
 
     def __init__(self, sampler: WindowSampler):
         self.sampler = sampler
-        self._pool: BatchPool | None = None  # made in each worker process on its first batch
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -45,26 +44,13 @@ class WindowDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """A batch. In a worker process the arrays are written straight into a reused shared-memory
-        slot of this worker's :class:`~vlastack.datasets.batch_pool.BatchPool`, so handing the batch
+        slot of the worker's :class:`~vlastack.datasets.batch_pool.BatchPool`, so handing the batch
         to the main process copies nothing and allocates nothing; in the main process it returns
         numpy (:func:`collate_windows` wraps it)."""
         idx = np.asarray(indices, np.int64)
         if torch.utils.data.get_worker_info() is None:
             return self.sampler.get_batch(idx)
-        if self._pool is None or self._pool.pid != os.getpid():
-            self._pool = BatchPool()
-        batch = self._pool.batch(self.sampler.batch_layout(len(idx)))
-        try:
-            batch.update(self.sampler.get_batch(idx, alloc=batch.array))
-        except BaseException:
-            batch.release()
-            raise
-        return batch
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_pool"] = None  # a pool belongs to the process that made it
-        return state
+        return pooled_batch(self.sampler, idx)
 
 
 def collate_windows(batch: Any) -> dict[str, Any]:

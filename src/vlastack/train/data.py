@@ -22,6 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from vlastack.datasets.batch_pool import pooled_batch
 from vlastack.datasets.sampler import WindowSampler, split_episodes
 from vlastack.datasets.store import StoreError, TrajectoryStore
 from vlastack.datasets.torch_dataset import batch_to_torch, single_thread_blosc
@@ -143,12 +144,21 @@ class MultiSampler:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def get_batch(self, indices: np.ndarray) -> dict[str, Any]:
-        """Windows for global indices (B,), in that order: arrays (B, ...), ``task`` B strings."""
+    def batch_layout(self, n: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """The arrays :meth:`get_batch` asks ``alloc`` for (the stores agree on them): key -> (shape, dtype)."""
+        return self.samplers[0].batch_layout(n)
+
+    def get_batch(self, indices: np.ndarray, alloc=None) -> dict[str, Any]:
+        """Windows for global indices (B,), in that order: arrays (B, ...), ``task`` B strings.
+
+        ``alloc(key, shape, dtype)`` supplies the buffers of :meth:`batch_layout`'s arrays, as in
+        :meth:`WindowSampler.get_batch`.
+        """
         idx = np.asarray(indices, np.int64).reshape(-1)
         which = np.searchsorted(self.offsets, idx, side="right") - 1  # (B,)
         if len(self.samplers) == 1:
-            return self.samplers[0].get_batch(idx)
+            return self.samplers[0].get_batch(idx, alloc=alloc)
+        layout = self.batch_layout(len(idx)) if alloc is not None else {}
         out: dict[str, Any] = {}
         for s in np.unique(which):
             pos = np.nonzero(which == s)[0]  # (b,)
@@ -156,7 +166,8 @@ class MultiSampler:
             for k, v in part.items():
                 if isinstance(v, np.ndarray):
                     if k not in out:
-                        out[k] = np.empty((len(idx), *v.shape[1:]), v.dtype)
+                        shape = (len(idx), *v.shape[1:])
+                        out[k] = alloc(k, shape, v.dtype) if k in layout else np.empty(shape, v.dtype)  # (B, ...)
                     out[k][pos] = v
                 else:
                     out.setdefault(k, [None] * len(idx))
@@ -226,7 +237,12 @@ class StepBatches(torch.utils.data.Dataset):
         return 1 << 40
 
     def __getitem__(self, step: int) -> list[dict[str, Any]]:
-        return [batch_to_torch(self.sampler.get_batch(ix)) for ix in self.order.rank_chunks(int(step), self.rank)]
+        """In a worker each micro-batch is written into a reused shared-memory slot and reaches the
+        training process as tensors over it (:mod:`vlastack.datasets.batch_pool`); inline, as tensors."""
+        chunks = self.order.rank_chunks(int(step), self.rank)
+        if torch.utils.data.get_worker_info() is not None:
+            return [pooled_batch(self.sampler, ix) for ix in chunks]
+        return [batch_to_torch(self.sampler.get_batch(ix)) for ix in chunks]
 
 
 def _identity(x):
