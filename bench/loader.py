@@ -196,6 +196,27 @@ def _process_cpu_s(pid: int) -> float:
         return 0.0
 
 
+def _children() -> list[int]:
+    """Pids of this process's live children (Linux /proc; a generator's DataLoader workers)."""
+    out: list[int] = []
+    for f in Path("/proc/self/task").glob("*/children"):
+        try:
+            out += [int(p) for p in f.read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def train_readahead(store_path: Path, win: WindowSpec, batch: int, workers: int):
+    """The training loop's read-ahead (``vlastack.train.data.step_batches``) over this store: steps of one micro-batch."""
+    from vlastack.datasets.sampler import WindowSampler
+    from vlastack.train import data as D
+
+    sampler = D.MultiSampler([WindowSampler(store_path, win)])
+    data = D.StepBatches(sampler, D.StepOrder(len(sampler), batch, seed=0), rank=0)
+    return D.step_batches(data, 0, 1 << 30, num_workers=workers)
+
+
 def time_loader(loader, seconds: float, max_batches: int, warmup: int = 2) -> tuple[float, int, float, float, float]:
     """Windows per second over at least ``seconds`` (or ``max_batches``), after ``warmup`` batches,
     the CPU milliseconds per window that the main process and the loader's workers spent together
@@ -204,7 +225,7 @@ def time_loader(loader, seconds: float, max_batches: int, warmup: int = 2) -> tu
     it = iter(loader)
     for _ in range(warmup):
         next(it)
-    pids = [w.pid for w in getattr(it, "_workers", [])]  # persistent workers: the same across epochs
+    pids = [w.pid for w in getattr(it, "_workers", [])] or _children()  # the same across epochs
     m0, w0 = time.process_time(), sum(_process_cpu_s(p) for p in pids)
     n, t0 = 0, time.perf_counter()
     batches = 0
@@ -214,7 +235,7 @@ def time_loader(loader, seconds: float, max_batches: int, warmup: int = 2) -> tu
         except StopIteration:
             it = iter(loader)
             continue
-        n += len(b["task"])
+        n += sum(len(x["task"]) for x in b) if isinstance(b, list) else len(b["task"])  # micro-batches or a batch
         batches += 1
         if time.perf_counter() - t0 >= seconds and batches >= 3:
             break
@@ -262,20 +283,26 @@ def main(argv=None) -> None:
                             persistent_workers=nw > 0, multiprocessing_context="spawn" if nw > 0 else None)
             m = time_loader(ml, args.seconds, 10_000, warmup=1)
             del ml
-            rows.append((nw, z, m, f))
+            t = time_loader(train_readahead(store_path, win, args.batch, nw), args.seconds, 10_000) if nw else None
+            rows.append((nw, z, m, f, t))
         print(f"\nwindows/s: 3 cameras 128x128, n_obs={args.n_obs}, H={args.horizon}, batch {args.batch}, "
               f"{args.episodes * args.length} frames, {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")
         print(f"{'workers':>7} | {'zarr':>9} | {'mp4 (AV1)':>9} | {'features':>9} | {'zarr/mp4':>8} | {'feat/zarr':>9}"
               f" | CPU ms per window zarr / mp4 / features | zarr/mp4 by CPU")
         print("-" * 124)
-        for nw, z, m, f in rows:
+        for nw, z, m, f, _ in rows:
             print(f"{nw:>7} | {z[0]:>9.0f} | {m[0]:>9.1f} | {f[0]:>9.0f} | {z[0] / m[0]:>7.1f}x | {f[0] / z[0]:>8.1f}x"
                   f" | {z[2]:>8.2f} / {m[2]:>7.2f} / {f[2]:>6.2f}{'':>13} | {m[2] / max(z[2], 1e-9):>6.1f}x")
         print(f"(batches timed per row: zarr/mp4/features = "
-              + ", ".join(f"{z[1]}/{m[1]}/{f[1]}" for _, z, m, f in rows) + ")")
+              + ", ".join(f"{z[1]}/{m[1]}/{f[1]}" for _, z, m, f, _ in rows) + ")")
         print("CPU ms per batch, main process + workers: " + "; ".join(
             f"{nw} workers: zarr {z[3]:.1f} + {z[4]:.1f}, mp4 {m[3]:.1f} + {m[4]:.1f}, features {f[3]:.1f} + {f[4]:.1f}"
-            for nw, z, m, f in rows))
+            for nw, z, m, f, _ in rows))
+        for nw, z, _, _, t in rows:
+            if t is not None:
+                print(f"training read-ahead (train.data.step_batches, images), {nw} workers: {t[0]:.0f} windows/s, "
+                      f"CPU {t[2]:.2f} ms per window, per batch main {t[3]:.1f} + workers {t[4]:.1f} "
+                      f"({t[1]} batches; make_dataloader: {z[2]:.2f} ms per window)")
     finally:
         if args.dir is None:
             shutil.rmtree(root, ignore_errors=True)
