@@ -1,5 +1,6 @@
 """Shared-memory batch slots: reuse, lifetime of received batches, growth and one-off buffers."""
 
+import os
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
@@ -56,6 +57,19 @@ def test_full_pool_sends_one_off_buffers_and_a_larger_layout_replaces_a_free_slo
     big = {"img": ((8, 3, 4, 4, 3), np.uint8), "state": ((8, 3, 5), np.float32)}
     b = _send(_fill(pool, 5, big))
     assert len(pool.slots) == 2 and pool.slots[0].nbytes >= 8 * 3 * (48 + 20) and bool((b["img"] == 5).all())
+
+
+def test_a_forked_child_dropping_its_copy_of_a_batch_does_not_free_the_slot():
+    pool = BatchPool()
+    got = _send(_fill(pool, 3))
+    pid = os.fork()
+    if pid == 0:  # the child drops its copy and leaves
+        del got
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert not pool.slots[0].free and bool((got["img"] == 3).all())
+    del got
+    assert pool.slots[0].free
 
 
 def test_layout_mismatch_and_release():

@@ -10,8 +10,9 @@ the process boundary as one storage (one file descriptor) instead of one per arr
 Lifetime: byte 0 of a slot says whether a batch uses it. The worker sets it when it fills the
 slot; the receiving process clears it when the last tensor of that batch is gone (views and
 slices of it included): the tensors are numpy-backed views of a lease object whose ``__del__``
-clears the byte. So a slot is never refilled while any part of a batch that uses it is alive,
-however long the training loop holds it. When every slot is in use, the worker adds one, up
+clears the byte (in the process that received it: a forked child's copy does not count). So a
+slot is never refilled while any part of a batch that uses it is alive, however long the training
+loop holds it. When every slot is in use, the worker adds one, up
 to ``max_slots``; past that it sends one-off buffers (freed with their batch, as torch does).
 """
 
@@ -151,11 +152,12 @@ class _Lease:
     def __init__(self, storage: torch.UntypedStorage, pooled: bool):
         self.storage = storage  # keeps the mapping alive until the flag is cleared
         self.pooled = pooled
+        self.pid = os.getpid()  # a forked child's copy of a batch is not the batch
         self.__array_interface__ = {"data": (storage.data_ptr(), False), "shape": (storage.nbytes(),),
                                     "typestr": "|u1", "version": 3}
 
     def __del__(self):
-        if self.pooled:
+        if self.pooled and os.getpid() == self.pid:
             ctypes.memset(self.storage.data_ptr(), 0, 1)
 
 
