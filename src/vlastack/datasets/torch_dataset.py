@@ -5,7 +5,9 @@ action (B, H, D_a) float32, ``<key>_is_pad`` (B, T) bool, cached features under
 ``features.<encoder>.<key>``, ``task`` a list of B strings, plus ``episode_index``,
 ``frame_index`` and ``index`` (B,) int64. The dataset fetches whole batches at once
 (``__getitems__``), so every frame of a batch is read in one pass; worker processes each
-reopen the store lazily (the open store never crosses a process boundary).
+reopen the store lazily (the open store never crosses a process boundary) and decode frames
+straight into shared-memory slots that they reuse from batch to batch
+(:mod:`vlastack.datasets.batch_pool`; a slot is reused only once the batch in it is gone).
 """
 
 from __future__ import annotations
