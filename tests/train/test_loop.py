@@ -303,7 +303,7 @@ def test_in_loop_sim_eval_logs_the_success_vlastack_eval_wrote(tmp_path, monkeyp
     assert (logged[0]["ci_low"], logged[0]["ci_high"]) == (overall["ci_low"], overall["ci_high"])
 
 
-def test_bf16_autocast_on_the_cpu_trains_and_differs_from_fp32(tmp_path, store):
+def test_bf16_autocast_on_the_cpu_trains_and_native_bf16_follows_the_cpu(tmp_path, store):
     """train.precision=bf16 runs CPU autocast (it used to be refused): same steps, finite loss, and the
     weights differ from an fp32 run's (bf16 matmuls did happen), though not by much."""
     common = ["train.steps=3", "train.batch_size=4", "train.seed=0"]
@@ -313,3 +313,11 @@ def test_bf16_autocast_on_the_cpu_trains_and_differs_from_fp32(tmp_path, store):
     a, b = final_state(tmp_path / "fp32")["model"], final_state(tmp_path / "bf16")["model"]
     diffs = [float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point()]
     assert all(np.isfinite(diffs)) and 0 < max(diffs) < 0.1
+    # native_bf16: bf16 where this CPU computes it natively, else fp32 (the same weights as that run's)
+    from vlastack.train.loop import _cpu_has_bf16
+
+    run(tmp_path / "native", store, *common, "train.precision=native_bf16")
+    same = final_state(tmp_path / ("bf16" if _cpu_has_bf16() else "fp32"))["model"]
+    native = final_state(tmp_path / "native")["model"]
+    for k in same:
+        torch.testing.assert_close(native[k], same[k], atol=0, rtol=0, msg=k)

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "native_bf16")
 STRATEGIES = ("ddp", "fsdp")
 BACKENDS = ("auto", "gloo", "nccl")
 RESUME_MODES = ("auto", "always", "never")
@@ -171,7 +171,8 @@ class TrainConfig:
     max_minutes: Optional[float] = None  # wall-clock budget of the run: the schedule is fitted to it; null: none
     stop_after_steps: Optional[int] = None  # end this invocation after N more steps (resume continues)
     init_from: Optional[str] = None  # checkpoint to fine-tune from (weights; the normalizer is refitted)
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 autocasts on either
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16 autocasts on either;
+    #                          native_bf16: bf16 where the device computes it natively (CUDA, avx512_bf16 / AMX CPUs)
     device: str = "auto"  # auto: cuda when available, else cpu
     strategy: str = "ddp"  # under torchrun: ddp (replicate) or fsdp (FSDP2 shards the transformer blocks)
     backend: str = "auto"  # process group: auto (nccl on CUDA, gloo on CPU), gloo or nccl

@@ -196,7 +196,8 @@ class Trainer:
         if p == "bf16" and self.info.device.type == "cpu" and not _cpu_has_bf16():
             self._say("train.precision=bf16 on a CPU without native bfloat16 (avx512_bf16 / AMX): autocast runs, "
                       "but emulated and slower than fp32", logging.WARNING)
-        if p == "bf16" or (p == "auto" and self.info.device.type == "cuda"):
+        native = self.info.device.type == "cuda" or (self.info.device.type == "cpu" and _cpu_has_bf16())
+        if p == "bf16" or (p == "auto" and self.info.device.type == "cuda") or (p == "native_bf16" and native):
             return torch.bfloat16
         return None
 
