@@ -321,3 +321,27 @@ def test_bf16_autocast_on_the_cpu_trains_and_native_bf16_follows_the_cpu(tmp_pat
     native = final_state(tmp_path / "native")["model"]
     for k in same:
         torch.testing.assert_close(native[k], same[k], atol=0, rtol=0, msg=k)
+
+
+def test_rank0_builds_the_feature_cache_with_every_local_ranks_threads(monkeypatch):
+    """Under DDP on the CPU, rank 0 encodes the cache alone: it borrows the waiting ranks' threads, then
+    gives them back (one rank, or no thread setting, changes nothing)."""
+    import os
+
+    from vlastack.train.distributed import DistInfo
+    from vlastack.train.loop import _cache_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with _cache_threads(DistInfo(world=2), 1):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+        with _cache_threads(DistInfo(world=8), 1):
+            assert torch.get_num_threads() == 4  # at most the cores this process may use
+        with _cache_threads(DistInfo(world=1), 1), _cache_threads(DistInfo(world=2), None):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -52,6 +52,24 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
 
 
 
+@contextlib.contextmanager
+def _cache_threads(info: dd.DistInfo, threads: int | None):
+    """While rank 0 alone encodes the feature cache on the CPU, it takes the threads of every local rank
+    (the others wait for it): ``threads`` x local ranks, at most the cores this process may use."""
+    if info.device.type != "cpu" or threads is None or info.world <= 1:
+        yield
+        return
+    import os
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, min(threads * local, cores)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 def _cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX), where CPU autocast pays."""
     cpu = getattr(torch, "cpu", None)
@@ -244,8 +262,9 @@ class Trainer:
         encoder = getattr(policy, "vision", None)
         mode = app.dataset.cache_features
         if info.is_main:
-            name = D.ensure_feature_cache(stores, encoder, image_keys, mode, app.dataset.cache_batch_size,
-                                          build=True, progress=app.progress, log=self._say)
+            with _cache_threads(info, cfg.threads):
+                name = D.ensure_feature_cache(stores, encoder, image_keys, mode, app.dataset.cache_batch_size,
+                                              build=True, progress=app.progress, log=self._say)
         else:
             name = None
         name = dd.broadcast_object(info, name)
