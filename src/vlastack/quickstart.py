@@ -5,8 +5,8 @@ Default: three tasks of task group ``sink_stove`` (TurnOnStove, TurnOnSinkFaucet
 25 demos each, training as two DDP ranks (``--ranks``). Measured end to end (``python -m
 vlastack.quickstart``, fresh output, 2 cores, 2026-12-06): 18.5 min; 2,522 training steps in 14
 minutes; 19/30 = 63% (95% Wilson interval 46-78%) with swapped instructions from shared starts,
-against an ignore-language bound of 33%; 0/12 with a blank instruction (the run before, with the
-feature cache on one core: 2,124 steps, 21/30 = 70%). ``--single`` (``make
+against an ignore-language bound of 33%; 0/12 with a blank instruction (run again: 2,741 steps,
+21/30 = 70%; the run before, with the feature cache on one core: 2,124 steps, 21/30 = 70%). ``--single`` (``make
 quickstart-drawer``) is the single-task smoke path: OpenDrawer in its own scene, 40 demos, which
 reached 18/20 and 20/20 in about 11 min.
 
