@@ -403,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stages: list[Stage] = []
     rc = 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    ranks = a.ranks if a.ranks is not None else (2 if cores >= 2 else 1)  # the cores this process may use
+    from vlastack.train.distributed import usable_cores
+
+    ranks = a.ranks if a.ranks is not None else (2 if usable_cores() >= 2 else 1)
     if ranks < 1:
         raise SystemExit(f"quickstart: --ranks must be >= 1, got {ranks}")
     for title, args in stage_commands(out, tasks[0] if a.single else tasks, a.demos, cameras, a.eval_episodes,

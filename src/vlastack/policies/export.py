@@ -274,6 +274,8 @@ class _OnnxRuntimeSession:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
+    computes_in = "f32"  # what the runtime computes in (ONNX Runtime runs the float32 graph)
+
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the graph: input name -> array; returns actions (1, H, D_a)."""
         return self.session.run(["actions"], feeds)[0]
@@ -289,6 +291,11 @@ class _OpenVINOSession:
                                                            "INFERENCE_PRECISION_HINT": precision.replace("fp", "f"),
                                                            "PERFORMANCE_HINT": "LATENCY"})
         self.request = self.model.create_infer_request()
+
+    @property
+    def computes_in(self) -> str:
+        """The precision the compiled model computes in: ``bf16`` only where the CPU has it, else ``f32``."""
+        return self.model.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # an openvino Type
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Run the graph: input name -> array; returns actions (1, H, D_a)."""
@@ -334,6 +341,11 @@ class ExportedPolicy:
             self.session = _OpenVINOSession(graph, threads, precision)
         self.config = policy.config
         self.name = policy.name
+
+    @property
+    def computes_in(self) -> str:
+        """The precision the runtime actually computes in (``f32``, or ``bf16`` where OpenVINO has it)."""
+        return self.session.computes_in
 
     @classmethod
     def load(cls, path: str | os.PathLike, runtime: str = "onnxruntime", threads: int | None = None,

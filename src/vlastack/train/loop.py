@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -59,22 +60,21 @@ def _cache_threads(info: dd.DistInfo, threads: int | None):
     if info.device.type != "cpu" or threads is None or info.world <= 1:
         yield
         return
-    import os
-
     local = int(os.environ.get("LOCAL_WORLD_SIZE", info.world))
     before = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, min(threads * local, cores)))
+    torch.set_num_threads(max(1, min(threads * local, dd.usable_cores())))
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
 
 def _cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX), where CPU autocast pays."""
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(bool(c()) for c in checks if c is not None)
+
 
 class _Log:
     """Rank-0 outputs: TensorBoard and/or Weights & Biases, metrics.jsonl, the progress bar and plain lines."""
@@ -210,12 +210,12 @@ class Trainer:
             log.log(level, msg)
 
     def _precision(self) -> torch.dtype | None:
-        p = self.cfg.precision
-        if p == "bf16" and self.info.device.type == "cpu" and not _cpu_has_bf16():
-            self._say("train.precision=bf16 on a CPU without native bfloat16 (avx512_bf16 / AMX): autocast runs, "
-                      "but emulated and slower than fp32", logging.WARNING)
-        native = self.info.device.type == "cuda" or (self.info.device.type == "cpu" and _cpu_has_bf16())
-        if p == "bf16" or (p == "auto" and self.info.device.type == "cuda") or (p == "native_bf16" and native):
+        p, kind = self.cfg.precision, self.info.device.type
+        native = kind == "cuda" or (kind == "cpu" and _cpu_has_bf16())  # bf16 computed natively
+        if p == "bf16" and not native:
+            self._say(f"train.precision=bf16 on a {kind} without native bfloat16 (avx512_bf16 / AMX): autocast "
+                      "runs, but emulated and slower than fp32", logging.WARNING)
+        if p == "bf16" or (p == "auto" and kind == "cuda") or (p == "native_bf16" and native):
             return torch.bfloat16
         return None
 
