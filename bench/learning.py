@@ -44,6 +44,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -273,11 +274,14 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               f"scene (train split of layouts x styles), cameras {header['cameras']} at 128x128, one store for every "
               "row; validation: 10% of episodes.",
               f"- Training: every row `experiment=learning` (batch {TRAIN_BATCH}, 1 thread, EMA, features cached "
-              f"beforehand), once for {header['minutes']:g} min of wall clock and once for {header['steps']} optimizer "
-              "steps.",
+              f"beforehand), " + " and ".join(
+                  f"once for {header['minutes']:g} min of wall clock" if b == "minutes"
+                  else f"once for {header['steps']} optimizer steps" for b in header["budgets"])
+              + (f"; {header['jobs']} rows side by side (each evaluation one env worker)"
+                 if header.get("jobs", 1) > 1 else "") + ".",
               f"- Evaluation on held-out seeds (100000+): `language=swap` ({header['eval_episodes']} shared start "
               f"states per task, every task from each), `language=blank` ({header['blank_episodes']} per task), "
-              f"`split=heldout` (held-out layouts/styles, {header['eval_episodes']} per task); "
+              f"`split=heldout` (held-out layouts/styles, {header.get('heldout_episodes', header['eval_episodes'])} per task); "
               f"{header['n_action_steps']} actions run per chunk"
               + (f", episodes cut at {header['max_steps']} steps" if header.get("max_steps") else "")
               + "; 95% Wilson intervals in brackets.", ""]
@@ -437,6 +441,8 @@ def eval_args(a, ckpt: str, kind: str, out: Path, episodes: int) -> list[str]:
     args = ["eval", f"checkpoint={ckpt}", "env=kitchen", f"tasks=[{','.join(a.tasks)}]", "scene=group",
             f"group={a.group}", f"episodes={episodes}", f"n_action_steps={a.n_action_steps}", "videos=0",
             f"out={out}"]
+    if a.jobs > 1:  # the rows' jobs share the cores: one env worker per evaluation
+        args.append("workers=1")
     if a.max_steps is not None:
         args.append(f"max_steps={a.max_steps}")
     if kind == "swap":
@@ -476,6 +482,46 @@ def run_eval(args: list[str], name: str, run: Runner, in_process: bool) -> dict 
     return _load_json(out / "eval_info.json")
 
 
+def run_row(name: str, a, store: Path, py: Path | None, run: Runner) -> dict[str, Any]:
+    """One row of the group suite: train under each budget, then its evaluations (and DUST's scaling)."""
+    out = Path(a.out)
+    group, label = ROWS[name]
+    row: dict[str, Any] = {"name": name, "label": label, "skipped": None, "budgets": {}}
+    if group is None and py is None:
+        row["skipped"] = NOT_RUN_PEER
+        return row
+    for budget in a.budgets:
+        run_dir = out / budget / name
+        b: dict[str, Any] = {"budget": budget, "train": None, "error": None, "evals": {}, "scaling": {}}
+        row["budgets"][budget] = b
+        limit = ([f"train.max_minutes={a.minutes:g}", "train.steps=1000000"] if budget == "minutes"
+                 else ["train.max_minutes=null", f"train.steps={a.steps}"])
+        if group is None:
+            try:
+                b["train"] = train_peer(py, store, run_dir, budget, a, run)
+            except Exception as e:  # noqa: BLE001 - the row reports the failure
+                b["error"] = f"{type(e).__name__}: {e}"[:200]
+                continue
+            ckpt = b["train"]["proxy"]
+        else:
+            if run(f"train {name} ({budget})", ["train", "experiment=learning", f"policy={group}",
+                                                f"dataset.path={store}", f"run_dir={run_dir}", *limit]):
+                b["error"] = "train failed"
+                continue
+            b["train"] = _load_json(run_dir / "summary.json")
+            ckpt = str(run_dir / "checkpoints" / "last")
+        for kind in EVALS:
+            eps = {"blank": a.blank_episodes, "heldout": a.heldout_episodes}.get(kind, a.eval_episodes)
+            b["evals"][kind] = run_eval(eval_args(a, ckpt, kind, eval_dir(run_dir, kind), eps),
+                                        f"eval {name} {kind} ({budget})", run, in_process=group is None)
+        if name == "dust" and budget == a.budgets[0]:
+            for n_o in SCALING_N_O:
+                args = eval_args(a, ckpt, "swap", eval_dir(run_dir, "swap", n_o), a.eval_episodes)
+                args += [f"sampling.action_steps={SCALING_N_A}", f"sampling.vision_steps={n_o}"]
+                b["scaling"][n_o] = run_eval(args, f"eval {name} N_o={n_o} ({budget})", run, in_process=False)
+    return row
+
+
 def run_group(a, run: Runner) -> tuple[list[dict], dict]:
     """Collect, cache, train every row under each budget, evaluate; returns (rows, extra header fields)."""
     out = Path(a.out)
@@ -488,43 +534,9 @@ def run_group(a, run: Runner) -> tuple[list[dict], dict]:
     run.walls.append(("collect: every run that filled the store", secs))
     run.walls.append(("feature cache (efficientnet_lite0)", build_feature_cache(store)))
     py = side_python(a.peer_venv)
-    rows = []
-    for name in a.rows:
-        group, label = ROWS[name]
-        row: dict[str, Any] = {"name": name, "label": label, "skipped": None, "budgets": {}}
-        rows.append(row)
-        if group is None and py is None:
-            row["skipped"] = NOT_RUN_PEER
-            continue
-        for budget in a.budgets:
-            run_dir = out / budget / name
-            b: dict[str, Any] = {"budget": budget, "train": None, "error": None, "evals": {}, "scaling": {}}
-            row["budgets"][budget] = b
-            limit = ([f"train.max_minutes={a.minutes:g}", "train.steps=1000000"] if budget == "minutes"
-                     else ["train.max_minutes=null", f"train.steps={a.steps}"])
-            if group is None:
-                try:
-                    b["train"] = train_peer(py, store, run_dir, budget, a, run)
-                except Exception as e:  # noqa: BLE001 - the row reports the failure
-                    b["error"] = f"{type(e).__name__}: {e}"[:200]
-                    continue
-                ckpt = b["train"]["proxy"]
-            else:
-                if run(f"train {name} ({budget})", ["train", "experiment=learning", f"policy={group}",
-                                                    f"dataset.path={store}", f"run_dir={run_dir}", *limit]):
-                    b["error"] = "train failed"
-                    continue
-                b["train"] = _load_json(run_dir / "summary.json")
-                ckpt = str(run_dir / "checkpoints" / "last")
-            for kind in EVALS:
-                eps = a.blank_episodes if kind == "blank" else a.eval_episodes
-                b["evals"][kind] = run_eval(eval_args(a, ckpt, kind, eval_dir(run_dir, kind), eps),
-                                            f"eval {name} {kind} ({budget})", run, in_process=group is None)
-            if name == "dust" and budget == a.budgets[0]:
-                for n_o in SCALING_N_O:
-                    args = eval_args(a, ckpt, "swap", eval_dir(run_dir, "swap", n_o), a.eval_episodes)
-                    args += [f"sampling.action_steps={SCALING_N_A}", f"sampling.vision_steps={n_o}"]
-                    b["scaling"][n_o] = run_eval(args, f"eval {name} N_o={n_o} ({budget})", run, in_process=False)
+    # rows side by side (--jobs): each row's stages stay in order; pool.map keeps the rows' order
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        rows = list(pool.map(lambda name: run_row(name, a, store, py, run), a.rows))
     cost, _ = full_cost(rows, task_horizons(a.tasks), rate, n_demos)
     return rows, {"cost_lines": cost, "collect_rate": rate}
 
@@ -581,6 +593,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", nargs="+", choices=BUDGETS, default=list(BUDGETS), help="group: which budgets")
     p.add_argument("--eval-episodes", type=int, default=None, help="per task (default 10)")
     p.add_argument("--blank-episodes", type=int, default=None, help="group: per task, blank instruction (default 5)")
+    p.add_argument("--heldout-episodes", type=int, default=None,
+                   help="group: per task, held-out layouts/styles (default: --eval-episodes)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="group: rows run side by side (each training one thread, each evaluation one env worker)")
     p.add_argument("--instructions", default=None, help="group: JSON task -> phrasings for the swap evaluation")
     p.add_argument("--n-action-steps", type=int, default=16, help="actions executed per 16-action chunk")
     p.add_argument("--max-steps", type=int, default=None,
@@ -619,9 +635,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if outside or len(a.tasks) < 2:
             p.error(f"--tasks: need at least two tasks of group {a.group!r} ({', '.join(TASK_GROUPS[a.group])}); "
                     f"not in it: {outside}")
-    if a.demos < 2 or a.eval_episodes < 1 or a.blank_episodes < 1 or a.minutes <= 0 or a.steps < 1:
-        p.error("--demos must be >= 2 (validation holds one out); --eval-episodes, --blank-episodes, --steps >= 1; "
-                "--minutes > 0")
+    if a.heldout_episodes is None:
+        a.heldout_episodes = a.eval_episodes
+    if (a.demos < 2 or min(a.eval_episodes, a.blank_episodes, a.heldout_episodes, a.steps, a.jobs) < 1
+            or a.minutes <= 0):
+        p.error("--demos must be >= 2 (validation holds one out); --eval-episodes, --blank-episodes, "
+                "--heldout-episodes, --steps, --jobs >= 1; --minutes > 0")
     return a
 
 
@@ -667,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.suite == "group":
         rows, extra = run_group(a, run)
         header.update(extra, group=a.group, steps=a.steps, blank_episodes=a.blank_episodes, budgets=a.budgets,
+                      heldout_episodes=a.heldout_episodes, jobs=a.jobs,
                       smoke=a.smoke, max_steps=a.max_steps)
         ok = all(r.get("skipped") or all(b.get("evals", {}).get("swap") is not None and all(
             d is not None and not failure(d) for d in [*b["evals"].values(), *b["scaling"].values()])

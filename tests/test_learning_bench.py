@@ -186,3 +186,46 @@ def test_main_writes_results_from_stage_outputs(bench, tmp_path, monkeypatch):
     text = again.read_text()
     assert not seen and "rendered again" in text
     assert text.split("with `bench/learning.py", 1)[1].split("\n", 1)[1] == md.split("with `bench/learning.py", 1)[1].split("\n", 1)[1]
+
+
+def test_jobs_run_rows_side_by_side_in_order(bench, tmp_path, monkeypatch):
+    """--jobs 2: two rows train at once, each evaluation gets one env worker, the rows keep their order."""
+    import threading
+    import time
+
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def fake_vlastack(argv):
+        kv = dict(x.split("=", 1) for x in argv[1:] if "=" in x)
+        if argv[0] == "collect":
+            Path(kv["out"]).mkdir(parents=True)
+        elif argv[0] == "train":
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.2)
+            with lock:
+                running[0] -= 1
+            Path(kv["run_dir"]).mkdir(parents=True)
+            (Path(kv["run_dir"]) / "summary.json").write_text(json.dumps({"step": 20, "samples_per_s": 16.0}))
+        elif argv[0] == "eval":
+            assert kv["workers"] == "1"
+            assert kv["episodes"] == ("3" if kv.get("split") == "heldout" else "1")
+            Path(kv["out"]).mkdir(parents=True)
+            doc = fake_eval({t: [True] for t in TASKS}, kv.get("language", "normal"))
+            (Path(kv["out"]) / "eval_info.json").write_text(json.dumps(doc))
+        return 0, 0.2
+
+    monkeypatch.setattr(bench, "vlastack", fake_vlastack)
+    monkeypatch.setattr(bench, "build_feature_cache", lambda store: 0.0)
+    monkeypatch.setattr(bench, "side_python", lambda venv: None)
+    res = tmp_path / "res.md"
+    rows = ["dust_no_wm", "dust", "dita"]
+    assert bench.main(["--suite", "group", "--smoke", "--out", str(tmp_path / "o"), "--results", str(res),
+                       "--rows", *rows, "--budgets", "steps", "--jobs", "2", "--heldout-episodes", "3"]) == 0
+    assert peak[0] == 2
+    doc = json.loads((tmp_path / "o" / "learning_results.json").read_text())
+    assert [r["name"] for r in doc["rows"]] == rows and list(doc["rows"][0]["budgets"]) == ["steps"]
+    md = res.read_text()
+    assert "once for 20 optimizer steps; 2 rows side by side" in md and "min of wall clock" not in md
+    assert "held-out layouts/styles, 3 per task" in md
