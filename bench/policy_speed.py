@@ -40,7 +40,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP (see the docstring)
 
@@ -408,6 +408,9 @@ def dust_train_parts(policy) -> dict[str, list]:
     return parts
 
 
+TRAIN_PRECISIONS = ("fp32", "bf16")  # --train-precision: bf16 is the loop's CPU autocast (train.precision=bf16)
+
+
 class TrainStep:
     """The training loop's optimizer step on one policy (``vlastack.train.loop.Trainer.train_step``'s work):
     ``compute_loss``, backward, gradient clipping, AdamW over the policy's parameter groups (its published
@@ -415,11 +418,14 @@ class TrainStep:
 
     PHASES = ("forward (compute_loss)", "backward", "clip + AdamW", "EMA")
 
-    def __init__(self, policy: Policy, batch: dict[str, Any], grad_clip: float = 1.0, ema_decay: float = 0.995):
+    def __init__(self, policy: Policy, batch: dict[str, Any], grad_clip: float = 1.0, ema_decay: float = 0.995,
+                 precision: str = "fp32"):
         from vlastack.train.config import EMAConfig, OptimConfig, TrainConfig, resolve_optim
         from vlastack.train.optim import EMA, make_optimizer
 
-        self.policy, self.batch, self.grad_clip = policy, batch, grad_clip
+        if precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"precision {precision!r}; valid: {TRAIN_PRECISIONS}")
+        self.policy, self.batch, self.grad_clip, self.precision = policy, batch, grad_clip, precision
         cfg = resolve_optim(TrainConfig(optim=OptimConfig(grad_clip=grad_clip)),
                             getattr(type(policy.config), "OPTIM_DEFAULTS", {}))
         policy.train()
@@ -432,7 +438,8 @@ class TrainStep:
     def __call__(self) -> None:
         """One step."""
         c0 = time.process_time()
-        loss, _ = self.policy.compute_loss(self.batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):  # as train.precision=bf16
+            loss, _ = self.policy.compute_loss(self.batch)
         c1 = time.process_time()
         loss.backward()
         c2 = time.process_time()
@@ -448,42 +455,53 @@ class TrainStep:
 
 
 def train_comparison(batch_size: int = 32, rounds: int = 5, steps: int = 3, threads: int = 1,
-                     cameras: tuple[str, ...] | None = None, preset: str = "small") -> dict[str, Any]:
+                     cameras: tuple[str, ...] | None = None, preset: str = "small",
+                     precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
     """DUST (``preset``) vs its no-world-model ablation (the same preset with strategy ``no_wm``):
-    training samples/s at equal batch, interleaved in one process.
+    training samples/s at equal batch, interleaved in one process, at each of ``precisions``.
 
     Both train on the same data-contract batch with the frozen encoder's cached features (as the
-    training loop does with ``dataset.cache_features``), with the loop's step (:class:`TrainStep`).
-    Each round runs ``steps`` steps of each policy (order alternating per round) after one warm-up
-    step each; the figures are medians over every timed step. Also prints the forward time of each
-    part of the network, each phase of the step, and the FLOPs of forward + backward.
+    training loop does with ``dataset.cache_features``), with the loop's step (:class:`TrainStep`;
+    ``bf16``: the forward under CPU autocast, as ``train.precision=bf16``). Each round runs ``steps``
+    steps of each run (order alternating per round) after one warm-up step each; the figures are
+    medians over every timed step. Prints the forward time of each part of the network, each phase of
+    the step, the FLOPs of forward + backward, the ratio DUST / no_wm per precision and, with two
+    precisions, each policy's bf16 / fp32 ratio.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     from vlastack.policies.dust import DUSTConfig
 
+    bad = [x for x in precisions if x not in TRAIN_PRECISIONS]
+    if bad or not precisions:
+        raise ValueError(f"precisions {list(precisions)}; valid: {TRAIN_PRECISIONS}")
     torch.set_num_threads(threads)
     presets = (preset, f"{preset}_no_wm")
+
+    def label(name: str, precision: str) -> str:  # fp32 alone keeps the preset names (older JSON keys)
+        return name if list(precisions) == ["fp32"] else f"{name} {precision}"
+
     print(f"\n== training: DUST {presets[0]} vs {presets[1]}, batch {batch_size}, {threads} thread"
-          f"{'s' if threads > 1 else ''}, cached features ({load()})", flush=True)
+          f"{'s' if threads > 1 else ''}, cached features, {'/'.join(precisions)} ({load()})", flush=True)
     runs: dict[str, dict[str, Any]] = {}
     for name, strategy in zip(presets, (None, "no_wm")):
-        torch.manual_seed(0)
-        cfg = DUSTConfig.preset(preset, **({"cameras": list(cameras)} if cameras else {}),
-                                **({"strategy": strategy} if strategy else {}))
-        policy = make_policy("dust", cfg, stats=generic_stats(cfg))
-        batch = cached_batch(policy, generic_batch(cfg, batch_size))
-        step = TrainStep(policy, batch)
-        counter = FlopCounterMode(display=False)
-        with counter:
-            loss, _ = policy.compute_loss(batch)
-            loss.backward()
-        policy.zero_grad(set_to_none=True)
-        step()  # warm-up
-        step.times, step.steps = {k: 0.0 for k in step.PHASES}, 0
-        runs[name] = {"step": step, "wall": [], "cpu": [], "gflop": counter.get_total_flops() / 1e9,
-                        "cfg": cfg, "params": policy.num_parameters()}
-    order = list(presets)
+        for precision in precisions:
+            torch.manual_seed(0)
+            cfg = DUSTConfig.preset(preset, **({"cameras": list(cameras)} if cameras else {}),
+                                    **({"strategy": strategy} if strategy else {}))
+            policy = make_policy("dust", cfg, stats=generic_stats(cfg))
+            batch = cached_batch(policy, generic_batch(cfg, batch_size))
+            step = TrainStep(policy, batch, precision=precision)
+            counter = FlopCounterMode(display=False)
+            with counter:
+                loss, _ = policy.compute_loss(batch)
+                loss.backward()
+            policy.zero_grad(set_to_none=True)
+            step()  # warm-up
+            step.times, step.steps = {k: 0.0 for k in step.PHASES}, 0
+            runs[label(name, precision)] = {"step": step, "wall": [], "cpu": [], "gflop": counter.get_total_flops() / 1e9,
+                                            "cfg": cfg, "params": policy.num_parameters(), "precision": precision}
+    order = list(runs)
     for r in range(rounds):
         for name in (order if r % 2 == 0 else order[::-1]):
             run = runs[name]
@@ -492,18 +510,19 @@ def train_comparison(batch_size: int = 32, rounds: int = 5, steps: int = 3, thre
                 run["step"]()
                 run["wall"].append(time.perf_counter() - t0)
                 run["cpu"].append(time.process_time() - c0)
-    out: dict[str, Any] = {"batch": batch_size, "threads": threads, "rounds": rounds, "steps_per_round": steps}
+    out: dict[str, Any] = {"batch": batch_size, "threads": threads, "rounds": rounds, "steps_per_round": steps,
+                           "precisions": list(precisions)}
     for name, run in runs.items():
         step, cfg = run["step"], run["cfg"]
         wall, cpu = statistics.median(run["wall"]), statistics.median(run["cpu"])
         row = {"samples_per_s": batch_size / wall, "samples_per_cpu_s": batch_size / cpu,
                "step_ms": 1e3 * wall, "step_cpu_ms": 1e3 * cpu, "gflop_fwd_bwd": run["gflop"],
-               "params_trainable": run["params"], "cameras": list(cfg.cameras),
+               "params_trainable": run["params"], "cameras": list(cfg.cameras), "precision": run["precision"],
                "future_tokens": cfg.num_future_tokens,
                "phases_cpu_ms": {k: 1e3 * v / step.steps for k, v in step.times.items()}}
         totals, remove = _module_timers(dust_train_parts(step.policy))
         n_fwd = 3
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=run["precision"] == "bf16"):
             for _ in range(n_fwd):
                 step.policy.compute_loss(step.batch)
         remove()
@@ -517,15 +536,28 @@ def train_comparison(batch_size: int = 32, rounds: int = 5, steps: int = 3, thre
               flush=True)
         print("    forward parts, no grad [process-CPU ms]: "
               + ", ".join(f"{k} {v:.1f}" for k, v in row["forward_parts_cpu_ms"].items()), flush=True)
-    a, b = out[presets[0]], out[presets[1]]
-    out["ratio"] = a["samples_per_s"] / b["samples_per_s"]
-    out["ratio_cpu"] = a["samples_per_cpu_s"] / b["samples_per_cpu_s"]
-    out["ratio_flops"] = b["gflop_fwd_bwd"] / a["gflop_fwd_bwd"]
-    out["target_met"] = {"wall": out["ratio"] >= 0.7, "cpu": out["ratio_cpu"] >= 0.7}
-    print(f"ratio {presets[0]} / {presets[1]} samples/s: {out['ratio']:.2f}x wall, {out['ratio_cpu']:.2f}x per "
-          f"CPU-second (inverse FLOPs ratio {out['ratio_flops']:.2f}x); target >= 0.70x: wall "
-          f"{'MET' if out['target_met']['wall'] else 'NOT MET'}, per CPU-second "
-          f"{'MET' if out['target_met']['cpu'] else 'NOT MET'} ({load()} at the end)", flush=True)
+    for precision in precisions:
+        a, b = out[label(presets[0], precision)], out[label(presets[1], precision)]
+        res = {"ratio": a["samples_per_s"] / b["samples_per_s"],
+               "ratio_cpu": a["samples_per_cpu_s"] / b["samples_per_cpu_s"],
+               "ratio_flops": b["gflop_fwd_bwd"] / a["gflop_fwd_bwd"]}
+        res["target_met"] = {"wall": res["ratio"] >= 0.7, "cpu": res["ratio_cpu"] >= 0.7}
+        if list(precisions) == ["fp32"]:
+            out.update(res)  # the keys of the fp32-only JSON, as before
+        else:
+            out[f"ratios {precision}"] = res
+        print(f"ratio {label(presets[0], precision)} / {label(presets[1], precision)} samples/s: {res['ratio']:.2f}x "
+              f"wall, {res['ratio_cpu']:.2f}x per CPU-second (inverse FLOPs ratio {res['ratio_flops']:.2f}x); "
+              f"target >= 0.70x: wall {'MET' if res['target_met']['wall'] else 'NOT MET'}, per CPU-second "
+              f"{'MET' if res['target_met']['cpu'] else 'NOT MET'} ({load()} at the end)", flush=True)
+    if len(precisions) > 1:
+        for name in presets:
+            lo, hi = out[label(name, precisions[0])], out[label(name, precisions[-1])]
+            speed = {"wall": hi["samples_per_s"] / lo["samples_per_s"],
+                     "cpu": hi["samples_per_cpu_s"] / lo["samples_per_cpu_s"]}
+            out[f"speedup {name} {precisions[-1]} / {precisions[0]}"] = speed
+            print(f"speed-up {name} {precisions[-1]} / {precisions[0]}: {speed['wall']:.2f}x wall, "
+                  f"{speed['cpu']:.2f}x per CPU-second", flush=True)
     return out
 
 
@@ -699,12 +731,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--train-threads", type=int, default=1, help="--train: torch threads")
     ap.add_argument("--train-cameras", default=None, help="--train: cameras, e.g. left,wrist (default: the preset's)")
     ap.add_argument("--train-preset", default="small", help="--train: the DUST preset (its no_wm ablation beside it)")
+    ap.add_argument("--train-precision", default="fp32",
+                    help=f"--train: comma-separated, of {TRAIN_PRECISIONS} (bf16: CPU autocast as train.precision=bf16); "
+                         "fp32,bf16 interleaves both and prints the speed-up")
     args = ap.parse_args(argv)
     if args.train:
         print(f"torch {torch.__version__}, {load()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
         cams = tuple(c for c in args.train_cameras.split(",") if c) if args.train_cameras else None
+        precisions = tuple(x for x in args.train_precision.split(",") if x)
+        bad = [x for x in precisions if x not in TRAIN_PRECISIONS]
+        if bad or not precisions:
+            raise SystemExit(f"--train-precision {args.train_precision!r}: valid: {', '.join(TRAIN_PRECISIONS)}")
         res = train_comparison(args.train_batch, args.train_rounds, args.train_steps, args.train_threads, cams,
-                               args.train_preset)
+                               args.train_preset, precisions)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=2)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "policy_speed.py"
 
@@ -62,6 +63,27 @@ def test_train_comparison_prints_both_rates_and_their_ratio(bench, capsys):
     assert out["ratio"] == pytest.approx(dust["samples_per_s"] / base["samples_per_s"])
     printed = capsys.readouterr().out
     assert "ratio tiny / tiny_no_wm samples/s" in printed and "target >= 0.70x" in printed
+
+
+def test_train_comparison_bf16_autocasts_and_prints_the_speed_up(bench, capsys, monkeypatch):
+    seen = []
+    real = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kw):
+        seen.append((device_type, dtype, enabled))
+        return real(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(bench.torch, "autocast", spy)
+    out = bench.train_comparison(batch_size=4, rounds=2, steps=1, preset="tiny", cameras=("left",),
+                                 precisions=("fp32", "bf16"))
+    assert set(out) >= {"tiny fp32", "tiny bf16", "tiny_no_wm fp32", "tiny_no_wm bf16", "ratios fp32", "ratios bf16",
+                        "speedup tiny bf16 / fp32"}
+    assert out["tiny bf16"]["precision"] == "bf16" and out["ratios bf16"]["ratio"] > 0
+    assert ("cpu", torch.bfloat16, True) in seen and ("cpu", torch.bfloat16, False) in seen
+    printed = capsys.readouterr().out
+    assert "speed-up tiny bf16 / fp32" in printed and "ratio tiny bf16 / tiny_no_wm bf16" in printed
+    with pytest.raises(ValueError, match="valid"):
+        bench.train_comparison(batch_size=4, rounds=1, steps=1, preset="tiny", precisions=("fp16",))
 
 
 def test_dita_loop_ratio_arithmetic(bench):
