@@ -88,14 +88,15 @@ def vlastack(argv: list[str]) -> tuple[int, float]:
 
 
 def build_feature_cache(store_path: Path) -> float:
-    """Cache efficientnet_lite0 features of every camera of the store (what our policies read)."""
+    """Cache efficientnet_lite0 features of every camera of the store (what our policies read), on every usable core."""
     import torch
 
     from vlastack.datasets.store import TrajectoryStore
     from vlastack.policies import feature_cache as fc
     from vlastack.policies.encoders import make_vision_encoder
+    from vlastack.train.distributed import usable_cores
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(usable_cores())  # before any clock starts: nothing else runs yet
     t0 = time.perf_counter()
     store = TrajectoryStore.open(store_path, mode="a", verify="none")
     enc = make_vision_encoder("efficientnet_lite0")

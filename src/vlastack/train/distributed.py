@@ -49,6 +49,7 @@ def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one, else the machine's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
+
 def setup(device: str = "auto", backend: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun (or with RANK/WORLD_SIZE set); pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
