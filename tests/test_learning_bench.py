@@ -134,6 +134,20 @@ def test_parse_args(bench, capsys):
         assert words in capsys.readouterr().err
 
 
+def write_eval_info(kv: dict) -> None:
+    """What a faked ``vlastack eval`` leaves: eval_info.json of one success per task under ``out=``."""
+    Path(kv["out"]).mkdir(parents=True)
+    doc = fake_eval({t: [True] for t in TASKS}, kv.get("language", "normal"))
+    (Path(kv["out"]) / "eval_info.json").write_text(json.dumps(doc))
+
+
+def fake_stages(bench, monkeypatch, fake_vlastack) -> None:
+    """Every stage of the benchmark faked: the child commands, the feature cache, no LeRobot side venv."""
+    monkeypatch.setattr(bench, "vlastack", fake_vlastack)
+    monkeypatch.setattr(bench, "build_feature_cache", lambda store: 0.0)
+    monkeypatch.setattr(bench, "side_python", lambda venv: None)
+
+
 def test_main_writes_results_from_stage_outputs(bench, tmp_path, monkeypatch):
     """The whole group flow with the stages faked: every command is recorded and the file is written."""
     seen = []
@@ -149,15 +163,10 @@ def test_main_writes_results_from_stage_outputs(bench, tmp_path, monkeypatch):
             d.mkdir(parents=True)
             (d / "summary.json").write_text(json.dumps({"step": 20, "samples_per_s": 16.0, "elapsed_s": 50.0}))
         elif argv[0] == "eval":
-            Path(kv["out"]).mkdir(parents=True)
-            lang = kv.get("language", "normal")
-            doc = fake_eval({t: [True] for t in TASKS}, lang)
-            (Path(kv["out"]) / "eval_info.json").write_text(json.dumps(doc))
+            write_eval_info(kv)
         return 0, 1.0
 
-    monkeypatch.setattr(bench, "vlastack", fake_vlastack)
-    monkeypatch.setattr(bench, "build_feature_cache", lambda store: 0.0)
-    monkeypatch.setattr(bench, "side_python", lambda venv: None)
+    fake_stages(bench, monkeypatch, fake_vlastack)
     res = tmp_path / "res.md"
     rc = bench.main(["--suite", "group", "--smoke", "--out", str(tmp_path / "o"), "--results", str(res),
                      "--rows", "dust", "dust_no_wm", "diffusion"])
@@ -211,14 +220,10 @@ def test_jobs_run_rows_side_by_side_in_order(bench, tmp_path, monkeypatch):
         elif argv[0] == "eval":
             assert kv["workers"] == "1"
             assert kv["episodes"] == ("3" if kv.get("split") == "heldout" else "1")
-            Path(kv["out"]).mkdir(parents=True)
-            doc = fake_eval({t: [True] for t in TASKS}, kv.get("language", "normal"))
-            (Path(kv["out"]) / "eval_info.json").write_text(json.dumps(doc))
+            write_eval_info(kv)
         return 0, 0.2
 
-    monkeypatch.setattr(bench, "vlastack", fake_vlastack)
-    monkeypatch.setattr(bench, "build_feature_cache", lambda store: 0.0)
-    monkeypatch.setattr(bench, "side_python", lambda venv: None)
+    fake_stages(bench, monkeypatch, fake_vlastack)
     res = tmp_path / "res.md"
     rows = ["dust_no_wm", "dust", "dita"]
     assert bench.main(["--suite", "group", "--smoke", "--out", str(tmp_path / "o"), "--results", str(res),
