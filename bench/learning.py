@@ -241,13 +241,18 @@ def full_cost(rows: Sequence[Mapping[str, Any]], horizons: Mapping[str, int], co
             else:
                 missing.append(f"{label} {b['budget']} training rate")
                 continue
+            if not b.get("evals"):  # trained (or partly) but never evaluated
+                missing.append(f"{label} {b['budget']} evaluation rates")
+                parts.append("its evaluations: no rate measured")
+                total += sec
+                continue
             ev = sum(eval_s(doc, full["blank_episodes"] if kind == "blank" else full["eval_episodes"],
                             f"{label} {b['budget']} eval {kind} rate") for kind, doc in b.get("evals", {}).items())
             ev += sum(eval_s(doc, full["eval_episodes"], f"{label} N_o={n_o} rate")
                       for n_o, doc in b.get("scaling", {}).items())
             total += sec + ev
             parts.append(f"its evaluations <= {ev / 60:.0f} min")
-        lines.append(f"- {label}: " + ", ".join(parts))
+        lines.append(f"- {label}: " + (", ".join(parts) or "no rate measured"))
     lines += ["", f"**Expected total: at most {total / 3600:.1f} h** on this machine"
               + (f" (not counted, no rate measured: {', '.join(missing)})" if missing else "")
               + ". Evaluation seconds per env step are read from each eval_info.json (`runs[].seconds` over "
@@ -304,7 +309,8 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
             swap = ev.get("swap")
             if swap is None or failure(swap):
                 why = b.get("error") or (failure(swap) if swap else "no evaluation")
-                lines.append(f"| {r['label']} | {dash} | failed ({why}) | | | | | |")
+                # "stopped": a training ended by hand (say why and how far), written into the run's JSON
+                lines.append(f"| {r['label']} | {dash} | {b.get('stopped') or f'failed ({why})'} | | | | | |")
                 continue
             sw = swap["summary"].get("language_swap")
             per_task = " | ".join(cell(swap["summary"]["per_task"][k]) if k in swap["summary"]["per_task"] else "-"

@@ -234,3 +234,16 @@ def test_jobs_run_rows_side_by_side_in_order(bench, tmp_path, monkeypatch):
     md = res.read_text()
     assert "once for 20 optimizer steps; 2 rows side by side" in md and "min of wall clock" not in md
     assert "held-out layouts/styles, 3 per task" in md
+
+
+def test_a_stopped_row_says_so_and_costs_what_was_measured(bench):
+    """A training stopped by hand: its own words in the table; its training rate counted, no evaluation invented."""
+    row = {"name": "dita", "label": "Dita small", "skipped": None, "budgets": {"steps": {
+        "budget": "steps", "train": {"step": 200, "samples_per_s": 8.0, "elapsed_s": 820.0}, "error": "train failed",
+        "evals": {}, "scaling": {}, "stopped": "stopped by hand at step 200 of 1000"}}}
+    md = bench.group_markdown([dust_row(), row], TASKS, header(budgets=["steps"]), [])
+    assert "| Dita small | - | - | stopped by hand at step 200 of 1000 |" in md and "failed (train failed)" not in md
+    lines, total = bench.full_cost([row], {t: 200 for t in TASKS}, None, 0)
+    dita = next(x for x in lines if x.startswith("- Dita small"))
+    assert "train 3000 steps at 4.00 s/step" in dita and "its evaluations: no rate measured" in dita
+    assert total == pytest.approx(20.0 + 3000 * 4.0)  # set-up 820 - 200 * 4 = 20 s, then 3000 steps
