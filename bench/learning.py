@@ -346,6 +346,58 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
     return "\n".join(lines)
 
 
+def group_plot(rows: Sequence[Mapping[str, Any]], budgets: Sequence[str], path: Path) -> Path | None:
+    """PNG beside the results: per budget, each row's language-grounded success (95% Wilson whiskers) and
+    its ignore-language bound (a red tick); None when no row has a swap evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from vlastack.rollout.common import save_figure_atomic
+
+    panels = []
+    for budget in budgets:
+        bars = []  # (label, rate, lo, hi, bound, "k/n")
+        for r in rows:
+            b = r.get("budgets", {}).get(budget) or {}
+            swap = (b.get("evals") or {}).get("swap")
+            sw = swap["summary"].get("language_swap") if swap and not failure(swap) else None
+            if sw:
+                lo, hi = sw["grounded_ci"]
+                bars.append((r["label"], sw["grounded_success"], lo, hi, sw["ignore_bound"],
+                             f"{sw['grounded_successes']}/{sw['pairs']}"))
+        if bars:
+            panels.append((budget, bars))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1, 3.8), dpi=110, squeeze=False)
+    for ax, (budget, bars) in zip(axes[0], panels):
+        x = list(range(len(bars)))
+        rate = [b[1] for b in bars]
+        ax.bar(x, rate, color="#4C72B0")
+        ax.errorbar(x, rate, yerr=[[b[1] - b[2] for b in bars], [b[3] - b[1] for b in bars]], fmt="none",
+                    ecolor="black", capsize=3, linewidth=1.1)
+        ax.hlines([b[4] for b in bars], [i - 0.35 for i in x], [i + 0.35 for i in x], color="#C44E52", linewidth=2,
+                  label="ignore-language bound")
+        for i, b in zip(x, bars):
+            ax.text(i, 1.02, b[5], ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, [b[0] for b in bars], rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, 1.12)
+        ax.set_title(f"same {budget}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("language-grounded success (95% CI)")
+    axes[0][0].legend(fontsize=7, loc="center right")
+    fig.tight_layout()
+    return save_figure_atomic(fig, path)
+
+
+def with_plot(md: str, rows: Sequence[Mapping[str, Any]], budgets: Sequence[str], results: Path) -> str:
+    """``md`` with the plot of :func:`group_plot` (written beside ``results``, same stem, .png) linked at its end."""
+    plot = group_plot(rows, budgets, results.with_suffix(".png"))
+    return md + (f"\n![language-grounded success per row]({plot.name})\n" if plot else "")
+
+
 def drawers_markdown(rows: list[dict], tasks: list[str], header: dict, commands: list[str]) -> str:
     """The drawers suite's markdown: settings, the success table, training figures, wall times, commands."""
     lines = ["# Learning benchmark: DUST vs no-world-model baseline vs Dita (kitchen, CPU)", "",
@@ -672,6 +724,7 @@ def render_again(a: argparse.Namespace, args: str) -> int:
         header["cost_lines"] = full_cost(rows, task_horizons(doc["tasks"]), rate, n_demos)[0]
         header["rendered"] = args
         md = group_markdown(rows, doc["tasks"], header, doc["commands"])
+        md = with_plot(md, rows, header["budgets"], Path(a.results))
     else:
         md = drawers_markdown(rows, doc["tasks"], header, doc["commands"])
     write_text_atomic(Path(a.results), md)
@@ -706,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{os.getloadavg()[0]:.1f} at the end)")
     render: Callable[..., str] = group_markdown if a.suite == "group" else drawers_markdown
     md = render(rows, a.tasks, header, run.commands)
+    if a.suite == "group":
+        md = with_plot(md, rows, a.budgets, Path(a.results))
     write_text_atomic(Path(a.results), md)
     from vlastack.rollout.common import write_json_atomic
 

@@ -184,6 +184,7 @@ def test_main_writes_results_from_stage_outputs(bench, tmp_path, monkeypatch):
     assert "train.max_minutes=0.5" in trains[0]
     assert md.count("| DUST: MMDiT, decoupled noise | 1/1 = 100% [21%-100%] |") == 2
     assert bench.NOT_RUN_PEER in md and "policy=dust_no_wm" in md
+    assert "![language-grounded success per row](res.png)" in md and (tmp_path / "res.png").stat().st_size > 1000
     assert "Expected total" in md and "not counted" not in md
     doc = json.loads((tmp_path / "o" / "learning_results.json").read_text())
     assert doc["suite"] == "group" and [r["name"] for r in doc["rows"]] == ["dust", "dust_no_wm", "diffusion"]
@@ -192,8 +193,8 @@ def test_main_writes_results_from_stage_outputs(bench, tmp_path, monkeypatch):
     again = tmp_path / "again.md"
     assert bench.main(["--suite", "group", "--render-from", str(tmp_path / "o" / "learning_results.json"),
                        "--results", str(again)]) == 0
-    text = again.read_text()
-    assert not seen and "rendered again" in text
+    text = again.read_text().replace("(again.png)", "(res.png)")  # the plot is written beside each results file
+    assert not seen and "rendered again" in text and (tmp_path / "again.png").is_file()
     assert text.split("with `bench/learning.py", 1)[1].split("\n", 1)[1] == md.split("with `bench/learning.py", 1)[1].split("\n", 1)[1]
 
 
