@@ -215,3 +215,16 @@ def test_retrained_weights_at_the_same_path_are_not_resumed_into(tmp_path):
     _tiny_checkpoint(tmp_path / "ckpt")  # another training run writes the same path
     with pytest.raises(E.EvalError, match="weights: '[0-9a-f]{64}' then"):
         E.evaluate(args)
+
+
+def test_summary_splits_success_by_instruction_where_a_task_has_several():
+    """A task under several instructions (which burner) gets a success count per instruction; a task
+    under one instruction, and episodes that errored (no success), add nothing."""
+    eps = [{"task": "TurnOnStove", "instruction": "turn on the front left burner", "success": s} for s in (0, 0, 1)]
+    eps += [{"task": "TurnOnStove", "instruction": "turn on the front right burner", "success": True},
+            {"task": "OpenSingleDoor", "instruction": "open the cabinet", "success": True},
+            {"task": "OpenSingleDoor", "instruction": "open the door", "error": "crashed"}]
+    md = "\n".join(E.by_instruction_markdown(eps, ["TurnOnStove", "OpenSingleDoor"]))
+    assert "| TurnOnStove | turn on the front left burner | 1 / 3 |" in md
+    assert "| TurnOnStove | turn on the front right burner | 1 / 1 |" in md and "OpenSingleDoor" not in md
+    assert E.by_instruction_markdown(eps[4:], ["OpenSingleDoor"]) == []

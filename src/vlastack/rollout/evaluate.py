@@ -840,6 +840,7 @@ def summary_markdown(doc: Mapping[str, Any]) -> str:
                   + "; ".join(f"{t}: {len(v)} phrasings" for t, v in doc["instructions"].items())]
     if "language_swap" in s:
         lines += swap_markdown(s["language_swap"])
+    lines += by_instruction_markdown(doc["episodes"], list(s["per_task"]))
     vids = [e for e in doc["episodes"] if e.get("video") and e["task"] in s["per_task"]]
     if vids:
         lines += ["", "Videos:", ""]
@@ -852,6 +853,24 @@ def summary_markdown(doc: Mapping[str, Any]) -> str:
     if doc.get("notes"):
         lines += [""] + [f"Note: {n}" for n in doc["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def by_instruction_markdown(episodes: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> list[str]:
+    """Success per distinct instruction of every task evaluated under more than one (a task whose
+    instructions name a variant, e.g. which burner, shows which variant fails); [] when none is."""
+    counts: dict[str, dict[str, list[int]]] = {}  # task -> instruction -> [successes, episodes]
+    for e in episodes:
+        if e.get("task") in tasks and "success" in e and e.get("instruction") is not None:
+            c = counts.setdefault(e["task"], {}).setdefault(e["instruction"] or "(blank)", [0, 0])
+            c[0] += bool(e["success"])
+            c[1] += 1
+    rows = [(t, ins, k, n) for t in tasks for ins, (k, n) in sorted(counts.get(t, {}).items())
+            if len(counts.get(t, {})) > 1]
+    if not rows:
+        return []
+    return (["", "By instruction (tasks evaluated under several):", "",
+             "| task | instruction | successes / episodes |", "|---|---|---:|"]
+            + [f"| {t} | {ins.replace('|', '/')} | {k} / {n} |" for t, ins, k, n in rows])
 
 
 def plot_success(doc: Mapping[str, Any], path: str | os.PathLike) -> Path:
