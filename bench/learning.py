@@ -279,7 +279,7 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               f"- Demos: {header['demos']} scripted-expert demos per task ({', '.join(tasks)}) in the group's shared "
               f"scene (train split of layouts x styles), cameras {header['cameras']} at 128x128, one store for every "
               "row; validation: 10% of episodes.",
-              f"- Training: every row `experiment=learning` (batch {TRAIN_BATCH}, 1 thread, EMA, features cached "
+              f"- Training: every row `experiment={header.get('experiment', 'learning')}` (batch {TRAIN_BATCH}, 1 thread, EMA, features cached "
               f"beforehand), " + " and ".join(
                   f"once for {header['minutes']:g} min of wall clock" if b == "minutes"
                   else f"once for {header['steps']} optimizer steps" for b in header["budgets"])
@@ -563,7 +563,7 @@ def run_row(name: str, a, store: Path, py: Path | None, run: Runner) -> dict[str
                 continue
             ckpt = b["train"]["proxy"]
         else:
-            if run(f"train {name} ({budget})", ["train", "experiment=learning", f"policy={group}",
+            if run(f"train {name} ({budget})", ["train", f"experiment={a.experiment}", f"policy={group}",
                                                 f"dataset.path={store}", f"run_dir={run_dir}", *limit]):
                 b["error"] = "train failed"
                 continue
@@ -654,6 +654,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blank-episodes", type=int, default=None, help="group: per task, blank instruction (default 5)")
     p.add_argument("--heldout-episodes", type=int, default=None,
                    help="group: per task, held-out layouts/styles (default: --eval-episodes)")
+    p.add_argument("--experiment", default="learning",
+                   help="group: the training recipe of our rows (a configs/experiment name; quickstart_group: the "
+                        "quickstart's trimmed DUST at lr 1e-3, for the DUST grid rows only)")
     p.add_argument("--jobs", type=int, default=1,
                    help="group: rows run side by side (each training one thread, each evaluation one env worker)")
     p.add_argument("--instructions", default=None, help="group: JSON task -> phrasings for the swap evaluation")
@@ -746,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.suite == "group":
         rows, extra = run_group(a, run)
         header.update(extra, group=a.group, steps=a.steps, blank_episodes=a.blank_episodes, budgets=a.budgets,
-                      heldout_episodes=a.heldout_episodes, jobs=a.jobs,
+                      heldout_episodes=a.heldout_episodes, jobs=a.jobs, experiment=a.experiment,
                       smoke=a.smoke, max_steps=a.max_steps)
         ok = all(r.get("skipped") or all(b.get("evals", {}).get("swap") is not None and all(
             d is not None and not failure(d) for d in [*b["evals"].values(), *b["scaling"].values()])

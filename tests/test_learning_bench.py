@@ -216,6 +216,7 @@ def test_jobs_run_rows_side_by_side_in_order(bench, tmp_path, monkeypatch):
             time.sleep(0.2)
             with lock:
                 running[0] -= 1
+            assert kv["experiment"] == "quickstart_group"
             Path(kv["run_dir"]).mkdir(parents=True)
             (Path(kv["run_dir"]) / "summary.json").write_text(json.dumps({"step": 20, "samples_per_s": 16.0}))
         elif argv[0] == "eval":
@@ -228,13 +229,14 @@ def test_jobs_run_rows_side_by_side_in_order(bench, tmp_path, monkeypatch):
     res = tmp_path / "res.md"
     rows = ["dust_no_wm", "dust", "dita"]
     assert bench.main(["--suite", "group", "--smoke", "--out", str(tmp_path / "o"), "--results", str(res),
-                       "--rows", *rows, "--budgets", "steps", "--jobs", "2", "--heldout-episodes", "3"]) == 0
+                       "--rows", *rows, "--budgets", "steps", "--jobs", "2", "--heldout-episodes", "3",
+                       "--experiment", "quickstart_group"]) == 0
     assert peak[0] == 2
     doc = json.loads((tmp_path / "o" / "learning_results.json").read_text())
     assert [r["name"] for r in doc["rows"]] == rows and list(doc["rows"][0]["budgets"]) == ["steps"]
     md = res.read_text()
     assert "once for 20 optimizer steps; 2 rows side by side" in md and "min of wall clock" not in md
-    assert "held-out layouts/styles, 3 per task" in md
+    assert "held-out layouts/styles, 3 per task" in md and "every row `experiment=quickstart_group`" in md
 
 
 def test_a_stopped_row_says_so_and_costs_what_was_measured(bench):
