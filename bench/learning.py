@@ -279,8 +279,9 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               f"- Demos: {header['demos']} scripted-expert demos per task ({', '.join(tasks)}) in the group's shared "
               f"scene (train split of layouts x styles), cameras {header['cameras']} at 128x128, one store for every "
               "row; validation: 10% of episodes.",
-              f"- Training: every row `experiment={header.get('experiment', 'learning')}` (batch {TRAIN_BATCH}, 1 thread, EMA, features cached "
-              f"beforehand), " + " and ".join(
+              f"- Training: every row `experiment={header.get('experiment', 'learning')}` of vlastack's (batch "
+              f"{TRAIN_BATCH}, 1 thread, EMA, features cached beforehand; Diffusion Policy: LeRobot's own loop through "
+              f"`bench/peers`, batch {TRAIN_BATCH}, 1 thread, from the images), " + " and ".join(
                   f"once for {header['minutes']:g} min of wall clock" if b == "minutes"
                   else f"once for {header['steps']} optimizer steps" for b in header["budgets"])
               + (f"; {header['jobs']} rows side by side (each evaluation one env worker)"

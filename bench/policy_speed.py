@@ -411,6 +411,14 @@ def dust_train_parts(policy) -> dict[str, list]:
 TRAIN_PRECISIONS = ("fp32", "bf16")  # --train-precision: bf16 is the loop's CPU autocast (train.precision=bf16)
 
 
+def check_precisions(precisions: Sequence[str]) -> tuple[str, ...]:
+    """``precisions`` as a tuple when every one is in :data:`TRAIN_PRECISIONS` (and there is one); else ValueError."""
+    bad = [x for x in precisions if x not in TRAIN_PRECISIONS]
+    if bad or not precisions:
+        raise ValueError(f"precisions {list(precisions)}: valid: {', '.join(TRAIN_PRECISIONS)}")
+    return tuple(precisions)
+
+
 class TrainStep:
     """The training loop's optimizer step on one policy (``vlastack.train.loop.Trainer.train_step``'s work):
     ``compute_loss``, backward, gradient clipping, AdamW over the policy's parameter groups (its published
@@ -423,8 +431,7 @@ class TrainStep:
         from vlastack.train.config import EMAConfig, OptimConfig, TrainConfig, resolve_optim
         from vlastack.train.optim import EMA, make_optimizer
 
-        if precision not in TRAIN_PRECISIONS:
-            raise ValueError(f"precision {precision!r}; valid: {TRAIN_PRECISIONS}")
+        check_precisions([precision])
         self.policy, self.batch, self.grad_clip, self.precision = policy, batch, grad_clip, precision
         cfg = resolve_optim(TrainConfig(optim=OptimConfig(grad_clip=grad_clip)),
                             getattr(type(policy.config), "OPTIM_DEFAULTS", {}))
@@ -435,10 +442,14 @@ class TrainStep:
         self.times = {k: 0.0 for k in self.PHASES}
         self.steps = 0
 
+    def autocast(self) -> torch.autocast:
+        """The forward's context: CPU bf16 autocast for ``bf16`` (as ``train.precision=bf16``), else a no-op."""
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
     def __call__(self) -> None:
         """One step."""
         c0 = time.process_time()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):  # as train.precision=bf16
+        with self.autocast():
             loss, _ = self.policy.compute_loss(self.batch)
         c1 = time.process_time()
         loss.backward()
@@ -472,19 +483,18 @@ def train_comparison(batch_size: int = 32, rounds: int = 5, steps: int = 3, thre
 
     from vlastack.policies.dust import DUSTConfig
 
-    bad = [x for x in precisions if x not in TRAIN_PRECISIONS]
-    if bad or not precisions:
-        raise ValueError(f"precisions {list(precisions)}; valid: {TRAIN_PRECISIONS}")
+    precisions = check_precisions(precisions)
     torch.set_num_threads(threads)
     presets = (preset, f"{preset}_no_wm")
 
     def label(name: str, precision: str) -> str:  # fp32 alone keeps the preset names (older JSON keys)
-        return name if list(precisions) == ["fp32"] else f"{name} {precision}"
+        return name if precisions == ("fp32",) else f"{name} {precision}"
 
     print(f"\n== training: DUST {presets[0]} vs {presets[1]}, batch {batch_size}, {threads} thread"
           f"{'s' if threads > 1 else ''}, cached features, {'/'.join(precisions)} ({load()})", flush=True)
     runs: dict[str, dict[str, Any]] = {}
     for name, strategy in zip(presets, (None, "no_wm")):
+        gflop = None  # the same network at every precision: counted once (fp32, no autocast)
         for precision in precisions:
             torch.manual_seed(0)
             cfg = DUSTConfig.preset(preset, **({"cameras": list(cameras)} if cameras else {}),
@@ -492,14 +502,16 @@ def train_comparison(batch_size: int = 32, rounds: int = 5, steps: int = 3, thre
             policy = make_policy("dust", cfg, stats=generic_stats(cfg))
             batch = cached_batch(policy, generic_batch(cfg, batch_size))
             step = TrainStep(policy, batch, precision=precision)
-            counter = FlopCounterMode(display=False)
-            with counter:
-                loss, _ = policy.compute_loss(batch)
-                loss.backward()
-            policy.zero_grad(set_to_none=True)
+            if gflop is None:
+                counter = FlopCounterMode(display=False)
+                with counter:
+                    loss, _ = policy.compute_loss(batch)
+                    loss.backward()
+                policy.zero_grad(set_to_none=True)
+                gflop = counter.get_total_flops() / 1e9
             step()  # warm-up
             step.times, step.steps = {k: 0.0 for k in step.PHASES}, 0
-            runs[label(name, precision)] = {"step": step, "wall": [], "cpu": [], "gflop": counter.get_total_flops() / 1e9,
+            runs[label(name, precision)] = {"step": step, "wall": [], "cpu": [], "gflop": gflop,
                                             "cfg": cfg, "params": policy.num_parameters(), "precision": precision}
     order = list(runs)
     for r in range(rounds):
@@ -522,7 +534,7 @@ def train_comparison(batch_size: int = 32, rounds: int = 5, steps: int = 3, thre
                "phases_cpu_ms": {k: 1e3 * v / step.steps for k, v in step.times.items()}}
         totals, remove = _module_timers(dust_train_parts(step.policy))
         n_fwd = 3
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=run["precision"] == "bf16"):
+        with torch.no_grad(), step.autocast():
             for _ in range(n_fwd):
                 step.policy.compute_loss(step.batch)
         remove()
@@ -542,7 +554,7 @@ def train_comparison(batch_size: int = 32, rounds: int = 5, steps: int = 3, thre
                "ratio_cpu": a["samples_per_cpu_s"] / b["samples_per_cpu_s"],
                "ratio_flops": b["gflop_fwd_bwd"] / a["gflop_fwd_bwd"]}
         res["target_met"] = {"wall": res["ratio"] >= 0.7, "cpu": res["ratio_cpu"] >= 0.7}
-        if list(precisions) == ["fp32"]:
+        if precisions == ("fp32",):
             out.update(res)  # the keys of the fp32-only JSON, as before
         else:
             out[f"ratios {precision}"] = res
@@ -738,10 +750,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.train:
         print(f"torch {torch.__version__}, {load()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
         cams = tuple(c for c in args.train_cameras.split(",") if c) if args.train_cameras else None
-        precisions = tuple(x for x in args.train_precision.split(",") if x)
-        bad = [x for x in precisions if x not in TRAIN_PRECISIONS]
-        if bad or not precisions:
-            raise SystemExit(f"--train-precision {args.train_precision!r}: valid: {', '.join(TRAIN_PRECISIONS)}")
+        try:
+            precisions = check_precisions([x for x in args.train_precision.split(",") if x])
+        except ValueError as e:
+            raise SystemExit(f"--train-precision {args.train_precision!r}: {e}") from None
         res = train_comparison(args.train_batch, args.train_rounds, args.train_steps, args.train_threads, cams,
                                args.train_preset, precisions)
         if args.json:

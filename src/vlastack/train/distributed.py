@@ -44,7 +44,6 @@ class DistInfo:
         return self.rank == 0
 
 
-
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one, else the machine's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

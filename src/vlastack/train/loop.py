@@ -52,7 +52,6 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-
 @contextlib.contextmanager
 def _cache_threads(info: dd.DistInfo, threads: int | None):
     """While rank 0 alone encodes the feature cache on the CPU, it takes the threads of every local rank
