@@ -11,7 +11,9 @@ Two suites:
   ignore-language bound), with a blank instruction (the control), and on the held-out
   layouts/styles (``split=heldout``); DUST's test-time scaling (N_o = 4, 8, 16 at N_A = 4).
   Rows: the five DUST grid rows, Dita small, and LeRobot's Diffusion Policy through
-  ``bench/peers`` (when its side venv exists). Writes ``bench/learning_results.md``.
+  ``bench/peers`` (when its side venv exists). Writes ``bench/learning_results.md``. The
+  world-model rows (``WM_ROWS``: DUST with its loss weight, future offset, target normalisation or
+  future-token grid changed) are run only when named in ``--rows``.
 - ``--suite drawers`` (the default; the earlier 2-task benchmark): OpenDrawer + CloseDrawer in
   their own scenes, DUST vs the no-world-model baseline vs Dita, one wall-clock budget. Writes
   ``bench/learning_drawers_results.md``.
@@ -66,6 +68,18 @@ ROWS = {
     "dita": ("dita", "Dita small"),
     "diffusion": (None, "LeRobot Diffusion Policy (no language input)"),
 }
+#: the world-model investigation (the issue's "if DUST does not lead, find out why"): DUST with one knob of its
+#: world-model stream changed; not in the default rows, pick them with --rows. name -> (label, train overrides).
+#: The paper's sweep of the loss weight (RoboCasa-100): 0.2 -> .343, 0.5 -> .489, 1.0 -> .501, 2.0 -> .496.
+WM_ROWS = {
+    "dust_wm_0.2": ("DUST, world-model loss weight 0.2", ("policy.lambda_wm=0.2",)),
+    "dust_wm_2": ("DUST, world-model loss weight 2.0", ("policy.lambda_wm=2.0",)),
+    "dust_offset_8": ("DUST, future offset k = 8 (was 16)", ("policy.future_offset=8",)),
+    "dust_target_raw": ("DUST, raw target features (no per-token LayerNorm)", ("policy.future_target_norm=none",)),
+    "dust_grid_4": ("DUST, 4x4 future tokens per camera (was 2x2)", ("policy.future_grid=[4,4]",)),
+}
+ROWS.update({name: ("dust", label) for name, (label, _) in WM_ROWS.items()})
+DEFAULT_ROWS = [r for r in ROWS if r not in WM_ROWS]  # the grid, Dita and Diffusion Policy
 DEFAULT_GROUP = "sink_stove"
 DEFAULT_TASKS = ("TurnOnStove", "TurnOnSinkFaucet", "OpenSingleDoor", "PnPCounterToStove")
 BUDGETS = ("minutes", "steps")
@@ -564,8 +578,9 @@ def run_row(name: str, a, store: Path, py: Path | None, run: Runner) -> dict[str
                 continue
             ckpt = b["train"]["proxy"]
         else:
+            overrides = list(WM_ROWS[name][1]) if name in WM_ROWS else []
             if run(f"train {name} ({budget})", ["train", f"experiment={a.experiment}", f"policy={group}",
-                                                f"dataset.path={store}", f"run_dir={run_dir}", *limit]):
+                                                f"dataset.path={store}", f"run_dir={run_dir}", *limit, *overrides]):
                 b["error"] = "train failed"
                 continue
             b["train"] = _load_json(run_dir / "summary.json")
@@ -575,7 +590,7 @@ def run_row(name: str, a, store: Path, py: Path | None, run: Runner) -> dict[str
             b["evals"][kind] = run_eval(eval_args(a, ckpt, kind, eval_dir(run_dir, kind), eps),
                                         f"eval {name} {kind} ({budget})", run, in_process=group is None)
         if name == "dust" and budget == a.budgets[0]:
-            for n_o in SCALING_N_O:
+            for n_o in a.scaling:
                 args = eval_args(a, ckpt, "swap", eval_dir(run_dir, "swap", n_o), a.eval_episodes)
                 args += [f"sampling.action_steps={SCALING_N_A}", f"sampling.vision_steps={n_o}"]
                 b["scaling"][n_o] = run_eval(args, f"eval {name} N_o={n_o} ({budget})", run, in_process=False)
@@ -642,7 +657,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=None,
                    help=f"default: drawers OpenDrawer CloseDrawer; group {' '.join(DEFAULT_TASKS)}")
     p.add_argument("--rows", "--policies", dest="rows", nargs="+", default=None,
-                   help=f"drawers: {list(POLICIES)}; group: {list(ROWS)} (default: all)")
+                   help=f"drawers: {list(POLICIES)}; group: {list(ROWS)} (default: all but the world-model "
+                        f"rows {list(WM_ROWS)})")
     p.add_argument("--full", action="store_true", help=f"group: {FULL}")
     p.add_argument("--smoke", action="store_true", help=f"group: {SMOKE}")
     p.add_argument("--out", default=None)
@@ -658,6 +674,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--experiment", default="learning",
                    help="group: the training recipe of our rows (a configs/experiment name; quickstart_group: the "
                         "quickstart's trimmed DUST at lr 1e-3, for the DUST grid rows only)")
+    p.add_argument("--scaling", default=",".join(map(str, SCALING_N_O)),
+                   help=f"group: DUST's test-time scaling, N_o values at N_A = {SCALING_N_A} (comma list; none: skip)")
     p.add_argument("--jobs", type=int, default=1,
                    help="group: rows run side by side (each training one thread, each evaluation one env worker)")
     p.add_argument("--instructions", default=None, help="group: JSON task -> phrasings for the swap evaluation")
@@ -676,7 +694,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     preset = FULL if a.full else SMOKE if a.smoke else {}
     group = a.suite == "group"
     defaults = {"tasks": list(DEFAULT_TASKS) if group else ["OpenDrawer", "CloseDrawer"],
-                "rows": list(ROWS if group else POLICIES), "demos": 25 if group else 30, "minutes": 8.0,
+                "rows": list(DEFAULT_ROWS if group else POLICIES), "demos": 25 if group else 30, "minutes": 8.0,
                 "steps": 1000, "eval_episodes": 10, "blank_episodes": 5, "max_steps": None,
                 "out": "runs/learning_smoke" if a.smoke else "runs/learning_group" if group else "runs/learning"}
     for k, v in defaults.items():
@@ -698,6 +716,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if outside or len(a.tasks) < 2:
             p.error(f"--tasks: need at least two tasks of group {a.group!r} ({', '.join(TASK_GROUPS[a.group])}); "
                     f"not in it: {outside}")
+    try:
+        a.scaling = [] if a.scaling.strip().lower() == "none" else [int(x) for x in a.scaling.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--scaling: comma-separated positive integers or none, got {a.scaling!r}")
+    if any(n < 1 for n in a.scaling):
+        p.error(f"--scaling: N_o values must be >= 1, got {a.scaling}")
     if a.heldout_episodes is None:
         a.heldout_episodes = a.eval_episodes
     if (a.demos < 2 or min(a.eval_episodes, a.blank_episodes, a.heldout_episodes, a.steps, a.jobs) < 1

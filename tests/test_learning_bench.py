@@ -250,3 +250,36 @@ def test_a_stopped_row_says_so_and_costs_what_was_measured(bench):
     dita = next(x for x in lines if x.startswith("- Dita small"))
     assert "train 3000 steps at 4.00 s/step" in dita and "its evaluations: no rate measured" in dita
     assert total == pytest.approx(20.0 + 3000 * 4.0)  # set-up 820 - 200 * 4 = 20 s, then 3000 steps
+
+
+def test_world_model_rows_train_with_their_override_and_scaling_can_be_skipped(bench, tmp_path, monkeypatch):
+    """The world-model rows train DUST with their one override (and are not in the default rows);
+    --scaling none runs no test-time-scaling evaluation, --scaling 2,8 runs exactly those."""
+    assert not set(bench.WM_ROWS) & set(bench.parse_args(["--suite", "group"]).rows)
+    assert bench.parse_args(["--suite", "group", "--scaling", "none"]).scaling == []
+    seen = []
+
+    def fake_vlastack(argv):
+        seen.append(argv)
+        kv = dict(x.split("=", 1) for x in argv[1:] if "=" in x)
+        if argv[0] == "collect":
+            Path(kv["out"]).mkdir(parents=True)
+        elif argv[0] == "train":
+            Path(kv["run_dir"]).mkdir(parents=True)
+            (Path(kv["run_dir"]) / "summary.json").write_text(json.dumps({"step": 20, "samples_per_s": 16.0}))
+        elif argv[0] == "eval":
+            write_eval_info(kv)
+        return 0, 0.1
+
+    fake_stages(bench, monkeypatch, fake_vlastack)
+    for scaling, n_scaling in (("none", 0), ("2,8", 2)):
+        seen.clear()
+        assert bench.main(["--suite", "group", "--smoke", "--out", str(tmp_path / scaling), "--results",
+                           str(tmp_path / f"{scaling}.md"), "--rows", "dust", "dust_wm_0.2", "dust_grid_4",
+                           "--budgets", "steps", "--scaling", scaling]) == 0
+        trains = {dict(x.split("=", 1) for x in a if "=" in x)["run_dir"].rsplit("/", 1)[-1]: a
+                  for a in seen if a[0] == "train"}
+        assert "policy.lambda_wm=0.2" in trains["dust_wm_0.2"] and "policy.future_grid=[4,4]" in trains["dust_grid_4"]
+        assert not any(x.startswith("policy.") for x in trains["dust"])
+        assert sum("sampling.vision_steps" in " ".join(a) for a in seen) == n_scaling
+    assert "DUST, world-model loss weight 0.2" in (tmp_path / "none.md").read_text()
