@@ -294,8 +294,11 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               f"scene (train split of layouts x styles), cameras {header['cameras']} at 128x128, one store for every "
               "row; validation: 10% of episodes.",
               f"- Training: every row `experiment={header.get('experiment', 'learning')}` of vlastack's (batch "
-              f"{TRAIN_BATCH}, 1 thread, EMA, features cached beforehand; Diffusion Policy: LeRobot's own loop through "
-              f"`bench/peers`, batch {TRAIN_BATCH}, 1 thread, from the images), " + " and ".join(
+              f"{TRAIN_BATCH}, 1 thread, EMA, features cached beforehand"
+              + (f"; Diffusion Policy: LeRobot's own loop through `bench/peers`, batch {TRAIN_BATCH}, 1 thread, from "
+                 "the images" if any(r["name"] == "diffusion" for r in rows) else "")
+              + (f"; the world-model rows: DUST with the one override their label names"
+                 if any(r["name"] in WM_ROWS for r in rows) else "") + "), " + " and ".join(
                   f"once for {header['minutes']:g} min of wall clock" if b == "minutes"
                   else f"once for {header['steps']} optimizer steps" for b in header["budgets"])
               + (f"; {header['jobs']} rows side by side (each evaluation one env worker)"

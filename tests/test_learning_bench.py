@@ -282,4 +282,6 @@ def test_world_model_rows_train_with_their_override_and_scaling_can_be_skipped(b
         assert "policy.lambda_wm=0.2" in trains["dust_wm_0.2"] and "policy.future_grid=[4,4]" in trains["dust_grid_4"]
         assert not any(x.startswith("policy.") for x in trains["dust"])
         assert sum("sampling.vision_steps" in " ".join(a) for a in seen) == n_scaling
-    assert "DUST, world-model loss weight 0.2" in (tmp_path / "none.md").read_text()
+    md = (tmp_path / "none.md").read_text()
+    assert "DUST, world-model loss weight 0.2" in md and "the world-model rows: DUST with the one override" in md
+    assert "LeRobot's own loop" not in md  # no Diffusion Policy row in this run
