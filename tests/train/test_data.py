@@ -32,3 +32,30 @@ def test_step_batches_from_workers_equal_inline(tmp_path):
     spans = [len(set(np.searchsorted(sampler.offsets, ix, side="right"))) for s in range(12)
              for ix in order.rank_chunks(s, 0)]
     assert max(spans) == 2  # some micro-batches mix the two stores
+
+
+def test_oversample_reads_a_tasks_windows_k_times_per_epoch(tmp_path):
+    """dataset.oversample: every window of the named task is read k times per epoch, the others once,
+    in the same (seed, step) order on every run; a task that is not there is refused, naming those that are."""
+    import pytest
+
+    from vlastack.train.config import DatasetConfig, TrainConfigError
+
+    store = make_store(tmp_path / "s", episodes=4, length=6, size=(8, 8))  # tasks alternate: open, close
+    sampler = D.MultiSampler([WindowSampler(store, WindowSpec(n_obs=1, horizon=2))])
+    assert D.oversample_map(sampler, None) is None
+    index_map = D.oversample_map(sampler, {"open the drawer": 3})
+    task = np.array([sampler.samplers[0].instructions[e] for e in sampler.samplers[0].anchor_episode])  # (N,)
+    assert len(index_map) == 3 * (task == "open the drawer").sum() + (task == "close the drawer").sum()
+    order = D.StepOrder(len(sampler), batch_size=4, seed=0, index_map=index_map)
+    assert len(index_map) % 4 == 0  # 48 positions: one epoch is 12 whole steps
+    epoch = np.concatenate([order.step_indices(s) for s in range(len(index_map) // 4)])  # (48,)
+    np.testing.assert_array_equal(np.bincount(epoch, minlength=len(sampler)),
+                                  np.where(task == "open the drawer", 3, 1))
+    again = D.StepOrder(len(sampler), batch_size=4, seed=0, index_map=index_map)
+    np.testing.assert_array_equal(again.step_indices(3), order.step_indices(3))
+    with pytest.raises(TrainConfigError, match=r"\['OpenOven'\] name no training episode; task ids: \['close the"):
+        D.oversample_map(sampler, {"OpenOven": 2})
+    for bad in ({"x": 0}, {"x": 1.5}):
+        with pytest.raises(TrainConfigError, match="dataset.oversample"):
+            DatasetConfig(path="s", oversample=bad)

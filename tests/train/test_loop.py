@@ -345,3 +345,17 @@ def test_rank0_builds_the_feature_cache_with_every_local_ranks_threads(monkeypat
             assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_oversample_through_hydra(tmp_path, caplog):
+    """``dataset.oversample={TASK: k}`` from the command line reaches the step order (and the start-up line)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="vlastack.train")
+    st = make_store(tmp_path / "s.zarr", episodes=4, length=8, tasks=("OpenDrawer", "CloseDrawer"))
+    s = run(tmp_path / "over", st, "train.steps=2", "dataset.val_fraction=0", "dataset.oversample={OpenDrawer:3}")
+    assert s["step"] == 2
+    assert "32 train windows from 4 episodes (read 64 times per epoch with dataset.oversample={'OpenDrawer': 3})" \
+        in caplog.text
+    with pytest.raises(TrainConfigError, match="name no training episode"):
+        run(tmp_path / "bad", st, "train.steps=1", "dataset.val_fraction=0", "dataset.oversample={Oven:2}")

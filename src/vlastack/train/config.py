@@ -225,6 +225,8 @@ class DatasetConfig:
     tasks: Optional[List[str]] = None  # keep only episodes whose task id or instruction is listed
     episodes_per_task: Optional[int] = None  # few-shot: the first k training episodes of every task
     require_action: bool = False  # drop video-only episodes
+    # task id or instruction -> k: its training windows are read k times per epoch (k >= 1, integer)
+    oversample: Optional[Dict[str, int]] = None
 
     def __post_init__(self):
         _check(self.path is None or self.paths is None, "dataset.path",
@@ -241,6 +243,11 @@ class DatasetConfig:
         _check(self.num_workers >= 0, "dataset.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.episodes_per_task is None or self.episodes_per_task >= 1, "dataset.episodes_per_task",
                f"must be >= 1 or null, got {self.episodes_per_task}")
+
+        if self.oversample is not None:
+            bad = {k: v for k, v in dict(self.oversample).items()
+                   if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+            _check(not bad, "dataset.oversample", f"repeats must be integers >= 1 per task, got {bad}")
 
     @property
     def store_paths(self) -> list[str]:

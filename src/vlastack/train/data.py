@@ -3,7 +3,8 @@
 - Stores are opened and checked against each other (same keys and shapes for what the policy reads);
   their statistics are merged (frame-weighted means and variances, min of minima, ...).
 - Episodes are split by episode per store (seeded), then filtered: ``tasks``, ``require_action``,
-  ``episodes_per_task`` (few-shot: the first k training episodes of every task).
+  ``episodes_per_task`` (few-shot: the first k training episodes of every task); ``oversample``
+  repeats the training windows of named tasks k times per epoch (a task the others drown out).
 - Video-only stores (no ``action`` key) and video-only episodes are kept: the window drops the action
   key, or pads every action step, and DUST trains its world-model stream on them.
 - With a frozen vision encoder the store's feature cache is used (built once when missing, on rank 0).
@@ -186,7 +187,13 @@ def _epoch_perm(seed: int, epoch: int, n: int) -> np.ndarray:
 class StepOrder:
     """Which windows optimizer step s reads: a pure function of (seed, s) (see the module docstring)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, world: int = 1, grad_accum: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, world: int = 1, grad_accum: int = 1,
+                 index_map: np.ndarray | None = None):
+        """``index_map`` (M,): the epoch's positions -> window ids (a window listed k times is read k
+        times per epoch; see :func:`oversample_map`); None: every window once (M = n)."""
+        self.index_map = None if index_map is None else np.asarray(index_map, np.int64)
+        if self.index_map is not None:
+            n = len(self.index_map)
         chunks = world * grad_accum
         if batch_size % chunks:
             raise TrainConfigError(f"train.batch_size: {batch_size} must be divisible by world_size x grad_accum "
@@ -211,7 +218,7 @@ class StepOrder:
         for e in np.unique(epochs):
             sel = epochs == e
             out[sel] = self._perm_of(int(e))[offs[sel]]
-        return out
+        return out if self.index_map is None else self.index_map[out]
 
     def rank_chunks(self, step: int, rank: int) -> list[np.ndarray]:
         """Rank ``rank``'s micro-batches of step ``step``: chunk m * world + rank for m < grad_accum."""
@@ -301,6 +308,32 @@ def build_samplers(stores: Sequence[TrajectoryStore], cfg: DatasetConfig, window
         raise TrainConfigError(f"dataset: the stores give different keys for the policy's window {sorted(keys)} "
                                "(mixing stores with and without actions in one run is not supported)")
     return train, val, (n_train, n_val)
+
+
+def oversample_map(train: MultiSampler, oversample: Mapping[str, int] | None) -> np.ndarray | None:
+    """Window ids of one epoch with every window of an oversampled task listed k times (None: none).
+
+    ``oversample``: task id or instruction -> k >= 1. A key that names no training episode is an
+    error that lists the task ids there are.
+    """
+    if not oversample:
+        return None
+    reps, seen = [], set()
+    for s in train.samplers:
+        meta = s.store.episodes
+        per_ep = np.ones(len(meta), np.int64)  # (num_episodes,)
+        for e in s.episodes:
+            for key in (meta[e]["task_id"], meta[e]["instruction"]):
+                if key in oversample:
+                    per_ep[e] = int(oversample[key])
+                    seen.add(key)
+                    break
+        reps.append(per_ep[s.anchor_episode])  # (N_s,)
+    unknown = sorted(set(oversample) - seen)
+    if unknown:
+        tasks = sorted({m["task_id"] for s in train.samplers for m in (s.store.episodes[e] for e in s.episodes)})
+        raise TrainConfigError(f"dataset.oversample: {unknown} name no training episode; task ids: {tasks}")
+    return np.repeat(np.arange(len(train), dtype=np.int64), np.concatenate(reps))  # (M,)
 
 
 def ensure_feature_cache(stores: Sequence[TrajectoryStore], encoder, keys: Sequence[str], mode: str,

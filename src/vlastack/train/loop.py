@@ -278,7 +278,8 @@ class Trainer:
         self.feature_encoder = name
         self.data_info = {"paths": list(app.dataset.store_paths), "train_episodes": int(n_tr),
                           "val_episodes": int(n_va), "fps": float(stores[0].spec.fps)}
-        self.order = D.StepOrder(len(self.train_s), cfg.batch_size, cfg.seed, info.world, cfg.grad_accum)
+        self.order = D.StepOrder(len(self.train_s), cfg.batch_size, cfg.seed, info.world, cfg.grad_accum,
+                                 index_map=D.oversample_map(self.train_s, app.dataset.oversample))
         self.batches = D.StepBatches(self.train_s, self.order, info.rank)
         micro = self.order.micro
         self.val_sets = D.val_batches(self.val_s, cfg.val_batches, micro, cfg.seed)
@@ -297,7 +298,9 @@ class Trainer:
         self.log = _Log(self.run_dir, info.is_main, app.progress, self.schedule.total_steps, self.step,
                         cfg.logger, cfg.wandb, self._config_dict())
         self._say(f"{policy.name} ({n_params / 1e6:.2f}M trainable) on {info.device} x{info.world}"
-                  f"{' (FSDP)' if self.fsdp else ''}; {len(self.train_s)} train windows from {n_tr} episodes, "
+                  f"{' (FSDP)' if self.fsdp else ''}; {len(self.train_s)} train windows from {n_tr} episodes"
+                  + (f" (read {self.order.n} times per epoch with dataset.oversample={dict(app.dataset.oversample)})"
+                     if self.order.index_map is not None else "") + ", "
                   f"{len(self.val_s) if self.val_s else 0} val windows from {n_va}; "
                   f"{'cached ' + name + ' features' if name else 'images'}; batch {cfg.batch_size} = "
                   f"{info.world} ranks x {cfg.grad_accum} x {micro}"
