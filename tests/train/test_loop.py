@@ -355,7 +355,7 @@ def test_oversample_through_hydra(tmp_path, caplog):
     st = make_store(tmp_path / "s.zarr", episodes=4, length=8, tasks=("OpenDrawer", "CloseDrawer"))
     s = run(tmp_path / "over", st, "train.steps=2", "dataset.val_fraction=0", "dataset.oversample={OpenDrawer:3}")
     assert s["step"] == 2
-    assert "32 train windows from 4 episodes (read 64 times per epoch with dataset.oversample={'OpenDrawer': 3})" \
+    assert "32 train windows from 4 episodes (64 reads per epoch with dataset.oversample={'OpenDrawer': 3})" \
         in caplog.text
     with pytest.raises(TrainConfigError, match="name no training episode"):
         run(tmp_path / "bad", st, "train.steps=1", "dataset.val_fraction=0", "dataset.oversample={Oven:2}")

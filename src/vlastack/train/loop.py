@@ -299,7 +299,7 @@ class Trainer:
                         cfg.logger, cfg.wandb, self._config_dict())
         self._say(f"{policy.name} ({n_params / 1e6:.2f}M trainable) on {info.device} x{info.world}"
                   f"{' (FSDP)' if self.fsdp else ''}; {len(self.train_s)} train windows from {n_tr} episodes"
-                  + (f" (read {self.order.n} times per epoch with dataset.oversample={dict(app.dataset.oversample)})"
+                  + (f" ({self.order.n} reads per epoch with dataset.oversample={dict(app.dataset.oversample)})"
                      if self.order.index_map is not None else "") + ", "
                   f"{len(self.val_s) if self.val_s else 0} val windows from {n_va}; "
                   f"{'cached ' + name + ' features' if name else 'images'}; batch {cfg.batch_size} = "
