@@ -80,6 +80,22 @@ def test_stage_commands_use_the_experiment_and_the_budget(tmp_path):
                    dict(qs.stage_commands(tmp_path, "CloseDrawer", 30, ["left"], 10, None))["train DUST small"])
 
 
+def test_oversample_reaches_training_for_the_tasks_of_the_run(tmp_path):
+    """--oversample TASK:K becomes dataset.oversample for the listed tasks that run (none: nothing)."""
+    over = qs.parse_oversample("TurnOnStove:3,OpenSingleDoor:1")
+    assert over == {"TurnOnStove": 3, "OpenSingleDoor": 1} and qs.parse_oversample("none") == {}
+    train = dict(qs.stage_commands(tmp_path, ["TurnOnStove", "TurnOnSinkFaucet"], 25, ["left"], 10, None,
+                                   group="sink_stove", oversample=over))["train DUST small"]
+    assert "dataset.oversample={TurnOnStove:3}" in train  # k = 1 changes nothing and is left out
+    for tasks in (["TurnOnSinkFaucet", "OpenSingleDoor"], ["TurnOnStove", "TurnOnSinkFaucet"]):
+        other = dict(qs.stage_commands(tmp_path, tasks, 25, ["left"], 10, None, group="sink_stove",
+                                       oversample=over if "TurnOnStove" not in tasks else None))
+        assert not any(a.startswith("dataset.oversample") for a in other["train DUST small"])
+    for bad in ("TurnOnStove", "TurnOnStove:0", ":2"):
+        with pytest.raises(SystemExit, match="--oversample"):
+            qs.parse_oversample(bad)
+
+
 def test_rerun_shows_the_first_runs_wall_times_beside_this_one(tmp_path):
     _fake_run(tmp_path, successes=17, episodes=20)
     qs.record_run(tmp_path, _stages())
