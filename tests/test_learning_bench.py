@@ -148,9 +148,9 @@ def fake_stages(bench, monkeypatch, fake_vlastack) -> None:
     monkeypatch.setattr(bench, "side_python", lambda venv: None)
 
 
-def test_main_writes_results_from_stage_outputs(bench, tmp_path, monkeypatch):
-    """The whole group flow with the stages faked: every command is recorded and the file is written."""
-    seen = []
+def recording_vlastack(seen: list):
+    """A fake ``vlastack`` child that records its argv in ``seen`` and leaves what each stage would:
+    the collect summary, the training summary, eval_info.json."""
 
     def fake_vlastack(argv):
         seen.append(argv)
@@ -166,7 +166,13 @@ def test_main_writes_results_from_stage_outputs(bench, tmp_path, monkeypatch):
             write_eval_info(kv)
         return 0, 1.0
 
-    fake_stages(bench, monkeypatch, fake_vlastack)
+    return fake_vlastack
+
+
+def test_main_writes_results_from_stage_outputs(bench, tmp_path, monkeypatch):
+    """The whole group flow with the stages faked: every command is recorded and the file is written."""
+    seen = []
+    fake_stages(bench, monkeypatch, recording_vlastack(seen))
     res = tmp_path / "res.md"
     rc = bench.main(["--suite", "group", "--smoke", "--out", str(tmp_path / "o"), "--results", str(res),
                      "--rows", "dust", "dust_no_wm", "diffusion"])
@@ -258,20 +264,7 @@ def test_world_model_rows_train_with_their_override_and_scaling_can_be_skipped(b
     assert not set(bench.WM_ROWS) & set(bench.parse_args(["--suite", "group"]).rows)
     assert bench.parse_args(["--suite", "group", "--scaling", "none"]).scaling == []
     seen = []
-
-    def fake_vlastack(argv):
-        seen.append(argv)
-        kv = dict(x.split("=", 1) for x in argv[1:] if "=" in x)
-        if argv[0] == "collect":
-            Path(kv["out"]).mkdir(parents=True)
-        elif argv[0] == "train":
-            Path(kv["run_dir"]).mkdir(parents=True)
-            (Path(kv["run_dir"]) / "summary.json").write_text(json.dumps({"step": 20, "samples_per_s": 16.0}))
-        elif argv[0] == "eval":
-            write_eval_info(kv)
-        return 0, 0.1
-
-    fake_stages(bench, monkeypatch, fake_vlastack)
+    fake_stages(bench, monkeypatch, recording_vlastack(seen))
     for scaling, n_scaling in (("none", 0), ("2,8", 2)):
         seen.clear()
         assert bench.main(["--suite", "group", "--smoke", "--out", str(tmp_path / scaling), "--results",
