@@ -2,11 +2,11 @@
 with the instruction deciding which task is meant.
 
 Default: three tasks of task group ``sink_stove`` (TurnOnStove, TurnOnSinkFaucet, OpenSingleDoor),
-25 demos each, training as two DDP ranks (``--ranks``). Measured end to end (``python -m
-vlastack.quickstart``, fresh output, 2 cores, 2026-12-06): 18.5 min; 2,522 training steps in 14
-minutes; 19/30 = 63% (95% Wilson interval 46-78%) with swapped instructions from shared starts,
-against an ignore-language bound of 33%; 0/12 with a blank instruction (run again: 2,741 steps,
-21/30 = 70%; the run before, with the feature cache on one core: 2,124 steps, 21/30 = 70%). ``--single`` (``make
+25 demos each, TurnOnStove's windows read 3 times per epoch, training as two DDP ranks
+(``--ranks``). Measured end to end (``python -m vlastack.quickstart``, fresh output, 2 cores,
+2026-12-06): 18.3 min; 2,872 training steps in 14 minutes; 23/30 = 77% (95% Wilson interval
+59-88%) with swapped instructions from shared starts, against an ignore-language bound of 33%;
+1/12 with a blank instruction (without the oversampling: 19/30, 21/30, 21/30 in three runs). ``--single`` (``make
 quickstart-drawer``) is the single-task smoke path: OpenDrawer in its own scene, 40 demos, which
 reached 18/20 and 20/20 in about 11 min.
 
