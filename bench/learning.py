@@ -404,7 +404,7 @@ def group_plot(rows: Sequence[Mapping[str, Any]], budgets: Sequence[str], path: 
         ax.set_ylim(0, 1.12)
         ax.set_title(f"same {budget}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("language-grounded success (95% CI)")
+    axes[0][0].set_ylabel("grounded success, 95% CI")
     axes[0][0].legend(fontsize=7, loc="center right")
     fig.tight_layout()
     return save_figure_atomic(fig, path)
