@@ -297,7 +297,7 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               f"{TRAIN_BATCH}, 1 thread, EMA, features cached beforehand"
               + (f"; Diffusion Policy: LeRobot's own loop through `bench/peers`, batch {TRAIN_BATCH}, 1 thread, from "
                  "the images" if any(r["name"] == "diffusion" for r in rows) else "")
-              + (f"; the world-model rows: DUST with the one override their label names"
+              + ("; the world-model rows: DUST with the one override their label names"
                  if any(r["name"] in WM_ROWS for r in rows) else "") + "), " + " and ".join(
                   f"once for {header['minutes']:g} min of wall clock" if b == "minutes"
                   else f"once for {header['steps']} optimizer steps" for b in header["budgets"])
@@ -676,7 +676,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="group: per task, held-out layouts/styles (default: --eval-episodes)")
     p.add_argument("--experiment", default="learning",
                    help="group: the training recipe of our rows (a configs/experiment name; quickstart_group: the "
-                        "quickstart's trimmed DUST at lr 1e-3, for the DUST grid rows only)")
+                        "quickstart's trimmed DUST at lr 1e-3, for the DUST rows only)")
     p.add_argument("--scaling", default=",".join(map(str, SCALING_N_O)),
                    help=f"group: DUST's test-time scaling, N_o values at N_A = {SCALING_N_A} (comma list; none: skip)")
     p.add_argument("--jobs", type=int, default=1,

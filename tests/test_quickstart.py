@@ -87,9 +87,11 @@ def test_oversample_reaches_training_for_the_tasks_of_the_run(tmp_path):
     train = dict(qs.stage_commands(tmp_path, ["TurnOnStove", "TurnOnSinkFaucet"], 25, ["left"], 10, None,
                                    group="sink_stove", oversample=over))["train DUST small"]
     assert "dataset.oversample={TurnOnStove:3}" in train  # k = 1 changes nothing and is left out
-    for tasks in (["TurnOnSinkFaucet", "OpenSingleDoor"], ["TurnOnStove", "TurnOnSinkFaucet"]):
+    # a listed task that does not run, and a listed task with k = 1, add nothing
+    for tasks, asked in ((["TurnOnSinkFaucet", "OpenSingleDoor"], over),
+                         (["TurnOnStove", "TurnOnSinkFaucet"], {"TurnOnStove": 1})):
         other = dict(qs.stage_commands(tmp_path, tasks, 25, ["left"], 10, None, group="sink_stove",
-                                       oversample=over if "TurnOnStove" not in tasks else None))
+                                       oversample=asked))
         assert not any(a.startswith("dataset.oversample") for a in other["train DUST small"])
     for bad in ("TurnOnStove", "TurnOnStove:0", ":2"):
         with pytest.raises(SystemExit, match="--oversample"):

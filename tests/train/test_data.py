@@ -1,10 +1,12 @@
-"""The training loop's read-ahead: micro-batches read in worker processes equal the inline ones."""
+"""Training data order: micro-batches read ahead in workers equal the inline ones; oversampled tasks."""
 
 import numpy as np
+import pytest
 import torch
 
 from vlastack.datasets.sampler import WindowSampler, WindowSpec
 from vlastack.train import data as D
+from vlastack.train.config import DatasetConfig, TrainConfigError
 
 from .helpers import make_store
 
@@ -37,10 +39,6 @@ def test_step_batches_from_workers_equal_inline(tmp_path):
 def test_oversample_reads_a_tasks_windows_k_times_per_epoch(tmp_path):
     """dataset.oversample: every window of the named task is read k times per epoch, the others once,
     in the same (seed, step) order on every run; a task that is not there is refused, naming those that are."""
-    import pytest
-
-    from vlastack.train.config import DatasetConfig, TrainConfigError
-
     store = make_store(tmp_path / "s", episodes=4, length=6, size=(8, 8))  # tasks alternate: open, close
     sampler = D.MultiSampler([WindowSampler(store, WindowSpec(n_obs=1, horizon=2))])
     assert D.oversample_map(sampler, None) is None
@@ -59,3 +57,15 @@ def test_oversample_reads_a_tasks_windows_k_times_per_epoch(tmp_path):
     for bad in ({"x": 0}, {"x": 1.5}):
         with pytest.raises(TrainConfigError, match="dataset.oversample"):
             DatasetConfig(path="s", oversample=bad)
+
+
+def test_dataset_tasks_keeps_episodes_by_task_id_or_instruction(tmp_path):
+    """dataset.tasks matches an episode by its task id or by its instruction (the same rule as oversample)."""
+    from vlastack.datasets.store import TrajectoryStore
+
+    store = TrajectoryStore.open(make_store(tmp_path / "s", episodes=4, length=6, size=(8, 8)), verify="none")
+    for tasks, want in ((["open the drawer"], [0, 2]), (["close the drawer", "OpenOven"], [1, 3]), (None, [0, 1, 2, 3])):
+        train, _ = D.select_episodes(store, DatasetConfig(path="s", tasks=tasks, val_fraction=0.0), seed=0)
+        assert sorted(train.tolist()) == want, tasks
+    assert D.task_key({"task_id": "TurnOnStove", "instruction": "turn on the left burner"},
+                      {"turn on the left burner": 2, "TurnOnStove": 3}) == "TurnOnStove"  # the task id first

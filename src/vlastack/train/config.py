@@ -243,7 +243,6 @@ class DatasetConfig:
         _check(self.num_workers >= 0, "dataset.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.episodes_per_task is None or self.episodes_per_task >= 1, "dataset.episodes_per_task",
                f"must be >= 1 or null, got {self.episodes_per_task}")
-
         if self.oversample is not None:
             bad = {k: v for k, v in dict(self.oversample).items()
                    if isinstance(v, bool) or not isinstance(v, int) or v < 1}

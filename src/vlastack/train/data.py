@@ -103,6 +103,12 @@ def merge_stats(stats: Sequence[Mapping[str, Mapping[str, Any]]], weights: Seque
     return out
 
 
+def task_key(meta: Mapping[str, Any], names) -> str | None:
+    """The entry of ``names`` that names the episode with metadata ``meta``: its task id, else its
+    instruction; None when neither is listed (how ``dataset.tasks`` and ``dataset.oversample`` match)."""
+    return next((k for k in (meta["task_id"], meta["instruction"]) if k in names), None)
+
+
 def select_episodes(store: TrajectoryStore, cfg: DatasetConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) episode indices of one store after the split and the filters."""
     train, val = split_episodes(store.num_episodes, cfg.val_fraction, seed)
@@ -111,7 +117,7 @@ def select_episodes(store: TrajectoryStore, cfg: DatasetConfig, seed: int) -> tu
 
     def keep(e: int) -> bool:
         m = meta[e]
-        if cfg.tasks is not None and m["task_id"] not in cfg.tasks and m["instruction"] not in cfg.tasks:
+        if cfg.tasks is not None and task_key(m, cfg.tasks) is None:
             return False
         if cfg.require_action and not (has_action_key and m["has_action"]):
             return False
@@ -323,11 +329,10 @@ def oversample_map(train: MultiSampler, oversample: Mapping[str, int] | None) ->
         meta = s.store.episodes
         per_ep = np.ones(len(meta), np.int64)  # (num_episodes,)
         for e in s.episodes:
-            for key in (meta[e]["task_id"], meta[e]["instruction"]):
-                if key in oversample:
-                    per_ep[e] = int(oversample[key])
-                    seen.add(key)
-                    break
+            key = task_key(meta[e], oversample)
+            if key is not None:
+                per_ep[e] = int(oversample[key])
+                seen.add(key)
         reps.append(per_ep[s.anchor_episode])  # (N_s,)
     unknown = sorted(set(oversample) - seen)
     if unknown:
