@@ -652,6 +652,26 @@ def run_drawers(a, run: Runner) -> list[dict]:
 # ------------------------------------------------------------------------------------ main
 
 
+def experiment_policy(name: str) -> str | None:
+    """The policy config group a configs/experiment file pins (``override /policy: X``, followed through
+    the experiments it builds on), or None when it leaves the policy to the command line."""
+    import importlib.resources
+
+    import yaml
+
+    path = Path(str(importlib.resources.files("vlastack.configs"))) / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"learning: --experiment: no {path}")
+    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+        if isinstance(entry, Mapping) and "override /policy" in entry:
+            return str(entry["override /policy"])
+        if isinstance(entry, str) and entry not in ("_self_",) and "/" not in entry:
+            found = experiment_policy(entry)
+            if found is not None:
+                return found
+    return None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options, with the suite's, ``--full``'s and ``--smoke``'s defaults filled in; checked."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
@@ -676,7 +696,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="group: per task, held-out layouts/styles (default: --eval-episodes)")
     p.add_argument("--experiment", default="learning",
                    help="group: the training recipe of our rows (a configs/experiment name; quickstart_group: the "
-                        "quickstart's trimmed DUST at lr 1e-3, for the DUST rows only)")
+                        "quickstart's trimmed DUST at lr 1e-3; DUST rows only: others named in --rows are refused, "
+                        "and left out of the default rows)")
     p.add_argument("--scaling", default=",".join(map(str, SCALING_N_O)),
                    help=f"group: DUST's test-time scaling, N_o values at N_A = {SCALING_N_A} (comma list; none: skip)")
     p.add_argument("--jobs", type=int, default=1,
@@ -696,6 +717,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--full and --smoke exclude each other")
     preset = FULL if a.full else SMOKE if a.smoke else {}
     group = a.suite == "group"
+    rows_given = a.rows is not None
     defaults = {"tasks": list(DEFAULT_TASKS) if group else ["OpenDrawer", "CloseDrawer"],
                 "rows": list(DEFAULT_ROWS if group else POLICIES), "demos": 25 if group else 30, "minutes": 8.0,
                 "steps": 1000, "eval_episodes": 10, "blank_episodes": 5, "max_steps": None,
@@ -712,6 +734,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--rows: unknown {bad}; valid for --suite {a.suite}: {list(valid)}")
     if group:
         from vlastack.envs.kitchen import TASK_GROUPS
+
+        pinned = experiment_policy(a.experiment)
+        foreign = [r for r in a.rows if pinned and ROWS[r][0] is not None
+                   and ROWS[r][0] != pinned and not ROWS[r][0].startswith(pinned + "_")]
+        if foreign and not rows_given:  # the default rows: those this recipe can train
+            a.rows = [r for r in a.rows if r not in foreign]
+        elif foreign:
+            p.error(f"--rows: {foreign} cannot train with --experiment {a.experiment} (it sets up policy "
+                    f"{pinned!r}); leave them out or use --experiment learning")
 
         if a.group not in TASK_GROUPS:
             p.error(f"--group: unknown {a.group!r}; valid: {list(TASK_GROUPS)}")

@@ -134,6 +134,18 @@ def test_parse_args(bench, capsys):
         assert words in capsys.readouterr().err
 
 
+def test_a_recipe_that_pins_dust_refuses_other_policies(bench, capsys):
+    """--experiment quickstart_group sets up DUST (override /policy: dust, through quickstart.yaml): Dita asked
+    for by name is refused; the default rows drop it; the peer row (its own LeRobot recipe) stays."""
+    assert bench.experiment_policy("quickstart_group") == "dust" and bench.experiment_policy("learning") is None
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--suite", "group", "--experiment", "quickstart_group", "--rows", "dust", "dita"])
+    assert "['dita'] cannot train with --experiment quickstart_group" in capsys.readouterr().err
+    rows = bench.parse_args(["--suite", "group", "--experiment", "quickstart_group"]).rows
+    assert "dita" not in rows and {"dust", "dust_dit_joint", "dust_no_wm", "diffusion"} <= set(rows)
+    assert "dita" in bench.parse_args(["--suite", "group"]).rows
+
+
 def write_eval_info(kv: dict) -> None:
     """What a faked ``vlastack eval`` leaves: eval_info.json of one success per task under ``out=``."""
     Path(kv["out"]).mkdir(parents=True)
@@ -233,7 +245,7 @@ def test_jobs_run_rows_side_by_side_in_order(bench, tmp_path, monkeypatch):
 
     fake_stages(bench, monkeypatch, fake_vlastack)
     res = tmp_path / "res.md"
-    rows = ["dust_no_wm", "dust", "dita"]
+    rows = ["dust_no_wm", "dust", "dust_dit_joint"]
     assert bench.main(["--suite", "group", "--smoke", "--out", str(tmp_path / "o"), "--results", str(res),
                        "--rows", *rows, "--budgets", "steps", "--jobs", "2", "--heldout-episodes", "3",
                        "--experiment", "quickstart_group"]) == 0
