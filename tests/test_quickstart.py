@@ -8,7 +8,8 @@ from vlastack import quickstart as qs
 from vlastack.rollout.stats import wilson_interval
 
 
-def _fake_run(out: Path, successes: int, episodes: int, resumed: bool = False) -> None:
+def _fake_run(out: Path, successes: int, episodes: int, resumed: bool = False,
+              settings: dict | None = None) -> None:
     (out / "train").mkdir(parents=True)
     (out / "eval").mkdir()
     recs = [{"step": s, "split": "train", "loss": 3.0 / s, "loss_action": 1.0 / s} for s in range(5, 105, 5)]
@@ -27,7 +28,8 @@ def _fake_run(out: Path, successes: int, episodes: int, resumed: bool = False) -
     overall = {"successes": successes, "episodes": episodes, "success_rate": successes / episodes,
                "ci_low": low, "ci_high": high, "mean_steps": sum(e["steps"] for e in eps) / episodes}
     (out / "eval" / "eval_info.json").write_text(json.dumps(
-        {"complete": True, "summary": {"overall": overall, "per_task": {"OpenDrawer": overall}}, "episodes": eps}))
+        {"complete": True, "summary": {"overall": overall, "per_task": {"OpenDrawer": overall}}, "episodes": eps,
+         "settings": settings or {"executor": "receding", "n_action_steps": 16, "executor_options": {}}}))
 
 
 def _stages():
@@ -42,7 +44,7 @@ def test_report_has_success_interval_curve_video_times_and_commands(tmp_path):
     assert (tmp_path / "report.md").read_text() == text
     # 17/20: Wilson 95% interval 64.0% - 94.8%
     assert "**Success: 17/20 = 85%** (95% Wilson interval 64%-95%)" in text
-    assert "seeds 100000-100019" in text
+    assert "seeds 100000-100019" in text and "16 actions run per chunk (receding)" in text
     png = tmp_path / qs.LOSS_PNG
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"![training loss]({qs.LOSS_PNG})" in text
@@ -80,6 +82,26 @@ def test_stage_commands_use_the_experiment_and_the_budget(tmp_path):
                    dict(qs.stage_commands(tmp_path, "CloseDrawer", 30, ["left"], 10, None))["train DUST small"])
 
 
+def test_executor_depends_on_the_mode(tmp_path):
+    """One task runs whole 16-action chunks; a task group ensembles a chunk planned every 2 steps (in both
+    evaluations, so the blank control differs only in the instruction); the flags override."""
+    single = dict(qs.stage_commands(tmp_path, "OpenDrawer", 30, ["left"], 10, None))
+    assert "n_action_steps=16" in single["evaluate"] and not any("ensemble" in x for x in single["evaluate"])
+    group = dict(qs.stage_commands(tmp_path, ["TurnOnStove", "TurnOnSinkFaucet"], 25, ["left"], 10, None,
+                                   group="sink_stove", blank_episodes=2))
+    for stage in ("evaluate", "evaluate, blank instruction"):
+        assert {"executor=ensemble", "+executor_options.replan_every=2"} <= set(group[stage])
+        assert not any(x.startswith("n_action_steps") for x in group[stage])
+    forced = dict(qs.stage_commands(tmp_path, ["TurnOnStove", "TurnOnSinkFaucet"], 25, ["left"], 10, None,
+                                    group="sink_stove", executor="receding", every=8))
+    assert "n_action_steps=8" in forced["evaluate"] and "executor=ensemble" not in forced["evaluate"]
+    with pytest.raises(ValueError, match="executor"):
+        qs.stage_commands(tmp_path, "OpenDrawer", 30, ["left"], 10, None, executor="async")
+    for bad in ("0", "17"):
+        with pytest.raises(SystemExit, match="--every"):
+            qs.main(["--out", str(tmp_path / "x"), "--every", bad])
+
+
 def test_oversample_reaches_training_for_the_tasks_of_the_run(tmp_path):
     """--oversample TASK:K becomes dataset.oversample for the listed tasks that run (none: nothing)."""
     over = qs.parse_oversample("TurnOnStove:3,OpenSingleDoor:1")
@@ -96,6 +118,13 @@ def test_oversample_reaches_training_for_the_tasks_of_the_run(tmp_path):
     for bad in ("TurnOnStove", "TurnOnStove:0", ":2"):
         with pytest.raises(SystemExit, match="--oversample"):
             qs.parse_oversample(bad)
+
+
+def test_report_names_the_ensembling_executor(tmp_path):
+    _fake_run(tmp_path, successes=5, episodes=10, settings={"executor": "ensemble", "n_action_steps": 8,
+                                                            "executor_options": {"replan_every": 2}})
+    text = qs.write_report(tmp_path, "OpenDrawer", _stages())
+    assert "; a chunk planned every 2 steps, temporally ensembled." in text and "actions run per chunk" not in text
 
 
 def test_rerun_shows_the_first_runs_wall_times_beside_this_one(tmp_path):

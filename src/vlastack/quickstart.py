@@ -64,7 +64,13 @@ DEFAULT_BLANK_EVAL = 4  # per task, blank instruction (the control)
 DEFAULT_DEMOS = 40
 DEFAULT_CAMERAS = ("left", "wrist")
 DEFAULT_EVAL_EPISODES = 20
-N_ACTION_STEPS = 16  # run whole 16-action chunks: 7/10 vs 4/10 with 8 of 16 on the same checkpoint
+# How evaluation turns 16-action chunks into actions (eval's executor). Single task (OpenDrawer): whole
+# chunks, receding horizon (7/10 vs 4/10 with 8 of 16 on the same checkpoint). Task group: ACT's temporal
+# ensembling over a chunk planned every REPLAN steps (bench/learning_results.md, "Executors").
+N_ACTION_STEPS = 16
+EXECUTORS = ("receding", "ensemble")
+GROUP_EXECUTOR = "ensemble"
+GROUP_REPLAN = 2
 LOSS_PNG = "train_loss.png"
 REPORT = "report.md"
 HISTORY = "quickstart_runs.json"
@@ -93,15 +99,25 @@ def launcher(ranks: int = 1) -> str:
 
 def stage_commands(out: Path, task: str | Sequence[str], demos: int, cameras: Sequence[str], eval_episodes: int,
                    minutes: float | None, group: str | None = None,
-                   blank_episodes: int = 0, oversample: Mapping[str, int] | None = None) -> list[tuple[str, list[str]]]:
+                   blank_episodes: int = 0, oversample: Mapping[str, int] | None = None,
+                   executor: str | None = None, every: int | None = None) -> list[tuple[str, list[str]]]:
     """(title, ``vlastack`` argv) of every stage, in order.
 
     With ``group``, the tasks run in that task group's shared scene: demos of every task from the
     same kind of start, evaluation with swapped instructions (``language=swap``) and, with
     ``blank_episodes``, the blank-instruction control; ``oversample`` (task -> k) goes to training as
-    ``dataset.oversample`` for the tasks of this run.
+    ``dataset.oversample`` for the tasks of this run. ``executor``: ``receding`` (run ``every``
+    actions of each chunk, default 16) or ``ensemble`` (a chunk planned every ``every`` steps, default
+    2, ACT's temporal ensembling); default ``ensemble`` with ``group``, else ``receding``.
     """
     tasks = [task] if isinstance(task, str) else list(task)
+    executor = executor or ("receding" if group is None else GROUP_EXECUTOR)
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor: expected one of {EXECUTORS}, got {executor!r}")
+    if every is None:
+        every = N_ACTION_STEPS if executor == "receding" else GROUP_REPLAN
+    chunks = [f"n_action_steps={every}"] if executor == "receding" else \
+        ["executor=ensemble", f"+executor_options.replan_every={every}"]
     store, train_dir = out / "demos.zarr", out / "train"
     train = ["train", "experiment=quickstart" if group is None else "experiment=quickstart_group",
              f"dataset.path={store}", f"run_dir={train_dir}"]
@@ -113,7 +129,7 @@ def stage_commands(out: Path, task: str | Sequence[str], demos: int, cameras: Se
     scene = [] if group is None else ["scene=group", f"group={group}"]
     ckpt = f"checkpoint={train_dir / 'checkpoints' / 'last'}"
     evaluate = ["eval", ckpt, "env=kitchen", f"tasks=[{','.join(tasks)}]", *scene,
-                f"n_action_steps={N_ACTION_STEPS}", "videos=1"]
+                *chunks, "videos=1"]
     stages = [
         ("collect demos", ["collect", "env=kitchen", f"task=[{','.join(tasks)}]" if group else f"task={task}",
                            *scene, f"episodes={demos}", f"cameras=[{','.join(cameras)}]", f"out={store}"]),
@@ -262,6 +278,16 @@ def _language_lines(out: Path, doc: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _executor_words(doc: Mapping[str, Any]) -> str:
+    """How the evaluation turned chunks into actions, from its settings, in words."""
+    st = doc.get("settings", {})
+    if st.get("executor") == "ensemble":
+        every = (st.get("executor_options") or {}).get("replan_every", 1)
+        return f"a chunk planned every {every} step{'s' if every != 1 else ''}, temporally ensembled"
+    n = st.get("n_action_steps")
+    return f"{n if n else 'all'} actions run per chunk ({st.get('executor', 'receding')})"
+
+
 def write_report(out: str | os.PathLike, task: str | Sequence[str], stages: Sequence[Stage]) -> str:
     """Write ``out/report.md`` (and ``out/train_loss.png``) from the run's files; returns the markdown.
 
@@ -284,7 +310,7 @@ def write_report(out: str | os.PathLike, task: str | Sequence[str], stages: Sequ
         lines += [f"**Success: {o['successes']}/{o['episodes']} = {_pct(o['success_rate'])}** "
                   f"(95% Wilson interval {_pct(o['ci_low'])}-{_pct(o['ci_high'])}) on held-out seeds "
                   f"{seeds[0]}-{seeds[-1]}{where}, {o['mean_steps']:.0f} steps per episode on average"
-                  + ("" if doc.get("complete") else " (evaluation incomplete)") + ".", ""]
+                  + ("" if doc.get("complete") else " (evaluation incomplete)") + f"; {_executor_words(doc)}.", ""]
         if len(doc["summary"]["per_task"]) > 1:
             lines += _task_table(doc)
         lines += _language_lines(out, doc)
@@ -379,6 +405,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--oversample", default=",".join(f"{t}:{k}" for t, k in OVERSAMPLE.items()),
                    help="TASK:K,... : that task's training windows read K times per epoch, where it is among the "
                         "tasks (default %(default)s; none: every window once)")
+    p.add_argument("--executor", choices=EXECUTORS, default=None,
+                   help=f"how evaluation turns chunks into actions (default {GROUP_EXECUTOR}; --single: receding)")
+    p.add_argument("--every", type=int, default=None,
+                   help=f"receding: actions run per chunk (default {N_ACTION_STEPS}); ensemble: steps between "
+                        f"chunks (default {GROUP_REPLAN})")
     p.add_argument("--ranks", type=int, default=None,
                    help="training processes (DDP over gloo, one thread each; default: 2 when the machine has "
                         "2 or more cores, else 1)")
@@ -424,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     oversample = parse_oversample(a.oversample)
     if a.demos < 2:
         raise SystemExit("quickstart: --demos must be >= 2 (one episode is held out for validation)")
+    if a.every is not None and not 1 <= a.every <= N_ACTION_STEPS:
+        raise SystemExit(f"quickstart: --every must be 1..{N_ACTION_STEPS} (a chunk holds {N_ACTION_STEPS} actions), "
+                         f"got {a.every}")
     if a.eval_episodes < 1 or not cameras:
         raise SystemExit("quickstart: --eval-episodes must be >= 1 and --cameras non-empty")
     out = Path(a.out)
@@ -437,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"quickstart: --ranks must be >= 1, got {ranks}")
     for title, args in stage_commands(out, tasks[0] if a.single else tasks, a.demos, cameras, a.eval_episodes,
                                       a.minutes, group=group, blank_episodes=a.blank_episodes,
-                                      oversample=None if a.single else oversample):
+                                      oversample=None if a.single else oversample,
+                                      executor=a.executor, every=a.every):
         stages.append(run_stage(title, args, ranks if args[0] == "train" else 1))
         if stages[-1].rc:
             rc = stages[-1].rc

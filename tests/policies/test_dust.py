@@ -574,11 +574,32 @@ def test_config_round_trip_presets_and_windows():
     assert DUSTConfig.preset("tiny", strategy="no_wm").delta_indices()["observation.images.left"] == [0]
 
 
+def test_future_cameras_by_name_or_count():
+    """future_cameras names them (and wins); num_future_cameras takes the first N of the run's cameras, so a
+    preset's choice follows whatever cameras the dataset has; out-of-range counts are refused."""
+    cfg = DUSTConfig.preset("tiny", num_future_cameras=1)
+    assert cfg.future_camera_list == ("left",) and cfg.num_future_tokens == 4
+    assert DUSTConfig.preset("tiny", cameras=["wrist", "left"], num_future_cameras=1).future_camera_list == ("wrist",)
+    assert DUSTConfig.preset("tiny", num_future_cameras=1, future_cameras=["wrist"]).future_camera_list == ("wrist",)
+    assert DUSTConfig.preset("tiny").future_camera_list == ("left", "wrist")
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="num_future_cameras must be 1..2"):
+            DUSTConfig.preset("tiny", num_future_cameras=bad)
+    p = _policy(num_future_cameras=1)  # trains and samples with the shorter vision stream
+    loss, m = p.compute_loss(_batch(p.config))
+    assert torch.isfinite(loss) and m["loss_world"] > 0
+    chunk = p.sample_actions(fake_observation(_spec(p.config), batch_size=2), seed=0)
+    assert chunk.extras["future"].shape == (2, 4, p.feat_dim)
+
+
 def test_small_preset_size_and_chunk():
     """The CPU-benchmark preset: frozen EfficientNet-lite0 + MiniLM, 10-40M trainable parameters."""
     p = _policy("small")
     assert 10e6 <= p.num_parameters() <= 40e6, p.num_parameters()
-    assert p.vision.frozen and p.text.frozen and p.config.num_future_tokens == 12
+    # the world model predicts the first camera's future frame: 1 camera x 2x2 pooled tokens
+    assert p.vision.frozen and p.text.frozen and p.config.num_future_tokens == 4
+    assert p.config.future_camera_list == ("left",) and p.config.delta_indices()["observation.images.left"] == [0, 16]
+    assert p.config.delta_indices()["observation.images.wrist"] == [0]
     chunk = p.sample_actions(fake_observation(_spec(p.config), batch_size=1), seed=0)
     assert chunk.actions.shape == (1, 16, 7) and torch.isfinite(chunk.actions).all()
 
