@@ -20,7 +20,8 @@ can rerun by hand; the report lists them):
    thread per process, a 14- / 8-minute budget, frozen EfficientNet features cached in the store
    once), as ``--ranks`` DDP processes under torchrun (2 on a machine with 2 or more cores), with
    TurnOnStove's windows read 3 times per epoch (``--oversample``: ``dataset.oversample``);
-4. ``eval``: held-out seeds in simulation (episodes resume), whole 16-action chunks, mp4 of the
+4. ``eval``: held-out seeds in simulation (episodes resume), a 16-action chunk planned every 2 steps
+   and temporally ensembled (``--executor``, ``--every``; ``--single``: whole chunks), mp4 of the
    first episode;
 5. ``runs/quickstart/report.md``: success rate with its 95% Wilson interval, the loss curve
    (``train_loss.png``), a link to the first video, the wall time of every stage, the commands.
@@ -215,8 +216,10 @@ def plot_loss(curves: Mapping[str, Sequence[tuple[int, float]]], path: str | os.
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("flow-matching loss")
     ax.set_yscale("log")
-    if title:
-        ax.set_title(title, fontsize=10)
+    if title:  # wrapped to the axes' width (a task list runs long)
+        import textwrap
+
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
