@@ -3,12 +3,13 @@ with the instruction deciding which task is meant.
 
 Default: three tasks of task group ``sink_stove`` (TurnOnStove, TurnOnSinkFaucet, OpenSingleDoor),
 25 demos each, TurnOnStove's windows read 3 times per epoch, training as two DDP ranks
-(``--ranks``). Measured end to end (``python -m vlastack.quickstart``, fresh output, 2 cores,
-2026-12-06): 18.3 min; 2,872 training steps in 14 minutes; 23/30 = 77% (95% Wilson interval
-59-88%) with swapped instructions from shared starts, against an ignore-language bound of 33%;
-1/12 with a blank instruction (without the oversampling: 19/30, 21/30, 21/30 in three runs). ``--single`` (``make
-quickstart-drawer``) is the single-task smoke path: OpenDrawer in its own scene, 40 demos, which
-reached 18/20 and 20/20 in about 11 min.
+(``--ranks``), evaluation with temporally ensembled chunks. Measured end to end (``python -m
+vlastack.quickstart``, fresh output, 2 cores, 2026-12-06): 19.4 min; 2,956 training steps in 14
+minutes; 29/30 = 97% (95% Wilson interval 83-99%) with swapped instructions from shared starts
+(the checkpoint over two more blocks of starts: 80/90 = 89%), against an ignore-language bound of
+33%; 0/12 with a blank instruction. Earlier recipes: 77% (whole chunks, two future cameras), 63-70%
+(no oversampling). ``--single`` (``make quickstart-drawer``) is the single-task smoke path:
+OpenDrawer in its own scene, 40 demos, whole chunks, which reached 18/20 and 20/20 in about 11 min.
 
 Stages (each one ``vlastack`` subcommand in its own process, so every stage is a command a user
 can rerun by hand; the report lists them):
@@ -67,7 +68,8 @@ DEFAULT_CAMERAS = ("left", "wrist")
 DEFAULT_EVAL_EPISODES = 20
 # How evaluation turns 16-action chunks into actions (eval's executor). Single task (OpenDrawer): whole
 # chunks, receding horizon (7/10 vs 4/10 with 8 of 16 on the same checkpoint). Task group: ACT's temporal
-# ensembling over a chunk planned every REPLAN steps (bench/learning_results.md, "Executors").
+# ensembling over a chunk planned every GROUP_REPLAN steps: 75/90 against 68/90 with whole chunks on one
+# checkpoint (bench/learning_results.md, "Executors and one future camera").
 N_ACTION_STEPS = 16
 EXECUTORS = ("receding", "ensemble")
 GROUP_EXECUTOR = "ensemble"
