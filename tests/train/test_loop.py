@@ -359,3 +359,13 @@ def test_oversample_through_hydra(tmp_path, caplog):
         in caplog.text
     with pytest.raises(TrainConfigError, match="name no training episode"):
         run(tmp_path / "bad", st, "train.steps=1", "dataset.val_fraction=0", "dataset.oversample={Oven:2}")
+    # a resume that changes the oversampling changes the data order: said, not silent
+    caplog.clear()
+    s = run(tmp_path / "over", st, "train.steps=3", "dataset.val_fraction=0")
+    assert s["step"] == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("dataset.oversample={} (32 reads per epoch), the checkpoint used {'OpenDrawer': 3} (64)" in m
+               for m in warned), caplog.text
+    caplog.clear()  # the checkpoint's setting (now none) again: no warning
+    run(tmp_path / "over", st, "train.steps=4", "dataset.val_fraction=0")
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING and "oversample" in r.getMessage()]

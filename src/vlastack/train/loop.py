@@ -358,6 +358,12 @@ class Trainer:
         if data.get("batch_size") not in (None, self.cfg.batch_size) or data.get("seed") not in (None, self.cfg.seed):
             self._say(f"resuming with batch_size/seed {self.cfg.batch_size}/{self.cfg.seed}, the checkpoint used "
                       f"{data.get('batch_size')}/{data.get('seed')}: the data order changes", logging.WARNING)
+        over = dict(self.app.dataset.oversample or {})
+        if ("oversample" in data and data["oversample"] != over) or \
+                data.get("reads_per_epoch") not in (None, self.order.n):
+            self._say(f"resuming with dataset.oversample={over} ({self.order.n} reads per epoch), the checkpoint "
+                      f"used {data.get('oversample')} ({data.get('reads_per_epoch')}): the data order changes",
+                      logging.WARNING)
 
     # ------------------------------------------------------------------ pieces of a step
 
@@ -450,7 +456,8 @@ class Trainer:
                      "best_val": self.best_val, "best_step": self.best_step,
                      "data": {"seed": self.cfg.seed, "batch_size": self.cfg.batch_size, "step": self.step,
                               "epoch": self.order.epoch_of(self.step), "world": info.world,
-                              "grad_accum": self.cfg.grad_accum}}
+                              "grad_accum": self.cfg.grad_accum, "reads_per_epoch": self.order.n,
+                              "oversample": dict(self.app.dataset.oversample or {})}}
             extra = {"training": {"step": self.step, "val_loss": val_loss, "ema": self.ema is not None,
                                   "run_dir": str(self.run_dir), "feature_encoder": self.feature_encoder,
                                   "preset": self.app.policy.get("preset"), "data": self.data_info,
