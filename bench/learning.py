@@ -22,6 +22,8 @@ Two suites:
     .venv/bin/python bench/learning.py --suite group                     # group sink_stove, 4 tasks
     .venv/bin/python bench/learning.py --suite group --full              # 50 demos, 50 episodes per task
     .venv/bin/python bench/learning.py --suite group --smoke             # the plumbing, in minutes
+    .venv/bin/python bench/learning.py --suite group --experiment quickstart_group --executor ensemble
+        # the quickstart's recipe and executor (DUST rows; a chunk every 2 steps, temporally ensembled)
 
 Stages (each a ``vlastack`` command; reruns resume: the store tops up, finished trainings and
 evaluations are reused):
@@ -306,7 +308,7 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               f"- Evaluation on held-out seeds (100000+): `language=swap` ({header['eval_episodes']} shared start "
               f"states per task, every task from each), `language=blank` ({header['blank_episodes']} per task), "
               f"`split=heldout` (held-out layouts/styles, {header.get('heldout_episodes', header['eval_episodes'])} per task); "
-              f"{header['n_action_steps']} actions run per chunk"
+              f"{executor_words(header)}"
               + (f", episodes cut at {header['max_steps']} steps" if header.get("max_steps") else "")
               + "; 95% Wilson intervals in brackets.", ""]
     for budget in header["budgets"]:
@@ -513,11 +515,25 @@ def train_peer(py: Path, store: Path, run_dir: Path, budget: str, a, run: Runner
             "elapsed_s": wall, "proxy": peers.proxy_for("diffusion", py, res, store, run_dir)}
 
 
+def chunk_args(a) -> list[str]:
+    """How the group suite's evaluations turn chunks into actions: receding (``--n-action-steps`` of each
+    chunk) or ACT's temporal ensembling over a chunk planned every ``--replan-every`` steps (the quickstart's)."""
+    if a.executor == "ensemble":
+        return ["executor=ensemble", f"+executor_options.replan_every={a.replan_every}"]
+    return [f"n_action_steps={a.n_action_steps}"]
+
+
+def executor_words(header: Mapping[str, Any]) -> str:
+    """The evaluation's executor in words, from a results header (older headers: receding)."""
+    if header.get("executor") == "ensemble":
+        return f"a chunk planned every {header['replan_every']} steps, temporally ensembled"
+    return f"{header['n_action_steps']} actions run per chunk"
+
+
 def eval_args(a, ckpt: str, kind: str, out: Path, episodes: int) -> list[str]:
     """The ``vlastack eval`` overrides of one evaluation kind (swap, blank, heldout)."""
     args = ["eval", f"checkpoint={ckpt}", "env=kitchen", f"tasks=[{','.join(a.tasks)}]", "scene=group",
-            f"group={a.group}", f"episodes={episodes}", f"n_action_steps={a.n_action_steps}", "videos=0",
-            f"out={out}"]
+            f"group={a.group}", f"episodes={episodes}", *chunk_args(a), "videos=0", f"out={out}"]
     if a.jobs > 1:  # the rows' jobs share the cores: one env worker per evaluation
         args.append("workers=1")
     if a.max_steps is not None:
@@ -704,6 +720,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="group: rows run side by side (each training one thread, each evaluation one env worker)")
     p.add_argument("--instructions", default=None, help="group: JSON task -> phrasings for the swap evaluation")
     p.add_argument("--n-action-steps", type=int, default=16, help="actions executed per 16-action chunk")
+    p.add_argument("--executor", choices=("receding", "ensemble"), default="receding",
+                   help="group: receding (--n-action-steps of each chunk) or ensemble (ACT's temporal ensembling, a "
+                        "chunk every --replan-every steps, as the quickstart evaluates)")
+    p.add_argument("--replan-every", type=int, default=2, help="group, --executor ensemble: steps between chunks")
     p.add_argument("--max-steps", type=int, default=None,
                    help="group: per-episode step cap of the evaluations (default: each task's horizon; --smoke 50)")
     p.add_argument("--peer-venv", type=Path, default=None, help="LeRobot side venv (default bench/peers/.venv*)")
@@ -762,6 +782,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             or a.minutes <= 0):
         p.error("--demos must be >= 2 (validation holds one out); --eval-episodes, --blank-episodes, "
                 "--heldout-episodes, --steps, --jobs >= 1; --minutes > 0")
+    if a.executor == "ensemble" and (a.suite != "group" or not 1 <= a.replan_every <= 16):
+        p.error("--executor ensemble belongs to --suite group, with --replan-every 1..16 (a chunk holds 16 actions)")
     return a
 
 
@@ -804,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     header: dict[str, Any] = {
         "args": " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)) or "(defaults)",
         "demos": a.demos, "cameras": a.cameras, "n_action_steps": a.n_action_steps, "minutes": a.minutes,
+        "executor": a.executor, "replan_every": a.replan_every,
         "eval_episodes": a.eval_episodes}
     if a.suite == "group":
         rows, extra = run_group(a, run)

@@ -146,6 +146,28 @@ def test_a_recipe_that_pins_dust_refuses_other_policies(bench, capsys):
     assert "dita" in bench.parse_args(["--suite", "group"]).rows
 
 
+def test_ensemble_executor_reaches_every_evaluation_and_the_results(bench, tmp_path, monkeypatch, capsys):
+    """--executor ensemble: every evaluation (swap, blank, held-out, scaling) ensembles a chunk every
+    --replan-every steps and the results say so; the default stays receding whole chunks."""
+    seen: list = []
+    fake_stages(bench, monkeypatch, recording_vlastack(seen))
+    res = tmp_path / "res.md"
+    assert bench.main(["--suite", "group", "--smoke", "--out", str(tmp_path / "o"), "--results", str(res),
+                       "--rows", "dust", "--budgets", "steps", "--scaling", "8",
+                       "--executor", "ensemble", "--replan-every", "3"]) == 0
+    evals = [argv for argv in seen if argv[0] == "eval"]
+    assert len(evals) == 4 and all("executor=ensemble" in e and "+executor_options.replan_every=3" in e
+                                   and not any(x.startswith("n_action_steps") for x in e) for e in evals)
+    assert "a chunk planned every 3 steps, temporally ensembled" in res.read_text()
+    a = bench.parse_args(["--suite", "group"])
+    assert bench.chunk_args(a) == ["n_action_steps=16"]
+    assert bench.executor_words({"n_action_steps": 16}) == "16 actions run per chunk"  # an older header
+    for argv in (["--executor", "ensemble"], ["--suite", "group", "--executor", "ensemble", "--replan-every", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert "--executor ensemble belongs to --suite group" in capsys.readouterr().err
+
+
 def write_eval_info(kv: dict) -> None:
     """What a faked ``vlastack eval`` leaves: eval_info.json of one success per task under ``out=``."""
     Path(kv["out"]).mkdir(parents=True)
