@@ -518,9 +518,9 @@ def train_peer(py: Path, store: Path, run_dir: Path, budget: str, a, run: Runner
 def chunk_args(a) -> list[str]:
     """How the group suite's evaluations turn chunks into actions: receding (``--n-action-steps`` of each
     chunk) or ACT's temporal ensembling over a chunk planned every ``--replan-every`` steps (the quickstart's)."""
-    if a.executor == "ensemble":
-        return ["executor=ensemble", f"+executor_options.replan_every={a.replan_every}"]
-    return [f"n_action_steps={a.n_action_steps}"]
+    from vlastack.rollout.executors import eval_overrides
+
+    return eval_overrides(a.executor, a.replan_every if a.executor == "ensemble" else a.n_action_steps)
 
 
 def executor_words(header: Mapping[str, Any]) -> str:
@@ -690,6 +690,8 @@ def experiment_policy(name: str) -> str | None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options, with the suite's, ``--full``'s and ``--smoke``'s defaults filled in; checked."""
+    from vlastack.rollout.executors import EVAL_EXECUTORS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--suite", choices=("drawers", "group"), default="drawers")
     p.add_argument("--group", default=DEFAULT_GROUP, help="kitchen task group (--suite group)")
@@ -720,7 +722,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="group: rows run side by side (each training one thread, each evaluation one env worker)")
     p.add_argument("--instructions", default=None, help="group: JSON task -> phrasings for the swap evaluation")
     p.add_argument("--n-action-steps", type=int, default=16, help="actions executed per 16-action chunk")
-    p.add_argument("--executor", choices=("receding", "ensemble"), default="receding",
+    p.add_argument("--executor", choices=EVAL_EXECUTORS, default="receding",
                    help="group: receding (--n-action-steps of each chunk) or ensemble (ACT's temporal ensembling, a "
                         "chunk every --replan-every steps, as the quickstart evaluates)")
     p.add_argument("--replan-every", type=int, default=2, help="group, --executor ensemble: steps between chunks")

@@ -51,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from vlastack.rollout.executors import EVAL_EXECUTORS, eval_overrides
+
 DEFAULT_OUT = "runs/quickstart"
 DEFAULT_TASK = "OpenDrawer"  # the single-task smoke path (--single, make quickstart-drawer)
 #: the multi-task default: tasks of one kitchen task group, one shared scene, the instruction decides
@@ -71,7 +73,7 @@ DEFAULT_EVAL_EPISODES = 20
 # ensembling over a chunk planned every GROUP_REPLAN steps: 75/90 against 68/90 with whole chunks on one
 # checkpoint (bench/learning_results.md, "Executors and one future camera").
 N_ACTION_STEPS = 16
-EXECUTORS = ("receding", "ensemble")
+EXECUTORS = EVAL_EXECUTORS
 GROUP_EXECUTOR = "ensemble"
 GROUP_REPLAN = 2
 LOSS_PNG = "train_loss.png"
@@ -115,12 +117,9 @@ def stage_commands(out: Path, task: str | Sequence[str], demos: int, cameras: Se
     """
     tasks = [task] if isinstance(task, str) else list(task)
     executor = executor or ("receding" if group is None else GROUP_EXECUTOR)
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor: expected one of {EXECUTORS}, got {executor!r}")
     if every is None:
         every = N_ACTION_STEPS if executor == "receding" else GROUP_REPLAN
-    chunks = [f"n_action_steps={every}"] if executor == "receding" else \
-        ["executor=ensemble", f"+executor_options.replan_every={every}"]
+    chunks = eval_overrides(executor, every)  # an unknown executor: ExecutorError (a ValueError)
     store, train_dir = out / "demos.zarr", out / "train"
     train = ["train", "experiment=quickstart" if group is None else "experiment=quickstart_group",
              f"dataset.path={store}", f"run_dir={train_dir}"]

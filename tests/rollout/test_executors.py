@@ -176,3 +176,19 @@ def test_executors_in_the_episode_loop_and_bad_options():
     with pytest.raises(ExecutorError, match="NaN"):
         _drive(RecedingHorizon(), lambda o: np.full((2, 1), np.nan), 1)
     assert math.isclose(TemporalEnsemble().coeff, 0.01)
+
+
+def test_eval_overrides_build_the_named_executor_through_vlastack_eval():
+    """What the quickstart and bench/learning.py put on an eval command line reaches the executor: composed
+    by eval's own Hydra config, the named executor with its knob; an executor without one knob is refused."""
+    from vlastack.rollout.evaluate import compose_config, config_from_hydra, executor_kwargs
+    from vlastack.rollout.executors import eval_overrides, make_executor
+
+    base = ["policy=expert", "env=kitchen", "tasks=[OpenDrawer]", "out=unused"]
+    for name, every, cls, knob in (("ensemble", 3, TemporalEnsemble, "replan_every"),
+                                   ("receding", 8, RecedingHorizon, "n_action_steps")):
+        cfg = config_from_hydra(compose_config([*base, *eval_overrides(name, every)]))
+        ex = make_executor(cfg.executor, **executor_kwargs(cfg))
+        assert type(ex) is cls and getattr(ex, knob) == every
+    with pytest.raises(ExecutorError, match="expected one of"):
+        eval_overrides("async", 4)

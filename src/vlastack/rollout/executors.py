@@ -318,6 +318,22 @@ class AsyncExecutor(ChunkExecutor):
 EXECUTORS: dict[str, type[ChunkExecutor]] = {c.name: c for c in (RecedingHorizon, TemporalEnsemble, AsyncExecutor)}
 
 
+#: executors whose one knob :func:`eval_overrides` sets from the command line of a run script
+EVAL_EXECUTORS = ("receding", "ensemble")
+
+
+def eval_overrides(name: str, every: int) -> list[str]:
+    """The ``vlastack eval`` overrides that pick executor ``name`` with its one knob: ``receding`` runs
+    ``every`` actions of each chunk (``n_action_steps``), ``ensemble`` plans a chunk every ``every``
+    steps (``executor_options.replan_every``). For scripts that build eval commands (the quickstart,
+    ``bench/learning.py``)."""
+    if name == "receding":
+        return [f"n_action_steps={every}"]
+    if name == "ensemble":
+        return ["executor=ensemble", f"+executor_options.replan_every={every}"]
+    raise ExecutorError(f"executor: expected one of {EVAL_EXECUTORS}, got {name!r}")
+
+
 def make_executor(name: str, **options: Any) -> ChunkExecutor:
     """An executor by name (``receding``, ``ensemble``, ``async``) with its options."""
     if name not in EXECUTORS:

@@ -6,8 +6,9 @@ Presets (``DUSTConfig.preset(name, **overrides)``):
     small        CPU benchmarks: frozen EfficientNet-lite0 + MiniLM, three 128x128 cameras,
                  width 256, 4 MMDiT + 2 stream blocks (about 21M trainable parameters); the
                  world model predicts the first camera's future frame (4 tokens), as the paper
-                 predicts one frame: 0.88x the no-world-model ablation's training FLOPs where
-                 every camera's future (12 tokens) took 0.72x, at no measured loss of success
+                 predicts one frame: a training step takes 1.14x the no-world-model ablation's
+                 FLOPs (49.0 / 43.1 GFLOP at batch 32), where every camera's future (12 tokens)
+                 took 1.39x (59.9), at no measured loss of success
     paper_sized  the published sizes, not the published encoders: 12 MMDiT + 4 stream blocks,
                  width 1536, 32 heads, H = 16, 64 future-feature tokens (for GPUs), on the
                  offline EfficientNet-lite0 + MiniLM. The paper conditions on Eagle-2 (layer 12)
