@@ -129,11 +129,21 @@ class VlastackConfig(PreTrainedConfig):
                 "state_dim": int(state.shape[0]) if state is not None else None,
                 "action_dim": int(action.shape[0]) if action is not None else None}
 
+    def saved_fields(self) -> dict[str, Any] | None:
+        """Every policy field as it stands, when this config was read from a saved checkpoint (its
+        ``vlastack`` block is there): such a config.json holds the whole config, so a null there means
+        the field's own null (e.g. every camera's future), not "the preset's value"; None otherwise."""
+        if self.vlastack is None:
+            return None
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self.policy_config_class) for v in [getattr(self, f.name, None)]}
+
     def policy_config(self) -> PolicyConfig:
-        """The vlastack config: preset, then the dataset's data-contract fields, then explicit fields."""
+        """The vlastack config: the preset (or a saved checkpoint's whole config), then the dataset's
+        data-contract fields, then explicit fields."""
         section = {"name": self.policy_name, "preset": self.preset, **self.overrides()}
         try:
-            return build_policy_config(section, self.data_fields())
+            return build_policy_config(section, self.data_fields(), self.saved_fields())
         except TrainConfigError as e:
             raise ValueError(str(e).replace("policy.", "--policy.", 1)) from None
 
