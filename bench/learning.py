@@ -308,7 +308,7 @@ def group_markdown(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], head
               f"- Evaluation on held-out seeds (100000+): `language=swap` ({header['eval_episodes']} shared start "
               f"states per task, every task from each), `language=blank` ({header['blank_episodes']} per task), "
               f"`split=heldout` (held-out layouts/styles, {header.get('heldout_episodes', header['eval_episodes'])} per task); "
-              f"{executor_words(header)}"
+              f"{header_executor_words(header)}"
               + (f", episodes cut at {header['max_steps']} steps" if header.get("max_steps") else "")
               + "; 95% Wilson intervals in brackets.", ""]
     for budget in header["budgets"]:
@@ -523,11 +523,12 @@ def chunk_args(a) -> list[str]:
     return eval_overrides(a.executor, a.replan_every if a.executor == "ensemble" else a.n_action_steps)
 
 
-def executor_words(header: Mapping[str, Any]) -> str:
+def header_executor_words(header: Mapping[str, Any]) -> str:
     """The evaluation's executor in words, from a results header (older headers: receding)."""
-    if header.get("executor") == "ensemble":
-        return f"a chunk planned every {header['replan_every']} steps, temporally ensembled"
-    return f"{header['n_action_steps']} actions run per chunk"
+    from vlastack.rollout.executors import executor_words
+
+    ensemble = header.get("executor") == "ensemble"
+    return executor_words(header.get("executor"), header["replan_every"] if ensemble else header["n_action_steps"])
 
 
 def eval_args(a, ckpt: str, kind: str, out: Path, episodes: int) -> list[str]:

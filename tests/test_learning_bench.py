@@ -161,7 +161,7 @@ def test_ensemble_executor_reaches_every_evaluation_and_the_results(bench, tmp_p
     assert "a chunk planned every 3 steps, temporally ensembled" in res.read_text()
     a = bench.parse_args(["--suite", "group"])
     assert bench.chunk_args(a) == ["n_action_steps=16"]
-    assert bench.executor_words({"n_action_steps": 16}) == "16 actions run per chunk"  # an older header
+    assert bench.header_executor_words({"n_action_steps": 16}) == "16 actions run per chunk (receding horizon)"  # an older header
     for argv in (["--executor", "ensemble"], ["--suite", "group", "--executor", "ensemble", "--replan-every", "0"]):
         with pytest.raises(SystemExit):
             bench.parse_args(argv)

@@ -44,7 +44,7 @@ def test_report_has_success_interval_curve_video_times_and_commands(tmp_path):
     assert (tmp_path / "report.md").read_text() == text
     # 17/20: Wilson 95% interval 64.0% - 94.8%
     assert "**Success: 17/20 = 85%** (95% Wilson interval 64%-95%)" in text
-    assert "seeds 100000-100019" in text and "16 actions run per chunk (receding)" in text
+    assert "seeds 100000-100019" in text and "16 actions run per chunk (receding horizon)" in text
     png = tmp_path / qs.LOSS_PNG
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"![training loss]({qs.LOSS_PNG})" in text

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from vlastack.rollout.executors import EVAL_EXECUTORS, eval_overrides
+from vlastack.rollout.executors import EVAL_EXECUTORS, eval_overrides, executor_words
 
 DEFAULT_OUT = "runs/quickstart"
 DEFAULT_TASK = "OpenDrawer"  # the single-task smoke path (--single, make quickstart-drawer)
@@ -285,11 +285,9 @@ def _language_lines(out: Path, doc: Mapping[str, Any]) -> list[str]:
 def _executor_words(doc: Mapping[str, Any]) -> str:
     """How the evaluation turned chunks into actions, from its settings, in words."""
     st = doc.get("settings", {})
-    if st.get("executor") == "ensemble":
-        every = (st.get("executor_options") or {}).get("replan_every", 1)
-        return f"a chunk planned every {every} step{'s' if every != 1 else ''}, temporally ensembled"
-    n = st.get("n_action_steps")
-    return f"{n if n else 'all'} actions run per chunk ({st.get('executor', 'receding')})"
+    ensemble = st.get("executor") == "ensemble"
+    every = (st.get("executor_options") or {}).get("replan_every", 1) if ensemble else st.get("n_action_steps")
+    return executor_words(st.get("executor", "receding"), every)
 
 
 def write_report(out: str | os.PathLike, task: str | Sequence[str], stages: Sequence[Stage]) -> str:

@@ -192,3 +192,14 @@ def test_eval_overrides_build_the_named_executor_through_vlastack_eval():
         assert type(ex) is cls and getattr(ex, knob) == every
     with pytest.raises(ExecutorError, match="expected one of"):
         eval_overrides("async", 4)
+
+
+def test_executor_words_name_the_executor_and_its_knob():
+    """Reports (the quickstart's, bench/learning.py's) say the executor the same way."""
+    from vlastack.rollout.executors import executor_words
+
+    assert executor_words("ensemble", 2) == "a chunk planned every 2 steps, temporally ensembled"
+    assert executor_words("ensemble", 1) == "a chunk planned every 1 step, temporally ensembled"
+    assert executor_words("receding", 8) == "8 actions run per chunk (receding horizon)"
+    assert executor_words(None, None) == "all actions run per chunk (receding horizon)"
+    assert executor_words("async", 16) == "16 actions run per chunk (async)"

@@ -334,6 +334,16 @@ def eval_overrides(name: str, every: int) -> list[str]:
     raise ExecutorError(f"executor: expected one of {EVAL_EXECUTORS}, got {name!r}")
 
 
+def executor_words(name: str | None, every: int | None) -> str:
+    """An evaluation's executor in words, for reports: ``ensemble`` with ``every`` = its ``replan_every``
+    ("a chunk planned every 2 steps, temporally ensembled"), else receding with ``every`` = its
+    ``n_action_steps`` (None: the whole chunk)."""
+    if name == "ensemble":
+        every = every or 1
+        return f"a chunk planned every {every} step{'s' if every != 1 else ''}, temporally ensembled"
+    return f"{every if every else 'all'} actions run per chunk ({name if name and name != 'receding' else 'receding horizon'})"
+
+
 def make_executor(name: str, **options: Any) -> ChunkExecutor:
     """An executor by name (``receding``, ``ensemble``, ``async``) with its options."""
     if name not in EXECUTORS:
