@@ -51,6 +51,8 @@ test-lerobot:
 test-all: setup
 	$(PY) -m pytest -q -m ""
 
+# the quickstart's deadline (python -m vlastack.quickstart --deadline) counts from here, set-up included
+quickstart: export VLASTACK_QUICKSTART_T0 := $(shell date +%s)
 quickstart: setup
 	$(PY) -m vlastack.quickstart
 

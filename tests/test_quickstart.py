@@ -1,5 +1,6 @@
 """The quickstart's report: figures come from eval_info.json / metrics.jsonl / summary.json, never made up."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,39 @@ def test_training_runs_as_ddp_ranks_and_the_report_says_how(tmp_path, monkeypatc
     assert qs.Stage("t", ["train"], 0, 1.0).command == "vlastack train"
     with pytest.raises(SystemExit, match="--ranks"):
         qs.main(["--out", str(tmp_path / "r"), "--ranks", "0"])
+
+
+def test_deadline_takes_setup_and_collection_out_of_the_training_budget(tmp_path, monkeypatch, capsys):
+    """The group run ends by its deadline: what set-up and collection took (counted from
+    $VLASTACK_QUICKSTART_T0, which `make quickstart` sets before its set-up) comes out of training,
+    never above the recipe's budget nor below the floor (said); --minutes and --deadline 0 turn it off."""
+    assert qs.experiment_minutes("quickstart_group") == 14.0
+    assert qs.deadline_minutes(2.0, 19.5, 14.0) == (14.0, True)  # a warm venv: the recipe's budget
+    assert qs.deadline_minutes(3.8, 19.5, 14.0) == (12.2, True)  # a clean clone's set-up
+    assert qs.deadline_minutes(17.0, 19.5, 14.0) == (qs.MIN_TRAIN_MIN, False)
+    seen = []
+
+    def fake_run(argv, ranks=1):
+        seen.append(list(argv))
+        return 1 if argv[0] == "eval" else 0, 0.1
+
+    monkeypatch.setattr(qs, "run_vlastack", fake_run)
+    monkeypatch.setenv(qs.START_ENV, str(time.time() - 300))  # 5 minutes ago
+    qs.main(["--out", str(tmp_path / "q"), "--ranks", "1"])
+    train = [a for a in seen if a[0] == "train"][-1]
+    assert [a for a in train if a.startswith("train.max_minutes")] == ["train.max_minutes=11"]  # 19.5 - 5 - 3.5
+    assert "training got 11 of the recipe's 14 min" in (tmp_path / "q" / qs.REPORT).read_text()
+    for flags, want in ((["--minutes", "6"], ["train.max_minutes=6"]), (["--deadline", "0"], []), (["--single"], [])):
+        seen.clear()
+        qs.main(["--out", str(tmp_path / "r"), "--ranks", "1", *flags])
+        assert [a for a in [a for a in seen if a[0] == "train"][-1] if a.startswith("train.max_minutes")] == want
+    monkeypatch.setenv(qs.START_ENV, str(time.time() - 19 * 60))  # past the deadline: the floor, said
+    qs.main(["--out", str(tmp_path / "s"), "--ranks", "1"])
+    assert "the run will end after the deadline" in capsys.readouterr().out
+    for bad, match in (("yesterday", "not a time in epoch seconds"), ("1000", "not a time of the last 2 hours")):
+        monkeypatch.setenv(qs.START_ENV, bad)
+        with pytest.raises(SystemExit, match=match):
+            qs.main(["--out", str(tmp_path / "t")])
+    monkeypatch.delenv(qs.START_ENV)
+    with pytest.raises(SystemExit, match="--deadline must be >= 0"):
+        qs.main(["--out", str(tmp_path / "t"), "--deadline", "-1"])

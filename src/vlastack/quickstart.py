@@ -20,7 +20,10 @@ can rerun by hand; the report lists them):
    ``configs/experiment/quickstart_group.yaml`` (``quickstart.yaml`` with --single: CPU loop, one
    thread per process, a 14- / 8-minute budget, frozen EfficientNet features cached in the store
    once), as ``--ranks`` DDP processes under torchrun (2 on a machine with 2 or more cores), with
-   TurnOnStove's windows read 3 times per epoch (``--oversample``: ``dataset.oversample``);
+   TurnOnStove's windows read 3 times per epoch (``--oversample``: ``dataset.oversample``); with a
+   task group the run keeps a deadline (``--deadline``, 19.5 min from the start of ``make
+   quickstart``, set-up included): what set-up and collection took beyond the usual comes out of the
+   14 training minutes, 3.5 min are kept for evaluation;
 4. ``eval``: held-out seeds in simulation (episodes resume), a 16-action chunk planned every 2 steps
    and temporally ensembled (``--executor``, ``--every``; ``--single``: whole chunks), mp4 of the
    first episode;
@@ -76,6 +79,15 @@ N_ACTION_STEPS = 16
 EXECUTORS = EVAL_EXECUTORS
 GROUP_EXECUTOR = "ensemble"
 GROUP_REPLAN = 2
+#: the task-group run ends within this many minutes of its start (`make quickstart`: before `make setup`),
+#: so a slow set-up or collection comes out of the training budget, not on top of it (--deadline)
+GROUP_DEADLINE_MIN = 19.5
+#: minutes kept for both evaluations and the report: measured 3.4 and 3.1 (swap 1.9 / 1.8, blank 1.5 / 1.3)
+EVAL_RESERVE_MIN = 3.5
+#: the least training a deadline leaves (a later finish, said, rather than an untrained policy)
+MIN_TRAIN_MIN = 4.0
+#: `make quickstart` sets it (epoch seconds, before its set-up) so the deadline counts set-up too
+START_ENV = "VLASTACK_QUICKSTART_T0"
 LOSS_PNG = "train_loss.png"
 REPORT = "report.md"
 HISTORY = "quickstart_runs.json"
@@ -167,6 +179,23 @@ def run_vlastack(argv: Sequence[str], ranks: int = 1) -> tuple[int, float]:
     t0 = time.perf_counter()
     rc = subprocess.call([*run, *argv], env=env)
     return int(rc), time.perf_counter() - t0
+
+
+def experiment_minutes(experiment: str) -> float:
+    """``train.max_minutes`` of a packaged experiment config (``quickstart_group`` -> 14)."""
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parent / "configs" / "experiment" / f"{experiment}.yaml"
+    return float(OmegaConf.load(path).train.max_minutes)
+
+
+def deadline_minutes(elapsed_min: float, deadline_min: float, cap_min: float,
+                     reserve_min: float = EVAL_RESERVE_MIN) -> tuple[float, bool]:
+    """Training minutes that end the run by ``deadline_min`` when ``elapsed_min`` are spent and
+    ``reserve_min`` are kept for evaluation: at most ``cap_min`` (the recipe's budget), at least
+    ``MIN_TRAIN_MIN``; (minutes, whether the deadline can still be met)."""
+    left = deadline_min - elapsed_min - reserve_min
+    return round(max(MIN_TRAIN_MIN, min(cap_min, left)), 1), left >= MIN_TRAIN_MIN
 
 
 # ------------------------------------------------------------------------------------ report
@@ -290,7 +319,8 @@ def _executor_words(doc: Mapping[str, Any]) -> str:
     return executor_words(st.get("executor", "receding"), every)
 
 
-def write_report(out: str | os.PathLike, task: str | Sequence[str], stages: Sequence[Stage]) -> str:
+def write_report(out: str | os.PathLike, task: str | Sequence[str], stages: Sequence[Stage],
+                 notes: Sequence[str] = ()) -> str:
     """Write ``out/report.md`` (and ``out/train_loss.png``) from the run's files; returns the markdown.
 
     Reads ``out/eval/eval_info.json`` (success, Wilson interval, first video), ``out/train/metrics.jsonl``
@@ -330,6 +360,7 @@ def write_report(out: str | os.PathLike, task: str | Sequence[str], stages: Sequ
         lines.append(f"| {s.title} | {_minutes(s.seconds)} | {s.rc} |{extra}")
     total = _minutes(sum(s.seconds for s in stages))
     lines += [f"| **total** | **{total}** | |" + (f" **{_minutes(sum(first_s.values()))}** |" if first else ""), ""]
+    lines += [*notes, ""] if notes else []
     # training
     summary_path, metrics_path = out / "train" / "summary.json", out / "train" / "metrics.jsonl"
     lines += ["## Training", ""]
@@ -404,6 +435,11 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"per task (default {DEFAULT_GROUP_EVAL}; --single: {DEFAULT_EVAL_EPISODES})")
     p.add_argument("--minutes", type=float, default=None,
                    help="training budget (default: configs/experiment/quickstart.yaml's train.max_minutes)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help=f"task group: end the run within this many minutes of its start (default {GROUP_DEADLINE_MIN}; "
+                        f"counted from ${START_ENV} when set, as `make quickstart` does before its set-up): the "
+                        f"training budget shrinks by what set-up and collection took, keeping {EVAL_RESERVE_MIN} min "
+                        "for evaluation; 0: no deadline; --minutes overrides it")
     p.add_argument("--oversample", default=",".join(f"{t}:{k}" for t, k in OVERSAMPLE.items()),
                    help="TASK:K,... : that task's training windows read K times per epoch, where it is among the "
                         "tasks (default %(default)s; none: every window once)")
@@ -416,6 +452,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="training processes (DDP over gloo, one thread each; default: 2 when the machine has "
                         "2 or more cores, else 1)")
     return p
+
+
+def run_start() -> float:
+    """When this run started (epoch seconds): ``$VLASTACK_QUICKSTART_T0`` (`make quickstart` sets it before
+    its set-up) or now; a value that is not a time of the last 2 hours is an error that names it."""
+    now = time.time()
+    raw = os.environ.get(START_ENV)
+    if not raw:
+        return now
+    try:
+        t0 = float(raw)
+    except ValueError:
+        raise SystemExit(f"quickstart: ${START_ENV}={raw!r} is not a time in epoch seconds") from None
+    if not now - 7200 <= t0 <= now + 1:
+        raise SystemExit(f"quickstart: ${START_ENV}={raw} is not a time of the last 2 hours "
+                         f"(now {now:.0f}); unset it or set it to `date +%s`")
+    return t0
 
 
 def parse_oversample(text: str) -> dict[str, int]:
@@ -435,6 +488,7 @@ def parse_oversample(text: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     """Run the stages in order (stopping at the first failure), then write the report."""
     a = _parser().parse_args(argv)
+    started = run_start()
     group = None if a.single else a.group
     task = a.task or (DEFAULT_TASK if a.single else ",".join(DEFAULT_GROUP_TASKS))
     tasks = [t for t in task.split(",") if t]
@@ -455,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"({', '.join(TASK_GROUPS[group])}); not in it: {outside}")
     cameras = [c for c in a.cameras.split(",") if c]
     oversample = parse_oversample(a.oversample)
+    if a.deadline is not None and a.deadline < 0:
+        raise SystemExit(f"quickstart: --deadline must be >= 0 minutes (0: none), got {a.deadline:g}")
     if a.demos < 2:
         raise SystemExit("quickstart: --demos must be >= 2 (one episode is held out for validation)")
     if a.every is not None and not 1 <= a.every <= N_ACTION_STEPS:
@@ -471,17 +527,29 @@ def main(argv: list[str] | None = None) -> int:
     ranks = a.ranks if a.ranks is not None else (2 if usable_cores() >= 2 else 1)
     if ranks < 1:
         raise SystemExit(f"quickstart: --ranks must be >= 1, got {ranks}")
+    deadline = a.deadline if a.deadline is not None else (None if a.single else GROUP_DEADLINE_MIN)
+    notes: list[str] = []
     for title, args in stage_commands(out, tasks[0] if a.single else tasks, a.demos, cameras, a.eval_episodes,
                                       a.minutes, group=group, blank_episodes=a.blank_episodes,
                                       oversample=None if a.single else oversample,
                                       executor=a.executor, every=a.every):
+        if args[0] == "train" and a.minutes is None and deadline:
+            elapsed = (time.time() - started) / 60
+            cap = experiment_minutes("quickstart" if a.single else "quickstart_group")
+            minutes, ok = deadline_minutes(elapsed, deadline, cap)
+            args = [*args, f"train.max_minutes={minutes:g}"]
+            notes.append(f"Deadline {deadline:g} min: {elapsed:.1f} min spent before training "
+                         f"(set-up, collection), {EVAL_RESERVE_MIN:g} kept for evaluation, so training got "
+                         f"{minutes:g} of the recipe's {cap:g} min" + ("." if ok else
+                         f" (the least it gets): the run will end after the deadline."))
+            print(f"quickstart: {notes[-1]}", flush=True)
         stages.append(run_stage(title, args, ranks if args[0] == "train" else 1))
         if stages[-1].rc:
             rc = stages[-1].rc
             print(f"quickstart: {title} failed with exit code {rc}", file=sys.stderr)
             break
     record_run(out, stages)
-    text = write_report(out, tasks, stages)
+    text = write_report(out, tasks, stages, notes)
     print("\n" + text.split("\n## Training")[0].strip())
     print(f"\nreport: {out / REPORT}")
     return rc
