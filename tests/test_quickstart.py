@@ -169,6 +169,7 @@ def test_deadline_takes_setup_and_collection_out_of_the_training_budget(tmp_path
     assert qs.deadline_minutes(2.0, 19.5, 14.0) == (14.0, True)  # a warm venv: the recipe's budget
     assert qs.deadline_minutes(3.8, 19.5, 14.0) == (12.2, True)  # a clean clone's set-up
     assert qs.deadline_minutes(17.0, 19.5, 14.0) == (qs.MIN_TRAIN_MIN, False)
+    assert qs.eval_reserve(3, 10, 4) == qs.EVAL_RESERVE_MIN and qs.eval_reserve(3, 20, 8) == 2 * qs.EVAL_RESERVE_MIN
     seen = []
 
     def fake_run(argv, ranks=1):

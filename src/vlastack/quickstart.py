@@ -82,7 +82,8 @@ GROUP_REPLAN = 2
 #: the task-group run ends within this many minutes of its start (`make quickstart`: before `make setup`),
 #: so a slow set-up or collection comes out of the training budget, not on top of it (--deadline)
 GROUP_DEADLINE_MIN = 19.5
-#: minutes kept for both evaluations and the report: measured 3.4 and 3.1 (swap 1.9 / 1.8, blank 1.5 / 1.3)
+#: minutes kept for both evaluations and the report at the default episodes (3 tasks x 10 swap + 4 blank):
+#: measured 3.4 and 3.1 (swap 1.9 / 1.8, blank 1.5 / 1.3); scaled by episodes otherwise (eval_reserve)
 EVAL_RESERVE_MIN = 3.5
 #: the least training a deadline leaves (a later finish, said, rather than an untrained policy)
 MIN_TRAIN_MIN = 4.0
@@ -187,6 +188,13 @@ def experiment_minutes(experiment: str) -> float:
 
     path = Path(__file__).parent / "configs" / "experiment" / f"{experiment}.yaml"
     return float(OmegaConf.load(path).train.max_minutes)
+
+
+def eval_reserve(tasks: int, eval_episodes: int, blank_episodes: int) -> float:
+    """Minutes to keep for the evaluations: :data:`EVAL_RESERVE_MIN` scaled by their episodes, a blank
+    one counted twice (it mostly fails, so it runs to the task's horizon: 1.5 min for 12 against
+    1.9 for 30 swapped)."""
+    return EVAL_RESERVE_MIN * (eval_episodes + 2 * blank_episodes) * tasks / ((DEFAULT_GROUP_EVAL + 2 * DEFAULT_BLANK_EVAL) * 3)
 
 
 def deadline_minutes(elapsed_min: float, deadline_min: float, cap_min: float,
@@ -439,7 +447,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"task group: end the run within this many minutes of its start (default {GROUP_DEADLINE_MIN}; "
                         f"counted from ${START_ENV} when set, as `make quickstart` does before its set-up): the "
                         f"training budget shrinks by what set-up and collection took, keeping {EVAL_RESERVE_MIN} min "
-                        "for evaluation; 0: no deadline; --minutes overrides it")
+                        "for evaluation (scaled by its episodes); 0: no deadline; --minutes overrides it")
     p.add_argument("--oversample", default=",".join(f"{t}:{k}" for t, k in OVERSAMPLE.items()),
                    help="TASK:K,... : that task's training windows read K times per epoch, where it is among the "
                         "tasks (default %(default)s; none: every window once)")
@@ -536,10 +544,11 @@ def main(argv: list[str] | None = None) -> int:
         if args[0] == "train" and a.minutes is None and deadline:
             elapsed = (time.time() - started) / 60
             cap = experiment_minutes("quickstart" if a.single else "quickstart_group")
-            minutes, ok = deadline_minutes(elapsed, deadline, cap)
+            reserve = eval_reserve(len(tasks), a.eval_episodes, 0 if a.single else a.blank_episodes)
+            minutes, ok = deadline_minutes(elapsed, deadline, cap, reserve)
             args = [*args, f"train.max_minutes={minutes:g}"]
             notes.append(f"Deadline {deadline:g} min: {elapsed:.1f} min spent before training "
-                         f"(set-up, collection), {EVAL_RESERVE_MIN:g} kept for evaluation, so training got "
+                         f"(set-up, collection), {reserve:.1f} kept for evaluation, so training got "
                          f"{minutes:g} of the recipe's {cap:g} min" + ("." if ok else
                          f" (the least it gets): the run will end after the deadline."))
             print(f"quickstart: {notes[-1]}", flush=True)
