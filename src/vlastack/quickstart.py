@@ -9,7 +9,8 @@ minutes; 29/30 = 97% (95% Wilson interval 83-99%) with swapped instructions from
 (the checkpoint over two more blocks of starts: 80/90 = 89%), against an ignore-language bound of
 33%; 0/12 with a blank instruction. Earlier recipes: 77% (whole chunks, two future cameras), 63-70%
 (no oversampling). From a clean clone, set-up included (``time make quickstart``, the deadline giving
-training 12.2 min): 19.3 min, 26/30 = 87% (80/90 = 89% over three blocks of starts), blank 0/12.
+training 12.2 and 11.6 min): 19.3 and 19.4 min, 26/30 = 87% both (80/90 = 89% and 75/90 = 83% over
+three blocks of starts), blank 0/12 both.
 ``--single`` (``make quickstart-drawer``) is the single-task smoke path:
 OpenDrawer in its own scene, 40 demos, whole chunks, which reached 18/20 and 20/20 in about 11 min.
 
