@@ -197,7 +197,8 @@ def eval_reserve(tasks: int, eval_episodes: int, blank_episodes: int) -> float:
     """Minutes to keep for the evaluations: :data:`EVAL_RESERVE_MIN` scaled by their episodes, a blank
     one counted twice (it mostly fails, so it runs to the task's horizon: 1.5 min for 12 against
     1.9 for 30 swapped)."""
-    return EVAL_RESERVE_MIN * (eval_episodes + 2 * blank_episodes) * tasks / ((DEFAULT_GROUP_EVAL + 2 * DEFAULT_BLANK_EVAL) * 3)
+    default = (DEFAULT_GROUP_EVAL + 2 * DEFAULT_BLANK_EVAL) * len(DEFAULT_GROUP_TASKS)
+    return EVAL_RESERVE_MIN * (eval_episodes + 2 * blank_episodes) * tasks / default
 
 
 def deadline_minutes(elapsed_min: float, deadline_min: float, cap_min: float,
@@ -445,7 +446,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-episodes", type=int, default=None,
                    help=f"per task (default {DEFAULT_GROUP_EVAL}; --single: {DEFAULT_EVAL_EPISODES})")
     p.add_argument("--minutes", type=float, default=None,
-                   help="training budget (default: configs/experiment/quickstart.yaml's train.max_minutes)")
+                   help="training budget in minutes, no deadline (default: the experiment's train.max_minutes, "
+                        "quickstart_group 14 / quickstart 8, less when --deadline needs it)")
     p.add_argument("--deadline", type=float, default=None,
                    help=f"task group: end the run within this many minutes of its start (default {GROUP_DEADLINE_MIN}; "
                         f"counted from ${START_ENV} when set, as `make quickstart` does before its set-up): the "

@@ -341,7 +341,8 @@ def executor_words(name: str | None, every: int | None) -> str:
     if name == "ensemble":
         every = every or 1
         return f"a chunk planned every {every} step{'s' if every != 1 else ''}, temporally ensembled"
-    return f"{every if every else 'all'} actions run per chunk ({name if name and name != 'receding' else 'receding horizon'})"
+    kind = name if name and name != "receding" else "receding horizon"
+    return f"{every if every else 'all'} actions run per chunk ({kind})"
 
 
 def make_executor(name: str, **options: Any) -> ChunkExecutor:
