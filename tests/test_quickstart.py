@@ -177,8 +177,12 @@ def test_deadline_takes_setup_and_collection_out_of_the_training_budget(tmp_path
         return 1 if argv[0] == "eval" else 0, 0.1
 
     monkeypatch.setattr(qs, "run_vlastack", fake_run)
-    monkeypatch.setenv(qs.START_ENV, str(time.time() - 300))  # 5 minutes ago
-    qs.main(["--out", str(tmp_path / "q"), "--ranks", "1"])
+    t0, since = time.time() - 300, []
+    monkeypatch.setenv(qs.START_ENV, str(t0))
+    with monkeypatch.context() as m:  # 5 minutes from $VLASTACK_QUICKSTART_T0 to training, however slow this machine
+        m.setattr(qs, "minutes_since", lambda t: since.append(t) or 5.0)
+        qs.main(["--out", str(tmp_path / "q"), "--ranks", "1"])
+    assert since == [t0]
     train = [a for a in seen if a[0] == "train"][-1]
     assert [a for a in train if a.startswith("train.max_minutes")] == ["train.max_minutes=11"]  # 19.5 - 5 - 3.5
     assert "training got 11 of the recipe's 14 min" in (tmp_path / "q" / qs.REPORT).read_text()

@@ -186,11 +186,16 @@ def run_vlastack(argv: Sequence[str], ranks: int = 1) -> tuple[int, float]:
 
 
 def experiment_minutes(experiment: str) -> float:
-    """``train.max_minutes`` of a packaged experiment config (``quickstart_group`` -> 14)."""
-    from omegaconf import OmegaConf
+    """``train.max_minutes`` of ``vlastack train experiment=<experiment>`` as the train command composes it
+    (its defaults, ``$VLASTACK_CONFIGS``): ``quickstart_group`` -> 14."""
+    from vlastack import hydra_app
 
-    path = Path(__file__).parent / "configs" / "experiment" / f"{experiment}.yaml"
-    return float(OmegaConf.load(path).train.max_minutes)
+    return float(hydra_app.compose("train", [f"experiment={experiment}"]).train.max_minutes)
+
+
+def minutes_since(t0: float) -> float:
+    """Wall-clock minutes from ``t0`` (epoch seconds) to now."""
+    return (time.time() - t0) / 60
 
 
 def eval_reserve(tasks: int, eval_episodes: int, blank_episodes: int) -> float:
@@ -547,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                                       oversample=None if a.single else oversample,
                                       executor=a.executor, every=a.every):
         if args[0] == "train" and a.minutes is None and deadline:
-            elapsed = (time.time() - started) / 60
+            elapsed = minutes_since(started)
             cap = experiment_minutes("quickstart" if a.single else "quickstart_group")
             reserve = eval_reserve(len(tasks), a.eval_episodes, 0 if a.single else a.blank_episodes)
             minutes, ok = deadline_minutes(elapsed, deadline, cap, reserve)

@@ -135,8 +135,8 @@ class VlastackConfig(PreTrainedConfig):
         the field's own null (e.g. every camera's future), not "the preset's value"; None otherwise."""
         if self.vlastack is None:
             return None
-        return {f.name: (list(v) if isinstance(v, tuple) else v)
-                for f in dataclasses.fields(self.policy_config_class) for v in [getattr(self, f.name, None)]}
+        fields = {f.name: getattr(self, f.name, None) for f in dataclasses.fields(self.policy_config_class)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
 
     def policy_config(self) -> PolicyConfig:
         """The vlastack config: the preset (or a saved checkpoint's whole config), then the dataset's
